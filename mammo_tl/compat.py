@@ -1,0 +1,37 @@
+"""Workarounds for particular detectron2 builds, kept in one place.
+
+Build in use by default: the PyPI wheel ``sal-detectron2==0.7.2`` (detectron2 commit a59f0563 plus a
+Python 3.11 fix). Its compiled extension ``detectron2._C`` targets CPython 3.10 only:
+
+* Faster R-CNN with axis-aligned boxes needs none of it: ROIAlign and NMS come from torchvision.
+* ``COCOEvaluator(use_fast_impl=True)`` detects the missing extension and falls back to pycocotools'
+  official COCOeval by itself; :func:`coco_fast_eval_available` tells callers which one runs.
+* Rotated boxes and deformable convolution are unavailable; mammo_tl uses neither.
+"""
+import warnings
+
+
+def check_detectron2():
+    """Raise ImportError with an actionable message when detectron2 cannot build models."""
+    try:
+        import detectron2  # noqa: F401
+        from detectron2.modeling import build_model  # noqa: F401
+    except Exception as e:  # pragma: no cover - exercised only on a broken install
+        raise ImportError(
+            "mammo_tl needs detectron2, and `from detectron2.modeling import build_model` failed "
+            f"({type(e).__name__}: {e}). Run `make install` (see README, section Install)."
+        ) from e
+
+
+def coco_fast_eval_available():
+    try:
+        from detectron2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def quiet_known_warnings():
+    # torch >= 2.10 warns on every torch.jit.script, which detectron2 calls at import time.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.*deprecated", category=FutureWarning)

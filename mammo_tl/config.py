@@ -1,0 +1,70 @@
+"""mammo_tl's config keys. Defaults are the paper's values (Xiao et al., MICCAI 2019) where it gives them."""
+from detectron2.config import CfgNode as CN
+
+
+def add_mammo_tl_config(cfg):
+    """Add every mammo_tl key, with its default, to ``cfg`` (a detectron2 CfgNode) in place."""
+    # --- Top likelihood loss (eq. 1, 2): RPN loss of negative images -----------------------------
+    cfg.MODEL.RPN.TOP_LIKELIHOOD = CN()
+    # False: TopLikelihoodRPN computes detectron2's standard RPN loss on every image.
+    cfg.MODEL.RPN.TOP_LIKELIHOOD.ENABLED = True
+    # k: the anchors with the highest objectness in a negative image that enter the loss (paper: 256).
+    cfg.MODEL.RPN.TOP_LIKELIHOOD.NUM_ANCHORS = 256
+    # lambda2 in eq. (2). lambda1 (positive images' regression) is detectron2's MODEL.RPN.BBOX_REG_LOSS_WEIGHT.
+    cfg.MODEL.RPN.TOP_LIKELIHOOD.LOSS_WEIGHT = 1.0
+
+    # --- Negative images in the ROI head ("suspected targets") -----------------------------------
+    cfg.MODEL.ROI_HEADS.SUSPECTED_TARGET = CN()
+    # The negative image's highest-objectness proposals always among its sampled RoIs (as background);
+    # detectron2 would otherwise sample them at random. Also the upper bound of K in the similarity loss.
+    # Default: BATCH_SIZE_PER_IMAGE * POSITIVE_FRACTION of detectron2's defaults = the largest possible K.
+    cfg.MODEL.ROI_HEADS.SUSPECTED_TARGET.NUM_TOP_PROPOSALS = 128
+
+    # --- Similarity loss (eq. 3, 4) ---------------------------------------------------------------
+    cfg.MODEL.ROI_HEADS.SIMILARITY = CN()
+    # False: SuspectedTargetROIHeads reports loss_sim = 0 and otherwise trains as StandardROIHeads.
+    cfg.MODEL.ROI_HEADS.SIMILARITY.ENABLED = True
+    # lambda4 in eq. (4). lambda3 (regression) is detectron2's MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT.
+    cfg.MODEL.ROI_HEADS.SIMILARITY.LOSS_WEIGHT = 0.1
+    # "softmax": class-softmax vectors (the paper); "penultimate": the box head's output features.
+    cfg.MODEL.ROI_HEADS.SIMILARITY.FEATURE = "softmax"
+
+    # --- Paired positive/negative training data --------------------------------------------------
+    cfg.DATALOADER.PAIRED = CN()
+    # True: every batch holds N positive and N negative images from DATASETS.TRAIN, where a record with
+    # annotations is positive and one with `annotations: []` is negative. N = IMS_PER_BATCH / 2 / #GPUs.
+    cfg.DATALOADER.PAIRED.ENABLED = False
+    # Seeds of the two infinitely shuffled streams; -1: a random seed shared by all ranks.
+    cfg.DATALOADER.PAIRED.POSITIVE_SEED = -1
+    cfg.DATALOADER.PAIRED.NEGATIVE_SEED = -1
+
+    # --- Input -------------------------------------------------------------------------------------
+    # "fixed": resize every image to INPUT.FIXED_SIZE (the paper); "shortest_edge": detectron2's
+    # MIN_SIZE_TRAIN / MAX_SIZE_TRAIN resizing.
+    cfg.INPUT.RESIZE_MODE = "fixed"
+    cfg.INPUT.FIXED_SIZE = (512, 512)  # (height, width)
+    # Intensity window mapped to the model's 0..255 input, as percentiles of the image's pixels.
+    # (0, 100) is plain min-max scaling of each image.
+    cfg.INPUT.INTENSITY_PERCENTILES = (0.0, 100.0)
+
+    # --- Solver -------------------------------------------------------------------------------------
+    # "ADAM" (the paper) or "SGD" (detectron2's default optimizer).
+    cfg.SOLVER.OPTIMIZER = "ADAM"
+    cfg.SOLVER.ADAM_BETAS = (0.9, 0.999)
+
+    # --- Patient-level evaluation ---------------------------------------------------------------------
+    cfg.TEST.PATIENT = CN()
+    # A patient is predicted positive when any of its boxes scores above this (paper: 0.5).
+    cfg.TEST.PATIENT.THRESHOLD = 0.5
+    # Metric the best-checkpoint hook maximises (a key of the patient evaluator's results).
+    cfg.TEST.PATIENT.BEST_METRIC = "auc"
+    # Bootstrap resamples (by patient) for the 95% intervals; 0 disables them.
+    cfg.TEST.PATIENT.BOOTSTRAP = 1000
+    return cfg
+
+
+def get_mammo_tl_cfg():
+    """detectron2's default config with mammo_tl's keys added."""
+    from detectron2.config import get_cfg
+
+    return add_mammo_tl_config(get_cfg())

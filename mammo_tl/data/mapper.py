@@ -1,0 +1,91 @@
+"""DatasetMappers for mammograms: 16-bit/DICOM reading, fixed-size resize, positive/negative pairs."""
+import copy
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from .image_io import read_image, to_model_input
+
+
+def is_negative(record) -> bool:
+    """A negative image has ``annotations: []``; a positive one at least one box."""
+    if "annotations" not in record:
+        raise KeyError(f"dataset record {record.get('file_name', record.get('image_id'))!r} has no "
+                       "'annotations' key: mark negative images with annotations: []")
+    return len(record["annotations"]) == 0
+
+
+def build_mammo_augmentation(cfg, is_train):
+    """INPUT.RESIZE_MODE "fixed": resize to INPUT.FIXED_SIZE (the paper's 512 x 512); "shortest_edge":
+    detectron2's own resizing. Plus INPUT.RANDOM_FLIP in training."""
+    mode = cfg.INPUT.RESIZE_MODE
+    if mode == "shortest_edge":
+        return utils.build_augmentation(cfg, is_train)
+    if mode != "fixed":
+        raise ValueError(f"INPUT.RESIZE_MODE must be 'fixed' or 'shortest_edge', got {mode!r}")
+    h, w = cfg.INPUT.FIXED_SIZE
+    augs = [T.Resize((int(h), int(w)))]
+    if is_train and cfg.INPUT.RANDOM_FLIP != "none":
+        augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                                 vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
+    return augs
+
+
+class MammogramDatasetMapper(DatasetMapper):
+    """detectron2's DatasetMapper for single-channel 16-bit PNG or DICOM mammograms.
+
+    The image is windowed to 0..255 (INPUT.INTENSITY_PERCENTILES), repeated to 3 channels and resized
+    (INPUT.RESIZE_MODE). Records keep their ``patient_id``, ``laterality`` and ``view``; the output has
+    ``is_negative`` in training.
+    """
+
+    @configurable
+    def __init__(self, is_train: bool, *, intensity_percentiles=(0.0, 100.0), **kwargs):
+        super().__init__(is_train, **kwargs)
+        self.intensity_percentiles = tuple(float(p) for p in intensity_percentiles)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        ret["augmentations"] = build_mammo_augmentation(cfg, is_train)
+        ret["intensity_percentiles"] = cfg.INPUT.INTENSITY_PERCENTILES
+        return ret
+
+    def __call__(self, dataset_dict):
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = to_model_input(read_image(dataset_dict["file_name"]), self.intensity_percentiles)
+        utils.check_image_size(dataset_dict, image)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_shape = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            return dataset_dict
+        dataset_dict["is_negative"] = is_negative(dataset_dict)
+        self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
+
+
+class PairedDatasetMapper:
+    """Maps a (positive record, negative record) pair to two model inputs with one image mapper.
+
+    Refuses a pair whose first record has no box or whose second has one, naming the file.
+    """
+
+    def __init__(self, image_mapper):
+        self.image_mapper = image_mapper
+
+    def __call__(self, pair):
+        positive, negative = pair
+        if is_negative(positive):
+            raise ValueError(f"{positive['file_name']}: expected a positive image (annotated), got no boxes")
+        if not is_negative(negative):
+            raise ValueError(f"{negative['file_name']}: expected a negative image, got "
+                             f"{len(negative['annotations'])} boxes")
+        return self.image_mapper(positive), self.image_mapper(negative)

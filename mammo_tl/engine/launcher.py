@@ -1,0 +1,29 @@
+"""setup() and main() behind tools/train_net.py, importable by tests and other scripts."""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_setup
+from detectron2.evaluation import verify_results
+
+from ..config import get_mammo_tl_cfg
+from .trainer import Trainer
+
+
+def setup(args):
+    cfg = get_mammo_tl_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()

@@ -1,0 +1,124 @@
+"""SuspectedTargetROIHeads: StandardROIHeads that samples negative images' suspected targets and adds
+the paper's similarity loss."""
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.structures import Instances
+
+from .losses import similarity_loss
+
+SIMILARITY_FEATURES = ("softmax", "penultimate")
+
+
+@ROI_HEADS_REGISTRY.register()
+class SuspectedTargetROIHeads(StandardROIHeads):
+    """Fast R-CNN head of eq. (4)::
+
+        L_fast = L_cls + lambda3 * L_reg + lambda4 * L_sim
+
+    * Negative images (empty ground truth): every sampled proposal is background and has no
+      regression target (detectron2's behaviour for empty ground truth). Their
+      ``NUM_TOP_PROPOSALS`` highest-objectness proposals (the suspected targets) are always among the
+      sampled RoIs; the rest of the image's ``BATCH_SIZE_PER_IMAGE`` are drawn at random, as detectron2
+      does. Without this, detectron2's random sampling rarely scores the suspected targets.
+    * ``loss_sim`` (:func:`similarity_loss`, weight lambda4): the i-th positive image in the batch is
+      paired with the i-th negative image. K = the positive image's number of sampled foreground
+      proposals (capped by the negative image's sampled proposals). Rows: the positive image's
+      foreground proposals and the negative image's K highest-objectness proposals, each in descending
+      objectness order. Feature: the class-softmax vector (``FEATURE: softmax``, the paper) or the box
+      head's output (``penultimate``). Reported in every training step (zero when disabled or when the
+      batch holds no pair).
+    """
+
+    @configurable
+    def __init__(self, *, num_top_negative_proposals: int = 128, similarity_enabled: bool = True,
+                 similarity_weight: float = 0.1, similarity_feature: str = "softmax", **kwargs):
+        super().__init__(**kwargs)
+        if similarity_feature not in SIMILARITY_FEATURES:
+            raise ValueError(f"MODEL.ROI_HEADS.SIMILARITY.FEATURE must be one of {SIMILARITY_FEATURES}, "
+                             f"got {similarity_feature!r}")
+        if num_top_negative_proposals < 0:
+            raise ValueError("MODEL.ROI_HEADS.SUSPECTED_TARGET.NUM_TOP_PROPOSALS must be >= 0, "
+                             f"got {num_top_negative_proposals}")
+        self.num_top_negative_proposals = num_top_negative_proposals
+        self.similarity_enabled = similarity_enabled
+        self.similarity_weight = similarity_weight
+        self.similarity_feature = similarity_feature
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret.update(
+            num_top_negative_proposals=cfg.MODEL.ROI_HEADS.SUSPECTED_TARGET.NUM_TOP_PROPOSALS,
+            similarity_enabled=cfg.MODEL.ROI_HEADS.SIMILARITY.ENABLED,
+            similarity_weight=cfg.MODEL.ROI_HEADS.SIMILARITY.LOSS_WEIGHT,
+            similarity_feature=cfg.MODEL.ROI_HEADS.SIMILARITY.FEATURE,
+        )
+        return ret
+
+    # ---- sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]):
+        if self.num_top_negative_proposals > 0:
+            # Negative images' proposals in descending objectness, so that _sample_proposals can keep the
+            # first ones. (The RPN already returns them so; this makes it a guarantee.)
+            proposals = [
+                p[torch.argsort(p.objectness_logits, descending=True, stable=True)] if len(t) == 0 else p
+                for p, t in zip(proposals, targets)
+            ]
+        return super().label_and_sample_proposals(proposals, targets)
+
+    def _sample_proposals(self, matched_idxs, matched_labels, gt_classes):
+        if gt_classes.numel() > 0 or self.num_top_negative_proposals == 0:
+            return super()._sample_proposals(matched_idxs, matched_labels, gt_classes)
+        # Negative image: proposals arrive sorted by objectness (label_and_sample_proposals).
+        n = matched_idxs.numel()
+        num_top = min(self.num_top_negative_proposals, self.batch_size_per_image, n)
+        num_rest = min(self.batch_size_per_image, n) - num_top
+        rest = torch.randperm(n - num_top, device=matched_idxs.device)[:num_rest] + num_top
+        sampled = torch.cat([torch.arange(num_top, device=matched_idxs.device), rest])
+        labels = torch.full_like(sampled, self.num_classes)
+        return sampled, labels
+
+    # ---- losses -----------------------------------------------------------------------------------
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        if not self.training:
+            return super()._forward_box(features, proposals)
+        box_features = self.box_pooler([features[f] for f in self.box_in_features],
+                                       [x.proposal_boxes for x in proposals])
+        box_features = self.box_head(box_features)
+        predictions = self.box_predictor(box_features)
+        losses = self.box_predictor.losses(predictions, proposals)
+        if self.train_on_pred_boxes:
+            raise NotImplementedError("SuspectedTargetROIHeads does not support TRAIN_ON_PRED_BOXES")
+        losses["loss_sim"] = self._similarity_loss(predictions[0], box_features, proposals)
+        return losses
+
+    def _similarity_loss(self, scores, box_features, proposals: List[Instances]):
+        zero = scores.sum() * 0.0
+        if not self.similarity_enabled:
+            return zero
+        if self.similarity_feature == "softmax":
+            feats = F.softmax(scores, dim=1)
+        else:
+            feats = box_features.flatten(1)
+        per_image = feats.split([len(p) for p in proposals])
+        positives, negatives = [], []
+        for f, p in zip(per_image, proposals):
+            order = torch.argsort(p.objectness_logits, descending=True, stable=True)
+            # detectron2 sets gt_boxes on the sampled proposals of images that have ground truth only
+            if p.has("gt_boxes"):
+                is_fg = (p.gt_classes[order] >= 0) & (p.gt_classes[order] < self.num_classes)
+                positives.append(f[order][is_fg])
+            else:
+                negatives.append(f[order])
+        pair_losses = []
+        for x1, x2 in zip(positives, negatives):
+            k = min(len(x1), len(x2))
+            pair_losses.append(similarity_loss(x1[:k], x2[:k]))
+        if not pair_losses:
+            return zero
+        return torch.stack(pair_losses).mean() * self.similarity_weight

@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mammo_tl",
+    version="0.1.0",
+    description=(
+        "Detectron2 plugin for mammography lesion detection that learns from unannotated "
+        "negative images (Xiao et al., 'Learning from Suspected Target', MICCAI 2019)"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["mammo_tl", "mammo_tl.*"]),
+    # torch, torchvision and detectron2 are installed first by `make install` (see README):
+    # detectron2 is not on PyPI under its own name and torch builds differ per machine.
+    install_requires=[
+        "numpy<2",
+        "fvcore",
+        "iopath",
+        # headless build: the same OpenCV without the GUI/libGL dependency, which servers lack
+        "opencv-python-headless",
+        "pycocotools",
+        "pydicom>=2.4",
+        # decoders pydicom uses for compressed mammograms: JPEG 2000, JPEG-LS/Lossless, RLE
+        "pylibjpeg>=2",
+        "pylibjpeg-openjpeg",
+        "pylibjpeg-libjpeg",
+        "pylibjpeg-rle",
+        "scikit-learn",
+        "matplotlib",
+        "tqdm",
+        "tabulate",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "pytest-xdist", "hypothesis"],
+    },
+)
