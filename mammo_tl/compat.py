@@ -35,3 +35,27 @@ def quiet_known_warnings():
     # torch >= 2.10 warns on every torch.jit.script, which detectron2 calls at import time.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.*deprecated", category=FutureWarning)
+
+
+def patch_cpu_ddp():
+    """Let detectron2's trainers run multi-process on CPU (gloo).
+
+    Every detectron2 build's ``create_ddp_model`` passes ``device_ids=[local_rank]`` to
+    DistributedDataParallel, which torch rejects for a CPU module. The wrapper passes
+    ``device_ids=None`` for CPU models and changes nothing on GPU. Idempotent.
+    """
+    import detectron2.engine.defaults as d2_defaults
+
+    original = d2_defaults.create_ddp_model
+    if getattr(original, "_mammo_tl_cpu_patch", False):
+        return
+
+    def create_ddp_model(model, *, fp16_compression=False, **kwargs):
+        if "device_ids" not in kwargs:
+            param = next(model.parameters(), None)
+            if param is not None and param.device.type == "cpu":
+                kwargs["device_ids"] = None
+        return original(model, fp16_compression=fp16_compression, **kwargs)
+
+    create_ddp_model._mammo_tl_cpu_patch = True
+    d2_defaults.create_ddp_model = create_ddp_model

@@ -7,7 +7,10 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
+from ..compat import patch_cpu_ddp
 from ..data import MammogramDatasetMapper, build_paired_train_loader
+
+patch_cpu_ddp()
 
 
 def build_optimizer(cfg, model):
