@@ -46,6 +46,11 @@ def add_mammo_tl_config(cfg):
     # Intensity window mapped to the model's 0..255 input, as percentiles of the image's pixels.
     # (0, 100) is plain min-max scaling of each image.
     cfg.INPUT.INTENSITY_PERCENTILES = (0.0, 100.0)
+    # How tools/predict.py prepares a full-field image before the model; match the options the training
+    # data was prepared with (tools/prepare_dataset.py --crop / --flip). Crop to the breast's bounding box:
+    cfg.INPUT.CROP_TO_BREAST = True
+    # Mirror images whose chest wall is on the right, so every breast faces the same way:
+    cfg.INPUT.CANONICAL_FLIP = False
 
     # --- Solver -------------------------------------------------------------------------------------
     # "ADAM" (the paper) or "SGD" (detectron2's default optimizer).

@@ -118,3 +118,71 @@ def test_resume_after_sigkill(tiny_datasets, tmp_path):
     rows = [json.loads(line) for line in open(out / "metrics.json")]
     iters = [r["iteration"] for r in rows if "total_loss" in r]
     assert iters[-1] == done + 2
+
+
+def test_patient_eval_during_training_and_best_checkpoint_survives_resume(tiny_datasets, tmp_path):
+    from mammo_tl.engine import Trainer
+    from mammo_tl.engine.hooks import BestCheckpointHook
+    from mammo_tl.engine.launcher import setup
+
+    out = tmp_path / "run"
+    opts = ["SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "2", "TEST.PATIENT.BOOTSTRAP", "20",
+            "SOLVER.CHECKPOINT_PERIOD", "2"]
+    cfg = setup(_args("synthetic/d_tl_similarity.yaml", out, opts=opts))
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    hook = next(h for h in trainer._hooks if isinstance(h, BestCheckpointHook))
+    rows = [json.loads(line) for line in open(out / "metrics.json")]
+    evals = [(r["iteration"], r["patient/auc"]) for r in rows if "patient/auc" in r]
+    assert len(evals) == 2 and evals[0][0] == 1  # after iteration 2, and at the end
+    finite = [(i, v) for i, v in evals if np.isfinite(v)]
+    assert finite, "the tiny test set has both classes, so AUC is defined"
+    best_iter, best = max(finite, key=lambda t: t[1])
+    assert hook.best_value == pytest.approx(best) and hook.best_iter == best_iter
+    assert (out / "model_best.pth").exists()
+    assert json.load(open(out / "model_best.json"))["value"] == pytest.approx(best)
+    assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    for name in ("patients.csv", "roc.png", "froc.png", "patient_metrics.json"):
+        assert (out / "inference" / "mammo_synth_tiny_test" / name).exists(), name
+
+    # a resumed trainer starts from the recorded best, not from scratch
+    cfg2 = setup(_args("synthetic/d_tl_similarity.yaml", out, opts=opts[:-4] + ["TEST.EVAL_PERIOD", "2"]))
+    resumed = Trainer(cfg2)
+    resumed.resume_or_load(resume=True)
+    hook2 = next(h for h in resumed._hooks if isinstance(h, BestCheckpointHook))
+    assert hook2.best_value == pytest.approx(best) and hook2.best_iter == best_iter
+
+
+def test_best_checkpoint_hook_keeps_the_best(tmp_path):
+    """The hook's rule on a scripted sequence of evaluation results."""
+    from types import SimpleNamespace
+
+    from detectron2.utils.events import EventStorage
+
+    from mammo_tl.engine.hooks import BestCheckpointHook
+
+    saved = []
+
+    class FakeCheckpointer:
+        save_dir = str(tmp_path)
+
+        def has_checkpoint(self):
+            return False
+
+        def save(self, name, iteration):
+            saved.append((name, iteration))
+
+    hook = BestCheckpointHook(10, FakeCheckpointer(), metric="patient/auc")
+    with EventStorage() as storage:
+        hook.trainer = SimpleNamespace(storage=storage, iter=0, max_iter=100)
+        for it, auc in ((9, 0.6), (19, 0.8), (29, 0.7), (39, float("nan")), (49, 0.81)):
+            storage.iter = it
+            storage.put_scalar("patient/auc", auc, smoothing_hint=False)
+            hook.trainer.iter = it
+            hook.after_step()
+    assert saved == [("model_best", 9), ("model_best", 19), ("model_best", 49)]
+    assert hook.state_dict()["best_value"] == pytest.approx(0.81)
+    fresh = BestCheckpointHook(10, FakeCheckpointer(), metric="patient/auc")
+    fresh.load_state_dict({"best_value": 0.5, "best_iter": 3, "metric": "patient/auc"})
+    assert fresh.best_value == pytest.approx(0.81)  # model_best.json on disk is newer than the state

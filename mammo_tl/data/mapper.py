@@ -55,15 +55,18 @@ class MammogramDatasetMapper(DatasetMapper):
         ret["intensity_percentiles"] = cfg.INPUT.INTENSITY_PERCENTILES
         return ret
 
+    def image_to_tensor(self, image: np.ndarray):
+        """A single-channel stored image -> (C, H, W) float tensor for the model, and the transforms."""
+        aug_input = T.AugInput(to_model_input(image, self.intensity_percentiles))
+        transforms = self.augmentations(aug_input)
+        return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))), transforms
+
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = to_model_input(read_image(dataset_dict["file_name"]), self.intensity_percentiles)
+        image = read_image(dataset_dict["file_name"])
         utils.check_image_size(dataset_dict, image)
-        aug_input = T.AugInput(image)
-        transforms = self.augmentations(aug_input)
-        image = aug_input.image
-        image_shape = image.shape[:2]
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        dataset_dict["image"], transforms = self.image_to_tensor(image)
+        image_shape = tuple(dataset_dict["image"].shape[1:])
         if not self.is_train:
             dataset_dict.pop("annotations", None)
             return dataset_dict

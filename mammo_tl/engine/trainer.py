@@ -1,14 +1,19 @@
 """Trainer(DefaultTrainer): mammogram loaders, the paired loader, Adam, evaluators."""
+import json
 import os
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.utils import comm
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..compat import patch_cpu_ddp
 from ..data import MammogramDatasetMapper, build_paired_train_loader
+from ..evaluation.evaluators import PatientEvaluator
+from .hooks import BestCheckpointHook
 
 patch_cpu_ddp()
 
@@ -57,5 +62,31 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        evaluators = [COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder)]
-        return DatasetEvaluators(evaluators)
+        p = cfg.TEST.PATIENT
+        return DatasetEvaluators([
+            COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder),
+            PatientEvaluator(dataset_name, output_folder, threshold=p.THRESHOLD, bootstrap=p.BOOTSTRAP,
+                             seed=cfg.SEED if cfg.SEED >= 0 else 0),
+        ])
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's test(), plus the results written to OUTPUT_DIR/inference/eval_results.json."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and results:
+            path = os.path.join(cfg.OUTPUT_DIR, "inference", "eval_results.json")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(results, f, indent=1, default=float)
+        return results
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        cfg = self.cfg
+        if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST:
+            metric = f"patient/{cfg.TEST.PATIENT.BEST_METRIC}"
+            if len(cfg.DATASETS.TEST) > 1:
+                metric = f"{cfg.DATASETS.TEST[0]}/{metric}"
+            at = next(i for i, h in enumerate(ret) if isinstance(h, d2_hooks.EvalHook))
+            ret.insert(at + 1, BestCheckpointHook(cfg.TEST.EVAL_PERIOD, self.checkpointer, metric))
+        return ret

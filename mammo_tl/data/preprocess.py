@@ -1,0 +1,107 @@
+"""Mammogram preprocessing with a recorded, invertible transform: crop to the breast, optional flip to
+one canonical side, resize. Any box predicted on the preprocessed image maps back to the original
+(DICOM) pixel grid with :meth:`MammoTransform.inverse_boxes`."""
+from dataclasses import asdict, dataclass
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class MammoTransform:
+    """original (H, W) -> crop [x1, y1, x2, y2) -> optional horizontal flip -> resize to (h, w)."""
+
+    original_size: Tuple[int, int]  # (height, width) of the stored pixel grid
+    crop: Tuple[int, int, int, int]  # x1, y1, x2, y2 in original pixels (x2, y2 exclusive)
+    flip: bool
+    size: Tuple[int, int]  # (height, width) after resizing
+
+    @property
+    def scale(self):
+        x1, y1, x2, y2 = self.crop
+        return self.size[1] / (x2 - x1), self.size[0] / (y2 - y1)
+
+    def apply_boxes(self, boxes):
+        """(n, 4) xyxy boxes in original pixels -> preprocessed image pixels."""
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+        x1, y1, x2, y2 = self.crop
+        b[:, [0, 2]] -= x1
+        b[:, [1, 3]] -= y1
+        if self.flip:
+            w = x2 - x1
+            b[:, [0, 2]] = w - b[:, [2, 0]]
+        sx, sy = self.scale
+        b[:, [0, 2]] *= sx
+        b[:, [1, 3]] *= sy
+        return b
+
+    def inverse_boxes(self, boxes):
+        """(n, 4) xyxy boxes in preprocessed pixels -> original pixels."""
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+        sx, sy = self.scale
+        b[:, [0, 2]] /= sx
+        b[:, [1, 3]] /= sy
+        x1, y1, x2, y2 = self.crop
+        if self.flip:
+            w = x2 - x1
+            b[:, [0, 2]] = w - b[:, [2, 0]]
+        b[:, [0, 2]] += x1
+        b[:, [1, 3]] += y1
+        return b
+
+    def to_dict(self):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(tuple(d["original_size"]), tuple(d["crop"]), bool(d["flip"]), tuple(d["size"]))
+
+
+def breast_bbox(image: np.ndarray, margin: float = 0.01) -> Tuple[int, int, int, int]:
+    """Bounding box [x1, y1, x2, y2) of the breast: the largest bright connected region (Otsu threshold on
+    a downsampled copy), so film labels and markers outside the breast are dropped."""
+    h, w = image.shape
+    f = max(1, int(max(h, w) // 512))
+    small = image[::f, ::f].astype(np.float32)
+    lo, hi = float(small.min()), float(small.max())
+    if hi <= lo:
+        return 0, 0, w, h
+    u8 = ((small - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    u8 = cv2.GaussianBlur(u8, (5, 5), 0)
+    _, mask = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return 0, 0, w, h
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, bw, bh = stats[k, :4]
+    mx, my = int(margin * w), int(margin * h)
+    return (max(0, x * f - mx), max(0, y * f - my), min(w, (x + bw) * f + mx), min(h, (y + bh) * f + my))
+
+
+def faces_right(image: np.ndarray) -> bool:
+    """True when the breast lies against the left image edge (chest wall left), judged by content."""
+    cols = image.astype(np.float64).sum(axis=0)
+    half = len(cols) // 2
+    return cols[:half].sum() >= cols[half:].sum()
+
+
+def preprocess(image: np.ndarray, size: Optional[Tuple[int, int]] = None, crop: bool = True,
+               canonical_flip: bool = False):
+    """Returns (preprocessed float32 image, MammoTransform).
+
+    crop: crop to :func:`breast_bbox`. canonical_flip: mirror images whose chest wall is on the right so
+    every breast faces the same way (chest wall left). size: (height, width) to resize to; None keeps the crop.
+    """
+    h, w = image.shape
+    x1, y1, x2, y2 = breast_bbox(image) if crop else (0, 0, w, h)
+    out = image[y1:y2, x1:x2]
+    flip = bool(canonical_flip and not faces_right(out))
+    if flip:
+        out = out[:, ::-1]
+    out_size = tuple(int(s) for s in size) if size else out.shape
+    if out.shape != out_size:
+        out = cv2.resize(np.ascontiguousarray(out, dtype=np.float32), (out_size[1], out_size[0]),
+                         interpolation=cv2.INTER_AREA)
+    t = MammoTransform((h, w), (int(x1), int(y1), int(x2), int(y2)), flip, out_size)
+    return np.ascontiguousarray(out, dtype=np.float32), t

@@ -1,0 +1,167 @@
+"""PatientEvaluator: per-patient and per-breast metrics, ROC and FROC curves, per-patient CSV."""
+import csv
+import itertools
+import json
+import logging
+import os
+from collections import OrderedDict
+
+import numpy as np
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+
+from .metrics import froc, patient_metrics
+
+logger = logging.getLogger(__name__)
+
+
+def labels_from_records(records, key=("patient_id",)):
+    """Group id -> 1 when any of its images has a box, else 0; also image id -> group id."""
+    labels, group_of = {}, {}
+    for r in records:
+        missing = [k for k in key if k not in r]
+        if missing:
+            raise KeyError(f"dataset record {r.get('file_name')!r} lacks {missing}: patient-level evaluation "
+                           "needs patient_id (and laterality for per-breast metrics) on every record")
+        g = "/".join(str(r[k]) for k in key)
+        group_of[r["image_id"]] = g
+        labels[g] = max(labels.get(g, 0), int(len(r.get("annotations", [])) > 0))
+    return labels, group_of
+
+
+def group_scores(image_scores, group_of, groups):
+    """Highest image score per group; 0 for a group none of whose images has a box."""
+    out = {g: 0.0 for g in groups}
+    for image_id, s in image_scores.items():
+        g = group_of[image_id]
+        out[g] = max(out[g], s)
+    return out
+
+
+def plot_roc(curves, path, title="ROC, per patient"):
+    """curves: name -> (labels, scores) over the same patients. Writes PNG and one CSV per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, (y, s) in curves.items():
+        if 0 < np.sum(y) < len(y):
+            fpr, tpr, thr = roc_curve(y, s)
+            ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
+            with open(os.path.splitext(path)[0] + (f"_{name}" if len(curves) > 1 else "") + ".csv", "w",
+                      newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["fpr", "tpr", "threshold"])
+                w.writerows(zip(fpr, tpr, thr))
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_froc(curves, path, max_fppi=8.0):
+    """curves: name -> froc() result. Writes PNG (log x axis) and one CSV per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for name, r in curves.items():
+        c = r["curve"]
+        ax.step(np.maximum(c["fppi"], 1e-3), c["sensitivity"], where="post", label=f"{name} (CPM {r['cpm']:.3f})")
+        with open(os.path.splitext(path)[0] + (f"_{name}" if len(curves) > 1 else "") + ".csv", "w",
+                  newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["fppi", "sensitivity", "threshold"])
+            w.writerows(zip(c["fppi"], c["sensitivity"], c["threshold"]))
+    ax.set_xscale("log")
+    ax.set(xlabel="false positives per image", ylabel="lesion sensitivity", title="FROC",
+           xlim=(0.1, max_fppi), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+class PatientEvaluator(DatasetEvaluator):
+    """Per-patient (and per-breast) AUC, sensitivity, specificity, accuracy and lesion-level FROC.
+
+    A patient's score is its highest box score over all its images (0 when none); it is predicted
+    positive when that score is above ``threshold`` (paper: 0.5). Labels come from the dataset records:
+    a patient is positive when any of its images has a box. Gathers predictions from all ranks; rank 0
+    computes and writes ``patients.csv``, ``roc.png/csv``, ``froc.png/csv`` and ``patient_metrics.json``
+    to ``output_dir``.
+    """
+
+    def __init__(self, dataset_name, output_dir=None, threshold=0.5, bootstrap=1000, seed=0):
+        self.dataset_name = dataset_name
+        self.output_dir = output_dir
+        self.threshold = threshold
+        self.bootstrap = bootstrap
+        self.seed = seed
+        self._predictions = []
+
+    def reset(self):
+        self._predictions = []
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            inst = out["instances"].to("cpu")
+            self._predictions.append({
+                "image_id": inp["image_id"],
+                "boxes": inst.pred_boxes.tensor.numpy().astype(np.float64),
+                "scores": inst.scores.numpy().astype(np.float64),
+            })
+
+    def evaluate(self):
+        predictions = comm.gather(self._predictions, dst=0)
+        if not comm.is_main_process():
+            return {}
+        predictions = {p["image_id"]: p for p in itertools.chain(*predictions)}
+        records = DatasetCatalog.get(self.dataset_name)
+        missing = [r["image_id"] for r in records if r["image_id"] not in predictions]
+        if missing:
+            raise RuntimeError(f"{self.dataset_name}: no prediction for {len(missing)} image(s), e.g. {missing[:5]}")
+        image_scores = {i: float(p["scores"].max()) if len(p["scores"]) else 0.0 for i, p in predictions.items()}
+        results = OrderedDict()
+        for level, key in (("patient", ("patient_id",)), ("breast", ("patient_id", "laterality"))):
+            labels, group_of = labels_from_records(records, key)
+            scores = group_scores(image_scores, group_of, labels)
+            m = patient_metrics(scores, labels, self.threshold, self.bootstrap, self.seed)
+            results[level] = {k: m[k] for k in ("auc", "sensitivity", "specificity", "accuracy")}
+            results[level].update({k: float(m[k]) for k in ("tp", "fp", "tn", "fn", "num_patients")})
+            for k, (lo, hi) in m.get("ci", {}).items():
+                results[level][f"{k}_ci_low"], results[level][f"{k}_ci_high"] = lo, hi
+            if level == "patient":
+                patient_labels, patient_scores = labels, scores
+        gt = {r["image_id"]: np.array([a["bbox"] for a in r["annotations"]], dtype=np.float64).reshape(-1, 4)
+              for r in records}
+        fr = froc(gt, {i: p["boxes"] for i, p in predictions.items()},
+                  {i: p["scores"] for i, p in predictions.items()})
+        results["froc"] = {f"sens@{r:g}": s for r, s in zip(fr["fp_rates"], fr["sensitivity"])}
+        results["froc"]["cpm"] = fr["cpm"]
+        if self.output_dir:
+            self._write(patient_labels, patient_scores, fr, results)
+        return results
+
+    def _write(self, labels, scores, fr, results):
+        os.makedirs(self.output_dir, exist_ok=True)
+        ids = sorted(labels, key=str)
+        with open(os.path.join(self.output_dir, "patients.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["patient_id", "label", "score"])
+            w.writerows((i, labels[i], f"{scores[i]:.6f}") for i in ids)
+        y = np.array([labels[i] for i in ids])
+        s = np.array([scores[i] for i in ids])
+        plot_roc({"model": (y, s)}, os.path.join(self.output_dir, "roc.png"))
+        plot_froc({"model": fr}, os.path.join(self.output_dir, "froc.png"))
+        with open(os.path.join(self.output_dir, "patient_metrics.json"), "w") as f:
+            json.dump({"results": results, "froc": fr, "threshold": self.threshold}, f, indent=1)
+        logger.info("Patient-level results for %s written to %s", self.dataset_name, self.output_dir)

@@ -1,0 +1,132 @@
+"""Several runs side by side in the layout of the paper's Table 1, with intervals, ROC and FROC plots."""
+import csv
+import html
+import json
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from .evaluators import plot_froc, plot_roc
+from .metrics import paired_difference
+
+COLUMNS = (("ap50", "mAP (AP50)"), ("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
+           ("specificity", "specificity"))
+
+
+def find_eval_dir(run_dir, dataset=None):
+    """The folder inference/<dataset> of a run that holds patient_metrics.json."""
+    base = os.path.join(run_dir, "inference")
+    if not os.path.isdir(base):
+        raise FileNotFoundError(f"{run_dir}: no inference/ folder; evaluate the run first "
+                                "(tools/train_net.py --eval-only ...)")
+    names = [dataset] if dataset else sorted(d for d in os.listdir(base)
+                                             if os.path.exists(os.path.join(base, d, "patient_metrics.json")))
+    if not names or not os.path.exists(os.path.join(base, names[0], "patient_metrics.json")):
+        raise FileNotFoundError(f"{base}: no patient_metrics.json (dataset {dataset or 'any'})")
+    return os.path.join(base, names[0]), names[0]
+
+
+def load_run(run_dir, dataset=None):
+    """Summary of one evaluated run: metrics, intervals, patient scores, FROC curve."""
+    eval_dir, dataset = find_eval_dir(run_dir, dataset)
+    with open(os.path.join(eval_dir, "patient_metrics.json")) as f:
+        pm = json.load(f)
+    patient = pm["results"]["patient"]
+    row = OrderedDict((k, patient[k]) for k in ("auc", "accuracy", "sensitivity", "specificity"))
+    row["ap50"] = float("nan")
+    res_path = os.path.join(run_dir, "inference", "eval_results.json")
+    if os.path.exists(res_path):
+        with open(res_path) as f:
+            res = json.load(f)
+        res = res.get(dataset, res)
+        ap50 = res.get("bbox", {}).get("AP50")
+        row["ap50"] = float(ap50) / 100.0 if ap50 is not None else float("nan")  # the paper writes mAP as a fraction
+    ci = {k: (patient.get(f"{k}_ci_low"), patient.get(f"{k}_ci_high")) for k in row if k != "ap50"}
+    scores, labels = {}, {}
+    with open(os.path.join(eval_dir, "patients.csv")) as f:
+        for r in csv.DictReader(f):
+            scores[r["patient_id"]] = float(r["score"])
+            labels[r["patient_id"]] = int(r["label"])
+    for k in ("tp", "fp", "tn", "fn", "num_patients"):
+        row[k] = int(patient[k])
+    return {"row": row, "ci": ci, "scores": scores, "labels": labels, "froc": pm["froc"],
+            "threshold": pm.get("threshold", 0.5), "dataset": dataset}
+
+
+def _fmt(v, ci=None):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    s = f"{v:.3f}"
+    if ci and ci[0] is not None and np.isfinite(ci[0]):
+        s += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return s
+
+
+def make_report(runs, output_dir, baseline=None, bootstrap=1000, seed=0, title="mammo_tl results"):
+    """runs: name -> run dir (all evaluated on the same test set). Writes report.md, report.html,
+    roc.png, froc.png and results.json to output_dir; returns the results dict."""
+    os.makedirs(output_dir, exist_ok=True)
+    loaded = OrderedDict((name, load_run(d)) for name, d in runs.items())
+    baseline = baseline or next(iter(loaded))
+    results = {"runs": OrderedDict(), "differences": OrderedDict()}
+    for name, r in loaded.items():
+        results["runs"][name] = dict(r["row"], ci={k: list(v) for k, v in r["ci"].items()},
+                                     froc_cpm=r["froc"]["cpm"], dataset=r["dataset"])
+    base = loaded[baseline]
+    for name, r in loaded.items():
+        if name == baseline:
+            continue
+        if set(r["labels"]) != set(base["labels"]):
+            raise ValueError(f"runs {baseline!r} and {name!r} were evaluated on different patients")
+        d = paired_difference(base["scores"], r["scores"], base["labels"], base["threshold"], bootstrap, seed)
+        results["differences"][f"{name} - {baseline}"] = {k: {"diff": v["diff"], "ci": list(v["ci"])}
+                                                          for k, v in d.items()}
+
+    plot_roc({n: (np.array([r["labels"][p] for p in sorted(r["labels"])]),
+                  np.array([r["scores"][p] for p in sorted(r["labels"])])) for n, r in loaded.items()},
+             os.path.join(output_dir, "roc.png"))
+    plot_froc({n: r["froc"] for n, r in loaded.items()}, os.path.join(output_dir, "froc.png"))
+
+    header = ["run"] + [c for _, c in COLUMNS]
+    rows = [[name] + [_fmt(r["row"][k], r["ci"].get(k)) for k, _ in COLUMNS] for name, r in loaded.items()]
+    diff_header = ["difference"] + [c for k, c in COLUMNS if k != "ap50"]
+    diff_rows = [[name] + [_fmt(d[k]["diff"], d[k]["ci"]) for k, _ in COLUMNS if k != "ap50"]
+                 for name, d in results["differences"].items()]
+    n = next(iter(loaded.values()))["row"]
+    lines = [f"# {title}", "",
+             f"Test set: {next(iter(loaded.values()))['dataset']}, {n['num_patients']} patients. Patient-level "
+             f"metrics at score threshold {base['threshold']} with 95% bootstrap intervals over patients; "
+             "mAP is COCO AP at IoU 0.5 over boxes.", "",
+             _md_table(header, rows), ""]
+    if diff_rows:
+        lines += ["Paired differences (same patients resampled for both runs):", "", _md_table(diff_header, diff_rows), ""]
+    lines += ["![ROC](roc.png) ![FROC](froc.png)", ""]
+    md = "\n".join(lines)
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(output_dir, "report.html"), "w") as f:
+        f.write(_html(title, header, rows, diff_header, diff_rows))
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    return results, md
+
+
+def _md_table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _html(title, header, rows, diff_header, diff_rows):
+    def table(h, rs):
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in h)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rs)
+        return f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"
+
+    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
+             f"<h1>{html.escape(title)}</h1>", table(header, rows)]
+    if diff_rows:
+        parts += ["<h2>Paired differences</h2>", table(diff_header, diff_rows)]
+    parts += ["<p><img src='roc.png'> <img src='froc.png'></p></body></html>"]
+    return "\n".join(parts)

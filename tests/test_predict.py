@@ -1,0 +1,123 @@
+"""Preprocessing geometry and tools/predict.py: boxes come back in the original pixel grid."""
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.structures import Boxes, Instances
+
+from mammo_tl.data.preprocess import MammoTransform, breast_bbox, preprocess
+from mammo_tl.engine import predict as predict_mod
+from mammo_tl.engine.predictor import MammoPredictor
+
+
+def _phantom(h=600, w=480, chest_wall="right"):
+    """A breast against one edge, a film label in the opposite corner, a bright square 'lesion'."""
+    img = np.full((h, w), 200.0, np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx = w - 1 if chest_wall == "right" else 0
+    img[((xx - cx) / (0.8 * w)) ** 2 + ((yy - h / 2) / (0.42 * h)) ** 2 <= 1] = 3000.0
+    lx = 10 if chest_wall == "right" else w - 50
+    img[15:35, lx:lx + 40] = 4000.0  # label outside the breast
+    lesion = (300, 250, 330, 290) if chest_wall == "right" else (150, 250, 180, 290)
+    x1, y1, x2, y2 = lesion
+    img[y1:y2, x1:x2] = 6000.0
+    return img, np.array([lesion], dtype=np.float64)
+
+
+def test_transform_round_trip():
+    t = MammoTransform((4000, 3000), (500, 200, 2500, 3900), True, (512, 512))
+    boxes = np.array([[600.5, 300, 900, 700], [2400, 3800, 2500, 3900]])
+    np.testing.assert_allclose(t.inverse_boxes(t.apply_boxes(boxes)), boxes, atol=1e-6)
+    # the flip mirrors inside the crop: the crop's left edge maps to the output's right edge
+    np.testing.assert_allclose(t.apply_boxes([[500, 200, 500, 200]])[0, [0, 1]], [512, 0])
+    assert MammoTransform.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+
+
+def test_breast_bbox_drops_the_label():
+    img, _ = _phantom()
+    x1, y1, x2, y2 = breast_bbox(img)
+    assert x1 > 60, "the film label at the far left must not be in the crop"
+    assert x2 == 480 and y1 < 0.1 * 600 + 10 and y2 > 0.9 * 600 - 10
+
+
+@pytest.mark.parametrize("chest_wall", ["left", "right"])
+def test_lesion_found_in_preprocessed_image_maps_back_within_a_pixel(chest_wall):
+    img, lesion = _phantom(chest_wall=chest_wall)
+    out, t = preprocess(img, size=(256, 256), crop=True, canonical_flip=True)
+    assert t.flip == (chest_wall == "right")
+    mask = (out > 5000).astype(np.uint8)
+    ys, xs = np.nonzero(mask)
+    found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=np.float64)
+    np.testing.assert_allclose(t.apply_boxes(lesion), found, atol=1.0)
+    # one preprocessed pixel spans 1/scale original pixels; compare at that resolution
+    sx, sy = t.scale
+    back = t.inverse_boxes(found)
+    assert np.all(np.abs(back - lesion)[:, [0, 2]] <= 1.0 / sx + 1) and np.all(np.abs(back - lesion)[:, [1, 3]] <= 1.0 / sy + 1)
+
+
+class _FixedModel(torch.nn.Module):
+    """Returns one box at a known place in the coordinates the model is asked for (height, width)."""
+
+    def __init__(self, rel_box):
+        super().__init__()
+        self.rel_box = rel_box
+        self.seen = []
+
+    def forward(self, batched):
+        out = []
+        for b in batched:
+            h, w = b["height"], b["width"]
+            self.seen.append((h, w, tuple(b["image"].shape)))
+            x1, y1, x2, y2 = self.rel_box
+            inst = Instances((h, w))
+            inst.pred_boxes = Boxes(torch.tensor([[x1 * w, y1 * h, x2 * w, y2 * h]]))
+            inst.scores = torch.tensor([0.8])
+            out.append({"instances": inst})
+        return out
+
+
+def test_predict_writes_boxes_in_original_coordinates(tmp_path, monkeypatch):
+    from tests.common import config_path
+
+    img, _ = _phantom(chest_wall="right")
+    png = tmp_path / "in" / "PAT1_R_CC.png"
+    png.parent.mkdir()
+    cv2.imwrite(str(png), img.astype(np.uint16))
+    from mammo_tl.data.synthetic import write_dicom
+
+    write_dicom(tmp_path / "in" / "scan.dcm", img.astype(np.uint16), "PAT2", "R", "MLO")
+    (tmp_path / "in" / "broken.dcm").write_bytes(b"not a dicom at all")
+    rel = (0.25, 0.5, 0.5, 0.75)
+    model = _FixedModel(rel)
+    monkeypatch.setattr(MammoPredictor, "__init__", lambda self, cfg: _init_with(self, cfg, model))
+    results, skipped = predict_mod.run_predict(
+        config_path("paper/d_tl_similarity.yaml"), [str(tmp_path / "in")], str(tmp_path / "out"),
+        ["MODEL.DEVICE", "cpu", "INPUT.CANONICAL_FLIP", "True", "INPUT.FIXED_SIZE", "(64, 64)"], overlay=True)
+    assert [s["reason"].split(" ")[0] for s in skipped] == ["not"]  # broken.dcm: "not a DICOM file"
+    _, t = preprocess(img, crop=True, canonical_flip=True)
+    h, w = t.size
+    expected = t.inverse_boxes([[rel[0] * w, rel[1] * h, rel[2] * w, rel[3] * h]])[0]
+    by_patient = {r["patient_id"]: r for r in results}
+    assert set(by_patient) == {"PAT1", "PAT2"}
+    assert (by_patient["PAT1"]["laterality"], by_patient["PAT1"]["view"]) == ("R", "CC")
+    assert (by_patient["PAT2"]["laterality"], by_patient["PAT2"]["view"]) == ("R", "MLO")
+    for r in results:
+        np.testing.assert_allclose(r["boxes"][0], expected, atol=1.0)
+        assert r["scores"] == [0.8]
+    assert all(seen[2] == (3, 64, 64) for seen in model.seen)
+    saved = json.load(open(tmp_path / "out" / "predictions.json"))
+    assert saved == results
+    rows = list(csv.DictReader(open(tmp_path / "out" / "patients.csv")))
+    assert rows == [{"patient_id": "PAT1", "score": "0.800000"}, {"patient_id": "PAT2", "score": "0.800000"}]
+    assert (tmp_path / "out" / "overlays" / "PAT1_R_CC.png").exists()
+
+
+def _init_with(self, cfg, model):
+    from mammo_tl.data.mapper import MammogramDatasetMapper
+
+    self.cfg = cfg.clone()
+    self.model = model
+    self.mapper = MammogramDatasetMapper(self.cfg, is_train=False)
