@@ -38,6 +38,10 @@ def add_mammo_tl_config(cfg):
     cfg.DATALOADER.PAIRED.POSITIVE_SEED = -1
     cfg.DATALOADER.PAIRED.NEGATIVE_SEED = -1
 
+    # --- Data sets saved as records JSON (tools/prepare_dataset.py, tools/split_dataset.py) ---------------
+    # "name=path/to/records.json" entries, registered in DatasetCatalog when tools/train_net.py starts.
+    cfg.DATASETS.REGISTER_JSON = []
+
     # --- Input -------------------------------------------------------------------------------------
     # "fixed": resize every image to INPUT.FIXED_SIZE (the paper); "shortest_edge": detectron2's
     # MIN_SIZE_TRAIN / MAX_SIZE_TRAIN resizing.

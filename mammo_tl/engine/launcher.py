@@ -4,6 +4,7 @@ from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 
 from ..config import get_mammo_tl_cfg
+from ..data.datasets.common import register_json_datasets
 from .trainer import Trainer
 
 
@@ -12,6 +13,7 @@ def setup(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    register_json_datasets(cfg.DATASETS.REGISTER_JSON)
     default_setup(cfg, args)
     return cfg
 
