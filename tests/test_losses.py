@@ -105,3 +105,12 @@ def test_similarity_gradcheck():
 def test_similarity_shape_mismatch():
     with pytest.raises(ValueError, match="one shape"):
         similarity_loss(torch.zeros(2, 3), torch.zeros(3, 3))
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    logits = torch.tensor([12.0, -3.0, 7.5], dtype=torch.float16)
+    expected = (bce_to_zero(12.0) + bce_to_zero(7.5)) / 2
+    out = top_likelihood_loss(logits, k=2)
+    assert out.dtype == torch.float32 and out.item() == pytest.approx(expected, rel=1e-4)
+    x = torch.tensor([[300.0, 400.0]], dtype=torch.float16)  # |x|^2 overflows float16
+    assert similarity_loss(x, x).item() == pytest.approx(1.0, rel=1e-4)

@@ -12,6 +12,9 @@ def setup(args):
     cfg = get_mammo_tl_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise ValueError(f"SOLVER.AMP.ENABLED needs a GPU (detectron2's AMPTrainer), but MODEL.DEVICE is "
+                         f"{cfg.MODEL.DEVICE!r}: set SOLVER.AMP.ENABLED False on CPU")
     cfg.freeze()
     register_json_datasets(cfg.DATASETS.REGISTER_JSON)
     default_setup(cfg, args)

@@ -7,6 +7,10 @@ import torch
 import torch.nn.functional as F
 
 
+def _at_least_float32(x):
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def top_likelihood_loss(objectness_logits: torch.Tensor, k: int = 256) -> torch.Tensor:
     """Top likelihood loss of ONE negative image, eq. (1) with N_cls = k::
 
@@ -33,8 +37,8 @@ def top_likelihood_loss(objectness_logits: torch.Tensor, k: int = 256) -> torch.
     if n == 0:
         return objectness_logits.sum()
     top = torch.topk(objectness_logits, min(k, n), sorted=False).values
-    # BCE(sigmoid(s), 0) = -log(1 - sigmoid(s)) = softplus(s)
-    return F.softplus(top).mean()
+    # BCE(sigmoid(s), 0) = -log(1 - sigmoid(s)) = softplus(s); float32 keeps it exact under AMP
+    return F.softplus(_at_least_float32(top)).mean()
 
 
 def similarity_loss(x1: torch.Tensor, x2: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -57,6 +61,7 @@ def similarity_loss(x1: torch.Tensor, x2: torch.Tensor, eps: float = 1e-8) -> to
         raise ValueError(f"x1 and x2 must be (K, D) tensors of one shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
     if x1.shape[0] == 0:
         return (x1.sum() + x2.sum()) * 0.0
+    x1, x2 = _at_least_float32(x1), _at_least_float32(x2)
     dot = (x1 * x2).sum(dim=1)
     norms = x1.norm(dim=1).clamp_min(eps) * x2.norm(dim=1).clamp_min(eps)
     return (dot / norms).mean()

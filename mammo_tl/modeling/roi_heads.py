@@ -62,6 +62,10 @@ class SuspectedTargetROIHeads(StandardROIHeads):
     # ---- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
     def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]):
+        with torch.profiler.record_function("mammo_tl/suspected_target_sampling"):
+            return self._label_and_sample(proposals, targets)
+
+    def _label_and_sample(self, proposals, targets):
         if self.num_top_negative_proposals > 0:
             # Negative images' proposals in descending objectness, so that _sample_proposals can keep the
             # first ones. (The RPN already returns them so; this makes it a guarantee.)
@@ -94,7 +98,8 @@ class SuspectedTargetROIHeads(StandardROIHeads):
         losses = self.box_predictor.losses(predictions, proposals)
         if self.train_on_pred_boxes:
             raise NotImplementedError("SuspectedTargetROIHeads does not support TRAIN_ON_PRED_BOXES")
-        losses["loss_sim"] = self._similarity_loss(predictions[0], box_features, proposals)
+        with torch.profiler.record_function("mammo_tl/similarity_loss"):
+            losses["loss_sim"] = self._similarity_loss(predictions[0], box_features, proposals)
         return losses
 
     def _similarity_loss(self, scores, box_features, proposals: List[Instances]):

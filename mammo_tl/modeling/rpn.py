@@ -82,7 +82,8 @@ class TopLikelihoodRPN(RPN):
             losses = {"loss_rpn_cls": zero, "loss_rpn_loc": zero}
 
         if negative_idx:
-            tl = torch.stack([top_likelihood_loss(all_logits[i], self.top_likelihood_k) for i in negative_idx])
+            with torch.profiler.record_function("mammo_tl/top_likelihood_loss"):
+                tl = torch.stack([top_likelihood_loss(all_logits[i], self.top_likelihood_k) for i in negative_idx])
             losses["loss_rpn_tl"] = tl.mean() * self.top_likelihood_weight
         else:
             losses["loss_rpn_tl"] = zero

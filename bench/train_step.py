@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Training-step cost of the method against detectron2's vanilla Faster R-CNN on the same two images.
+
+Both models (same backbone, input size and weights) train interleaved in one process, alternating which
+goes first; ms/step is the median over --iters steps after --warmup. torch.profiler then times the
+method's own parts (record_function labels mammo_tl/...). --memory runs each variant in a fresh
+subprocess and reports its peak RSS (and peak GPU memory) over the steps.
+
+    python bench/train_step.py --json output/bench/train_step.json
+    python bench/train_step.py --config configs/paper/d_tl_similarity.yaml --device cuda   # the paper's setting
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from _common import clone_batch, fixed_pair, machine, method_and_vanilla_cfgs, summary, table, write_json
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+SMALL_CPU = ["MODEL.DEVICE", "cpu"]
+
+
+def build(cfg, device, state=None):
+    cfg = cfg.clone()
+    cfg.MODEL.DEVICE = device
+    model = build_model(cfg)
+    if state is not None:
+        model.load_state_dict(state)
+    model.train()
+    return model, torch.optim.Adam(model.parameters(), lr=1e-4)
+
+
+def step(model, opt, batch, device):
+    data = clone_batch(batch, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    losses = model(data)
+    opt.zero_grad()
+    sum(losses.values()).backward()
+    opt.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def profile_parts(model, opt, batch, device, steps=3):
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(steps):
+            step(model, opt, batch, device)
+    parts = {}
+    for e in prof.key_averages():
+        if e.key.startswith("mammo_tl/"):
+            parts[e.key] = e.cpu_time_total / 1000.0 / steps
+    return parts
+
+
+def memory_child(args):
+    """Runs in a subprocess: peak RSS / GPU memory of one variant over the steps."""
+    method, vanilla = method_and_vanilla_cfgs(args.config, args.opts)
+    cfg = method if args.only == "method" else vanilla
+    torch.manual_seed(0)
+    model, opt = build(cfg, args.device)
+    batch = fixed_pair(cfg)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with EventStorage():
+        for _ in range(args.warmup + 3):
+            step(model, opt, batch, args.device)
+    out = {"variant": args.only, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "rss_before_steps_mb": rss_before,
+           "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None}
+    print("MEMORY " + json.dumps(out))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", default="configs/synthetic/d_tl_similarity.yaml")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--memory", action="store_true", help="also measure peak memory per variant (subprocesses)")
+    p.add_argument("--only", choices=["method", "vanilla"], help=argparse.SUPPRESS)
+    p.add_argument("--json")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = p.parse_args()
+    if args.only:
+        return memory_child(args)
+
+    method_cfg, vanilla_cfg = method_and_vanilla_cfgs(args.config, args.opts)
+    torch.manual_seed(0)
+    method, opt_m = build(method_cfg, args.device)
+    vanilla, opt_v = build(vanilla_cfg, args.device, state=method.state_dict())
+    batch = fixed_pair(method_cfg)
+    times = {"method": [], "vanilla": []}
+    runs = {"method": (method, opt_m), "vanilla": (vanilla, opt_v)}
+    with EventStorage():
+        for i in range(args.warmup + args.iters):
+            order = ["method", "vanilla"] if i % 2 == 0 else ["vanilla", "method"]
+            for name in order:
+                t = step(*runs[name], batch, args.device)
+                if i >= args.warmup:
+                    times[name].append(t)
+        parts = profile_parts(method, opt_m, batch, args.device)
+    res = {k: summary(v) for k, v in times.items()}
+    ratio = res["method"]["median_ms"] / res["vanilla"]["median_ms"]
+    out = {"ratio": ratio, "method": res["method"], "vanilla": res["vanilla"], "method_parts_ms": parts,
+           "config": args.config, "opts": args.opts, "device": args.device,
+           "input_size": list(method_cfg.INPUT.FIXED_SIZE), "depth": method_cfg.MODEL.RESNETS.DEPTH,
+           "machine": machine()}
+    if args.memory:
+        for variant in ("method", "vanilla"):
+            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--config", args.config, "--device",
+                                args.device, "--only", variant, "--warmup", str(args.warmup), *args.opts],
+                               capture_output=True, text=True, check=True)
+            mem = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("MEMORY "))[7:])
+            out[f"{variant}_memory"] = mem
+    print(f"training step, {args.config}, {out['input_size'][0]}x{out['input_size'][1]}, "
+          f"ResNet-{out['depth']}, {args.device} ({machine()['gpu']}, {torch.get_num_threads()} threads)")
+    rows = [[k, f"{v['median_ms']:.1f}", f"{v['p25_ms']:.1f}-{v['p75_ms']:.1f}"] for k, v in res.items()]
+    rows.append(["ratio method/vanilla", f"{ratio:.3f}", ""])
+    print(table(["variant", "ms/step (median)", "IQR"], rows))
+    print(table(["method part (torch.profiler)", "ms/step"], [[k, f"{v:.2f}"] for k, v in sorted(parts.items())]))
+    if args.memory:
+        print(table(["variant", "peak RSS MB", "RSS before steps MB", "peak GPU MB"],
+                    [[v, f"{out[v + '_memory']['peak_rss_mb']:.0f}", f"{out[v + '_memory']['rss_before_steps_mb']:.0f}",
+                      "not measured (no GPU)" if out[v + "_memory"]["peak_gpu_mb"] is None
+                      else f"{out[v + '_memory']['peak_gpu_mb']:.0f}"] for v in ("method", "vanilla")]))
+    write_json(args.json, out)
+
+
+if __name__ == "__main__":
+    main()
