@@ -59,7 +59,8 @@ def install_wheel(constraints, cache_dir):
                  "removed it. Refusing to install an unverified detectron2 wheel.")
     renamed = os.path.join(tempfile.mkdtemp(), WHEEL_NAME.replace("cp310-none-any", "py3-none-any"))
     shutil.copyfile(downloaded, renamed)
-    pip("install", *constraints, renamed)
+    # the wheel's metadata omits two of detectron2's runtime dependencies
+    pip("install", *constraints, renamed, "fvcore", "iopath")
 
 
 def main():
