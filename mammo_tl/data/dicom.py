@@ -1,5 +1,6 @@
 """DICOM mammograms -> float32 pixel grid and de-identified metadata."""
 import os
+import warnings
 
 import numpy as np
 
@@ -40,7 +41,10 @@ def read_mammogram(path, apply_voi: bool = True):
     if not os.path.exists(path):
         raise DicomReadError(path, "file not found")
     try:
-        ds = pydicom.dcmread(path)
+        with warnings.catch_warnings():
+            # pydicom's warnings about malformed elements quote raw header bytes, names included
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
     except InvalidDicomError as e:
         raise DicomReadError(path, f"not a DICOM file ({e})") from None
     except Exception as e:  # truncated or mangled headers surface as many exception types
@@ -52,7 +56,9 @@ def read_mammogram(path, apply_voi: bool = True):
         raise DicomReadError(path, f"not a grayscale mammogram (PhotometricInterpretation {photometric!r})")
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown"))
     try:
-        pixels = ds.pixel_array
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = ds.pixel_array
     except NotImplementedError as e:
         raise DicomReadError(path, f"unsupported transfer syntax {syntax} ({e})") from None
     except Exception as e:

@@ -43,7 +43,8 @@ class SyntheticSpec:
     min_contrast: float = 0.16
     max_contrast: float = 0.26
     max_lookalikes: int = 3
-    lookalike_in_positive_prob: float = 0.2
+    # real positive mammograms often hold benign findings too; the baseline sees these as background
+    lookalike_in_positive_prob: float = 0.5
     write_dicom: bool = False
 
 
