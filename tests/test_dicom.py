@@ -79,6 +79,22 @@ def test_errors_name_the_file_and_cause(tmp_path):
         read_mammogram(tmp_path / "nopix.dcm")
 
 
+def test_rle_decoder_panic_becomes_our_error(tmp_path):
+    """pylibjpeg-rle's Rust decoder panics (a BaseException) when a run overflows the frame."""
+    import pydicom
+    from pydicom.encaps import generate_fragments
+
+    path = make_dicom(tmp_path / "rle.dcm", (np.random.default_rng(0).random((48, 32)) * 4000).astype(np.uint16),
+                      syntax=RLELossless, bits_stored=12)
+    blob = bytearray(path.read_bytes())
+    segment = [f for f in generate_fragments(pydicom.dcmread(path).PixelData) if len(f) > 64][0]
+    start = blob.find(segment)
+    blob[start + 64] = 0x7F  # first run header: a 128-byte literal run where fewer bytes remain
+    path.write_bytes(bytes(blob))
+    with pytest.raises(DicomReadError, match="rle.dcm: pixel data cannot be decoded"):
+        read_mammogram(path)
+
+
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
     d = tmp_path_factory.mktemp("seeds")

@@ -61,7 +61,9 @@ def read_mammogram(path, apply_voi: bool = True):
             pixels = ds.pixel_array
     except NotImplementedError as e:
         raise DicomReadError(path, f"unsupported transfer syntax {syntax} ({e})") from None
-    except Exception as e:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # pylibjpeg-rle's Rust decoder panics with a BaseException on bad data
         raise DicomReadError(path, f"pixel data cannot be decoded, truncated or corrupt "
                                    f"({type(e).__name__}: {e})") from None
     if pixels.ndim != 2:
