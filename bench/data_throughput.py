@@ -13,7 +13,6 @@ import time
 
 import cv2
 import numpy as np
-import torch
 from _common import machine, method_and_vanilla_cfgs, table, write_json
 from detectron2.data import DatasetCatalog
 from pydicom.uid import RLELossless

@@ -129,7 +129,7 @@ def test_csv_import_and_errors(tmp_path):
     bad("p1,garbage.dcm,L,CC,0,\n", "garbage.dcm.*unreadable")
     cols = tmp_path / "cols.csv"
     cols.write_text("patient,file\np1,a.dcm\n")
-    with pytest.raises(DatasetError, match="cols.csv: missing column"):
+    with pytest.raises(DatasetError, match="cols.csv: unknown column set, missing column"):
         load_csv_dataset(str(cols))
 
 

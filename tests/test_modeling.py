@@ -12,7 +12,6 @@ from detectron2.utils.events import EventStorage
 
 from mammo_tl.config import get_mammo_tl_cfg
 from mammo_tl.data import MammogramDatasetMapper, split_positive_negative
-from mammo_tl.modeling.losses import top_likelihood_loss
 from tests.common import all_config_files, tiny_cfg
 
 

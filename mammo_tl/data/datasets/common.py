@@ -161,3 +161,18 @@ def register_json_datasets(entries):
         if not os.path.exists(path):
             raise DatasetError(f"DATASETS.REGISTER_JSON: {path} (for {name}) not found")
         register_records(name, lambda p=path: load_records(p), json_file=path)
+
+
+def read_csv_rows(path, required, delimiter=",", hint=""):
+    """Yield (row number from 1, row with stripped values) of a CSV whose header must hold ``required``;
+    otherwise raise DatasetError naming the file and the missing columns."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DatasetError(f"{path}: unknown column set, missing column(s) {missing}{hint}")
+        for i, raw in enumerate(reader, start=1):
+            yield i, {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}

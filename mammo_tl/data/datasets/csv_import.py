@@ -5,11 +5,11 @@ absolute or relative to the CSV's folder. ``laterality`` L/R (or LEFT/RIGHT), ``
 for an image with malignant lesions, 0 for a negative image. ``boxes``: ``x1 y1 x2 y2`` in the image's
 pixels, several separated by ``;`` (required when label is 1, empty when 0).
 """
-import csv
 import os
 
 from ..image_io import is_dicom_path, read_image
-from .common import DatasetError, SkipReport, box_annotation, check_records, dicom_size, laterality, register_records
+from .common import (DatasetError, SkipReport, box_annotation, check_records, dicom_size, laterality, read_csv_rows,
+                     register_records)
 
 REQUIRED = ["patient_id", "path", "laterality", "view", "label"]
 
@@ -39,42 +39,35 @@ def load_csv_dataset(csv_file, strict=False, report=None):
     report = report or SkipReport(os.path.basename(csv_file), strict)
     base = os.path.dirname(os.path.abspath(csv_file))
     records = []
-    with open(csv_file, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise DatasetError(f"{csv_file}: missing column(s) {missing}; expected {REQUIRED} (+ optional boxes)")
-        for i, raw in enumerate(reader, start=1):
-            row = {k.strip(): (v or "").strip() for k, v in raw.items()}
-            where = f"{os.path.basename(csv_file)} row {i}"
-            path = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
-            if row["label"] not in ("0", "1"):
-                raise DatasetError(f"{where}: label {row['label']!r} must be 0 or 1")
-            if row["view"].upper() not in ("CC", "MLO"):
-                raise DatasetError(f"{where}: view {row['view']!r} must be CC or MLO")
-            boxes = parse_boxes(row.get("boxes"), where)
-            if row["label"] == "1" and not boxes:
-                report.skip(f"{where} ({path})", "label 1 without boxes: a positive image needs its lesions boxed")
-                continue
-            if row["label"] == "0" and boxes:
-                raise DatasetError(f"{where}: label 0 (negative image) but {len(boxes)} box(es) given")
-            if not os.path.exists(path):
-                report.skip(f"{where} ({path})", "file not found")
-                continue
-            try:
-                height, width = _image_size(path)
-            except Exception as e:
-                report.skip(f"{where} ({path})", f"unreadable image: {e}")
-                continue
-            outside = [b for b in boxes if not (0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height)]
-            if outside:
-                report.skip(f"{where} ({path})", f"box {outside[0]} outside the {width}x{height} image")
-                continue
-            records.append({"file_name": path, "height": int(height), "width": int(width),
-                            "image_id": f"{os.path.basename(csv_file)}:{i}", "patient_id": row["patient_id"],
-                            "laterality": laterality(row["laterality"], where), "view": row["view"].upper(),
-                            "annotations": [box_annotation(b) for b in boxes]})
+    for i, row in read_csv_rows(csv_file, REQUIRED, hint=f"; expected {REQUIRED} (+ optional boxes)"):
+        where = f"{os.path.basename(csv_file)} row {i}"
+        path = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
+        if row["label"] not in ("0", "1"):
+            raise DatasetError(f"{where}: label {row['label']!r} must be 0 or 1")
+        if row["view"].upper() not in ("CC", "MLO"):
+            raise DatasetError(f"{where}: view {row['view']!r} must be CC or MLO")
+        boxes = parse_boxes(row.get("boxes"), where)
+        if row["label"] == "1" and not boxes:
+            report.skip(f"{where} ({path})", "label 1 without boxes: a positive image needs its lesions boxed")
+            continue
+        if row["label"] == "0" and boxes:
+            raise DatasetError(f"{where}: label 0 (negative image) but {len(boxes)} box(es) given")
+        if not os.path.exists(path):
+            report.skip(f"{where} ({path})", "file not found")
+            continue
+        try:
+            height, width = _image_size(path)
+        except Exception as e:
+            report.skip(f"{where} ({path})", f"unreadable image: {e}")
+            continue
+        outside = [b for b in boxes if not (0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height)]
+        if outside:
+            report.skip(f"{where} ({path})", f"box {outside[0]} outside the {width}x{height} image")
+            continue
+        records.append({"file_name": path, "height": int(height), "width": int(width),
+                        "image_id": f"{os.path.basename(csv_file)}:{i}", "patient_id": row["patient_id"],
+                        "laterality": laterality(row["laterality"], where), "view": row["view"].upper(),
+                        "annotations": [box_annotation(b) for b in boxes]})
     report.log(len(records))
     return check_records(records, os.path.basename(csv_file))
 

@@ -7,7 +7,6 @@ Images with BI-RADS >= ``min_positive_birads`` (default 4) and at least one targ
 positive; images with BI-RADS 1 to 3 are negative with their annotations removed (configurable).
 The patient is the hash in the file name (the CSV's Patient ID is "removed").
 """
-import csv
 import glob
 import logging
 import os
@@ -15,7 +14,7 @@ import plistlib
 import re
 
 from .common import (DatasetError, SkipReport, box_annotation, check_records, clip_box, dicom_size, laterality,
-                     register_records)
+                     read_csv_rows, register_records)
 
 logger = logging.getLogger(__name__)
 COLUMNS = ["Patient ID", "Patient age", "Laterality", "View", "Acquisition date", "File Name", "ACR", "Bi-Rads"]
@@ -64,48 +63,41 @@ def load_inbreast(root, target_names=("Mass",), min_positive_birads=4, negative_
         else:
             report.note("DICOM name not <File Name>_<hash>_MG_<L|R>_<view>_ANON.dcm (ignored)", p)
     records = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=";")
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise DatasetError(f"{csv_path}: unknown column set; missing {missing} (is it semicolon-separated?)")
-        for i, raw in enumerate(reader, start=1):
-            row = {k.strip(): (v or "").strip() for k, v in raw.items()}
-            where = f"INbreast.csv row {i} (File Name {row['File Name']})"
-            level = _birads_level(row["Bi-Rads"], where)
-            if row["View"] not in ("CC", "MLO"):
-                report.skip(where, f"view {row['View']!r} is not CC or MLO")
+    for i, row in read_csv_rows(csv_path, COLUMNS, delimiter=";", hint=" (is it semicolon-separated?)"):
+        where = f"INbreast.csv row {i} (File Name {row['File Name']})"
+        level = _birads_level(row["Bi-Rads"], where)
+        if row["View"] not in ("CC", "MLO"):
+            report.skip(where, f"view {row['View']!r} is not CC or MLO")
+            continue
+        if row["File Name"] not in dicoms:
+            report.skip(where, "DICOM file not found in AllDICOMs/")
+            continue
+        path, patient = dicoms[row["File Name"]]
+        try:
+            height, width = dicom_size(path)
+        except Exception as e:
+            report.skip(path, f"unreadable DICOM header: {e}")
+            continue
+        if level >= min_positive_birads:
+            xml = os.path.join(root, "AllXML", row["File Name"] + ".xml")
+            rois = read_rois(xml) if os.path.exists(xml) else []
+            boxes = []
+            for name, pts in rois:
+                if name in target_names and len(pts) >= 3:
+                    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+                    boxes.append(clip_box([min(xs), min(ys), max(xs) + 1, max(ys) + 1], width, height))
+            if not boxes:
+                report.skip(where, f"BI-RADS {row['Bi-Rads']} without a {'/'.join(target_names)} outline")
                 continue
-            if row["File Name"] not in dicoms:
-                report.skip(where, "DICOM file not found in AllDICOMs/")
-                continue
-            path, patient = dicoms[row["File Name"]]
-            try:
-                height, width = dicom_size(path)
-            except Exception as e:
-                report.skip(path, f"unreadable DICOM header: {e}")
-                continue
-            if level >= min_positive_birads:
-                xml = os.path.join(root, "AllXML", row["File Name"] + ".xml")
-                rois = read_rois(xml) if os.path.exists(xml) else []
-                boxes = []
-                for name, pts in rois:
-                    if name in target_names and len(pts) >= 3:
-                        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-                        boxes.append(clip_box([min(xs), min(ys), max(xs) + 1, max(ys) + 1], width, height))
-                if not boxes:
-                    report.skip(where, f"BI-RADS {row['Bi-Rads']} without a {'/'.join(target_names)} outline")
-                    continue
-                annotations = [box_annotation(b) for b in boxes]
-            elif level in negative_birads:
-                annotations = []
-            else:
-                report.skip(where, f"BI-RADS {row['Bi-Rads']} is neither positive nor negative")
-                continue
-            records.append({"file_name": path, "height": height, "width": width, "image_id": row["File Name"],
-                            "patient_id": patient, "laterality": laterality(row["Laterality"], where),
-                            "view": row["View"], "annotations": annotations})
+            annotations = [box_annotation(b) for b in boxes]
+        elif level in negative_birads:
+            annotations = []
+        else:
+            report.skip(where, f"BI-RADS {row['Bi-Rads']} is neither positive nor negative")
+            continue
+        records.append({"file_name": path, "height": height, "width": width, "image_id": row["File Name"],
+                        "patient_id": patient, "laterality": laterality(row["Laterality"], where),
+                        "view": row["View"], "annotations": annotations})
     report.log(len(records))
     return check_records(records, "inbreast")
 

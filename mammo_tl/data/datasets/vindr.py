@@ -9,12 +9,11 @@ An image with a suspicious finding that is not a target (e.g. a BI-RADS 4 calcif
 and is skipped with that reason. Boxes are clipped to the image. The study is the patient.
 """
 import ast
-import csv
 import logging
 import os
 from collections import OrderedDict
 
-from .common import (DatasetError, SkipReport, box_annotation, check_records, clip_box, laterality,
+from .common import (DatasetError, SkipReport, box_annotation, check_records, clip_box, laterality, read_csv_rows,
                      register_records)
 
 logger = logging.getLogger(__name__)
@@ -52,39 +51,32 @@ def load_vindr_mammo(root, csv_file=None, split=None, target_categories=("Mass",
         raise DatasetError(f"split must be one of {SPLITS} or None, got {split!r}")
     targets, suspicious = set(target_categories), set(int(b) for b in target_birads)
     images = OrderedDict()
-    with open(csv_file, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise DatasetError(f"{csv_file}: unknown column set for finding_annotations.csv; missing {missing}")
-        for i, raw in enumerate(reader, start=1):
-            row = {k.strip(): (v or "").strip() for k, v in raw.items()}
-            where = f"{os.path.basename(csv_file)} row {i}"
-            if row["split"] not in SPLITS:
-                raise DatasetError(f"{where}: split {row['split']!r} is not one of {SPLITS}")
-            if split is not None and row["split"] != split:
-                continue
-            img = images.get(row["image_id"])
-            if img is None:
-                img = images[row["image_id"]] = {
-                    "where": where, "study_id": row["study_id"], "split": row["split"],
-                    "laterality": laterality(row["laterality"], where), "view": row["view_position"],
-                    "height": int(float(row["height"])), "width": int(float(row["width"])),
-                    "boxes": [], "suspicious_other": False, "has_suspicious": False,
-                }
-            birads = _birads(row["finding_birads"], where)
-            cats = _categories(row["finding_categories"], where)
-            if birads in suspicious:
-                img["has_suspicious"] = True
-                if targets & set(cats):
-                    try:
-                        box = [float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
-                    except ValueError:
-                        raise DatasetError(f"{where}: target finding without a numeric box") from None
-                    img["boxes"].append(box)
-                else:
-                    img["suspicious_other"] = True
+    for i, row in read_csv_rows(csv_file, COLUMNS, hint=" (expected VinDr-Mammo's finding_annotations.csv)"):
+        where = f"{os.path.basename(csv_file)} row {i}"
+        if row["split"] not in SPLITS:
+            raise DatasetError(f"{where}: split {row['split']!r} is not one of {SPLITS}")
+        if split is not None and row["split"] != split:
+            continue
+        img = images.get(row["image_id"])
+        if img is None:
+            img = images[row["image_id"]] = {
+                "where": where, "study_id": row["study_id"], "split": row["split"],
+                "laterality": laterality(row["laterality"], where), "view": row["view_position"],
+                "height": int(float(row["height"])), "width": int(float(row["width"])),
+                "boxes": [], "suspicious_other": False, "has_suspicious": False,
+            }
+        birads = _birads(row["finding_birads"], where)
+        cats = _categories(row["finding_categories"], where)
+        if birads in suspicious:
+            img["has_suspicious"] = True
+            if targets & set(cats):
+                try:
+                    box = [float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
+                except ValueError:
+                    raise DatasetError(f"{where}: target finding without a numeric box") from None
+                img["boxes"].append(box)
+            else:
+                img["suspicious_other"] = True
 
     records = []
     for image_id, img in images.items():
