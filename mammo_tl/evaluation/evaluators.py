@@ -71,19 +71,26 @@ def plot_froc(curves, path, max_fppi=8.0):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for name, r in curves.items():
         c = r["curve"]
-        ax.step(np.maximum(c["fppi"], 1e-3), c["sensitivity"], where="post", label=f"{name} (CPM {r['cpm']:.3f})")
+        # past its last operating point a curve stays flat (no lower threshold gives more boxes)
+        x = np.r_[np.maximum(c["fppi"], 1e-3), max_fppi]
+        y = np.r_[c["sensitivity"], c["sensitivity"][-1]]
+        ax.step(x, y, where="post", label=f"{name} (CPM {r['cpm']:.3f})")
         with open(os.path.splitext(path)[0] + (f"_{name}" if len(curves) > 1 else "") + ".csv", "w",
                   newline="") as f:
             w = csv.writer(f)
             w.writerow(["fppi", "sensitivity", "threshold"])
             w.writerows(zip(c["fppi"], c["sensitivity"], c["threshold"]))
     ax.set_xscale("log")
+    rates = [0.125, 0.25, 0.5, 1, 2, 4, 8]
+    ax.set_xticks(rates, [f"{v:g}" for v in rates])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel="false positives per image", ylabel="lesion sensitivity", title="FROC",
-           xlim=(0.1, max_fppi), ylim=(0, 1.01))
+           xlim=(0.1, max_fppi * 1.05), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
