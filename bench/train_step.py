@@ -12,7 +12,6 @@ subprocess and reports its peak RSS (and peak GPU memory) over the steps.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -61,6 +60,14 @@ def profile_parts(model, opt, batch, device, steps=3):
     return parts
 
 
+def _proc_status_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def memory_child(args):
     """Runs in a subprocess: peak RSS / GPU memory of one variant over the steps."""
     method, vanilla = method_and_vanilla_cfgs(args.config, args.opts)
@@ -70,11 +77,14 @@ def memory_child(args):
     batch = fixed_pair(cfg)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = _proc_status_mb("VmRSS")
+    # Linux: writing 5 to clear_refs resets the peak (VmHWM), which imports have already pushed up
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     with EventStorage():
         for _ in range(args.warmup + 3):
             step(model, opt, batch, args.device)
-    out = {"variant": args.only, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    out = {"variant": args.only, "peak_rss_mb": _proc_status_mb("VmHWM"),
            "rss_before_steps_mb": rss_before,
            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None}
     print("MEMORY " + json.dumps(out))
