@@ -18,6 +18,16 @@ if __name__ == "__main__":
         ["data_throughput.py", "--json", os.path.join(a.output, "data.json"),
          "--train-step-json", os.path.join(a.output, "train_step.json")],
     ]
+    import torch
+
+    if torch.cuda.is_available():  # the GPU rows: the paper's setting (ResNet-101, 512 x 512), fp32 and AMP
+        paper = ["--config", "configs/paper/d_tl_similarity.yaml", "--device", "cuda"]
+        steps += [["train_step.py", *paper, "--memory", "--json", os.path.join(a.output, "train_step_paper_gpu.json")],
+                  ["train_step.py", *paper, "--amp", "--json", os.path.join(a.output, "train_step_paper_gpu_amp.json")],
+                  ["inference.py", "--config", "configs/paper/d_tl_similarity.yaml", "--device", "cuda",
+                   "--json", os.path.join(a.output, "inference_paper_gpu.json")]]
+    else:
+        print("no GPU: the GPU rows (paper setting on GPU, AMP) are not measured")
     for args in steps:
         print(f"\n$ python bench/{' '.join(args)}", flush=True)
         subprocess.run([sys.executable, os.path.join(HERE, args[0]), *args[1:]], check=True)

@@ -12,6 +12,7 @@ subprocess and reports its peak RSS (and peak GPU memory) over the steps.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -34,30 +35,40 @@ def build(cfg, device, state=None):
     return model, torch.optim.Adam(model.parameters(), lr=1e-4)
 
 
-def step(model, opt, batch, device):
+def step(model, opt, batch, device, scaler=None):
+    """One training step; with a GradScaler, under CUDA autocast (float16) as detectron2's AMPTrainer."""
     data = clone_batch(batch, device)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t = time.perf_counter()
-    losses = model(data)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=scaler is not None):
+        losses = model(data)
     opt.zero_grad()
-    sum(losses.values()).backward()
-    opt.step()
+    if scaler is None:
+        sum(losses.values()).backward()
+        opt.step()
+    else:
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(opt)
+        scaler.update()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
-def profile_parts(model, opt, batch, device, steps=3):
+def profile(model, opt, batch, device, steps=3):
+    """(ms/step of each mammo_tl/ label, self CPU ms/step of every op)."""
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with torch.profiler.profile(activities=acts) as prof:
         for _ in range(steps):
             step(model, opt, batch, device)
-    parts = {}
+    parts, ops = {}, {}
     for e in prof.key_averages():
         if e.key.startswith("mammo_tl/"):
             parts[e.key] = e.cpu_time_total / 1000.0 / steps
-    return parts
+        else:
+            ops[e.key] = e.self_cpu_time_total / 1000.0 / steps
+    return parts, ops
 
 
 def _proc_status_mb(field):
@@ -97,10 +108,13 @@ def main():
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--memory", action="store_true", help="also measure peak memory per variant (subprocesses)")
+    p.add_argument("--amp", action="store_true", help="both variants under CUDA autocast + GradScaler (GPU only)")
     p.add_argument("--only", choices=["method", "vanilla"], help=argparse.SUPPRESS)
     p.add_argument("--json")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args()
+    if args.amp and not args.device.startswith("cuda"):
+        p.error("--amp needs --device cuda (detectron2's AMPTrainer is CUDA-only)")
     if args.only:
         return memory_child(args)
 
@@ -110,19 +124,28 @@ def main():
     vanilla, opt_v = build(vanilla_cfg, args.device, state=method.state_dict())
     batch = fixed_pair(method_cfg)
     times = {"method": [], "vanilla": []}
+    scaler = (lambda: torch.amp.GradScaler("cuda")) if args.amp else (lambda: None)
     runs = {"method": (method, opt_m), "vanilla": (vanilla, opt_v)}
+    scalers = {"method": scaler(), "vanilla": scaler()}
     with EventStorage():
         for i in range(args.warmup + args.iters):
             order = ["method", "vanilla"] if i % 2 == 0 else ["vanilla", "method"]
             for name in order:
-                t = step(*runs[name], batch, args.device)
+                t = step(*runs[name], batch, args.device, scalers[name])
                 if i >= args.warmup:
                     times[name].append(t)
-        parts = profile_parts(method, opt_m, batch, args.device)
+        parts, ops_m = profile(method, opt_m, batch, args.device)
+        _, ops_v = profile(vanilla, opt_v, batch, args.device)
     res = {k: summary(v) for k, v in times.items()}
-    ratio = res["method"]["median_ms"] / res["vanilla"]["median_ms"]
-    out = {"ratio": ratio, "method": res["method"], "vanilla": res["vanilla"], "method_parts_ms": parts,
-           "config": args.config, "opts": args.opts, "device": args.device,
+    # each iteration runs both variants back to back: the median of their per-iteration ratios is robust
+    # to the machine's drift over the run
+    ratio = statistics.median(m / v for m, v in zip(times["method"], times["vanilla"]))
+    extra = sorted(((k, ops_m.get(k, 0.0) - ops_v.get(k, 0.0)) for k in set(ops_m) | set(ops_v)),
+                   key=lambda kv: -kv[1])[:8]
+    out = {"ratio": ratio, "ratio_of_medians": res["method"]["median_ms"] / res["vanilla"]["median_ms"],
+           "method": res["method"], "vanilla": res["vanilla"], "method_parts_ms": parts,
+           "largest_extra_self_cpu_ms": dict(extra),
+           "config": args.config, "opts": args.opts, "device": args.device, "amp": args.amp,
            "input_size": list(method_cfg.INPUT.FIXED_SIZE), "depth": method_cfg.MODEL.RESNETS.DEPTH,
            "machine": machine()}
     if args.memory:
@@ -132,12 +155,14 @@ def main():
                                capture_output=True, text=True, check=True)
             mem = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("MEMORY "))[7:])
             out[f"{variant}_memory"] = mem
-    print(f"training step, {args.config}, {out['input_size'][0]}x{out['input_size'][1]}, "
+    print(f"training step{' (AMP)' if args.amp else ''}, {args.config}, {out['input_size'][0]}x{out['input_size'][1]}, "
           f"ResNet-{out['depth']}, {args.device} ({machine()['gpu']}, {torch.get_num_threads()} threads)")
     rows = [[k, f"{v['median_ms']:.1f}", f"{v['p25_ms']:.1f}-{v['p75_ms']:.1f}"] for k, v in res.items()]
-    rows.append(["ratio method/vanilla", f"{ratio:.3f}", ""])
+    rows.append(["ratio method/vanilla (median of per-iteration ratios)", f"{ratio:.3f}", ""])
+    rows.append(["ratio of the medians", f"{out['ratio_of_medians']:.3f}", ""])
     print(table(["variant", "ms/step (median)", "IQR"], rows))
     print(table(["method part (torch.profiler)", "ms/step"], [[k, f"{v:.2f}"] for k, v in sorted(parts.items())]))
+    print(table(["op: self CPU time, method minus vanilla", "ms/step"], [[k, f"{v:+.2f}"] for k, v in extra]))
     if args.memory:
         print(table(["variant", "peak RSS MB", "RSS before steps MB", "peak GPU MB"],
                     [[v, f"{out[v + '_memory']['peak_rss_mb']:.0f}", f"{out[v + '_memory']['rss_before_steps_mb']:.0f}",
