@@ -124,3 +124,16 @@ def test_two_process_gloo_training(tiny_datasets, tmp_path):
     first = [[f for f, _ in b] for b in ranks[0]["seen"]]
     second = [[f for f, _ in b] for b in ranks[1]["seen"]]
     assert first != second
+
+
+def test_paired_mapper_refuses_a_swapped_pair(tiny_datasets):
+    from mammo_tl.data import MammogramDatasetMapper, PairedDatasetMapper
+
+    positives, negatives = split_positive_negative(DatasetCatalog.get("mammo_synth_tiny_train"))
+    mapper = PairedDatasetMapper(MammogramDatasetMapper(tiny_cfg(), is_train=True))
+    pos, neg = mapper((positives[0], negatives[0]))
+    assert not pos["is_negative"] and neg["is_negative"]
+    with pytest.raises(ValueError, match=f"{negatives[0]['file_name']}: expected a positive image"):
+        mapper((negatives[0], negatives[1]))
+    with pytest.raises(ValueError, match=f"{positives[1]['file_name']}: expected a negative image"):
+        mapper((positives[0], positives[1]))

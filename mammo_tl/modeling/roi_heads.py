@@ -40,6 +40,8 @@ class SuspectedTargetROIHeads(StandardROIHeads):
         if similarity_feature not in SIMILARITY_FEATURES:
             raise ValueError(f"MODEL.ROI_HEADS.SIMILARITY.FEATURE must be one of {SIMILARITY_FEATURES}, "
                              f"got {similarity_feature!r}")
+        if self.train_on_pred_boxes:
+            raise ValueError("SuspectedTargetROIHeads does not support MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES")
         if num_top_negative_proposals < 0:
             raise ValueError("MODEL.ROI_HEADS.SUSPECTED_TARGET.NUM_TOP_PROPOSALS must be >= 0, "
                              f"got {num_top_negative_proposals}")
@@ -96,8 +98,6 @@ class SuspectedTargetROIHeads(StandardROIHeads):
         box_features = self.box_head(box_features)
         predictions = self.box_predictor(box_features)
         losses = self.box_predictor.losses(predictions, proposals)
-        if self.train_on_pred_boxes:
-            raise NotImplementedError("SuspectedTargetROIHeads does not support TRAIN_ON_PRED_BOXES")
         with torch.profiler.record_function("mammo_tl/similarity_loss"):
             losses["loss_sim"] = self._similarity_loss(predictions[0], box_features, proposals)
         return losses
