@@ -34,17 +34,30 @@ def read_mammogram(path, apply_voi: bool = True):
     laterality, view, rows, columns, photometric_interpretation, bits_stored, transfer_syntax.
     Any failure raises :class:`DicomReadError` naming the file and the cause.
     """
+    path = str(path)
+    # pydicom's warnings about malformed elements quote raw header bytes, names included: never shown
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return _read_mammogram(path, apply_voi)
+        except DicomReadError:
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            # pydicom parses elements lazily, so a damaged element can fail on any access; and
+            # pylibjpeg-rle's Rust decoder panics with a BaseException on bad data
+            raise DicomReadError(path, f"corrupt DICOM ({type(e).__name__}: {e})") from None
+
+
+def _read_mammogram(path, apply_voi):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    path = str(path)
     if not os.path.exists(path):
         raise DicomReadError(path, "file not found")
     try:
-        with warnings.catch_warnings():
-            # pydicom's warnings about malformed elements quote raw header bytes, names included
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path)
     except InvalidDicomError as e:
         raise DicomReadError(path, f"not a DICOM file ({e})") from None
     except Exception as e:  # truncated or mangled headers surface as many exception types
@@ -56,14 +69,10 @@ def read_mammogram(path, apply_voi: bool = True):
         raise DicomReadError(path, f"not a grayscale mammogram (PhotometricInterpretation {photometric!r})")
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown"))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pixels = ds.pixel_array
+        pixels = ds.pixel_array
     except NotImplementedError as e:
         raise DicomReadError(path, f"unsupported transfer syntax {syntax} ({e})") from None
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # pylibjpeg-rle's Rust decoder panics with a BaseException on bad data
+    except Exception as e:
         raise DicomReadError(path, f"pixel data cannot be decoded, truncated or corrupt "
                                    f"({type(e).__name__}: {e})") from None
     if pixels.ndim != 2:
