@@ -6,6 +6,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -56,6 +57,17 @@ def clone_batch(batch, device):
         b["image"] = b["image"].to(device)
         b["instances"] = b["instances"].to(device)
     return out
+
+
+def timed(fn, device):
+    """Seconds fn() takes, synchronising CUDA around it so GPU work is counted."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 def summary(times_s):

@@ -5,11 +5,10 @@ on the same model and the same 512 x 512 image, interleaved in one process.
     python bench/inference.py --json output/bench/inference.json
 """
 import argparse
-import time
 
 import numpy as np
 import torch
-from _common import machine, method_and_vanilla_cfgs, summary, table, write_json
+from _common import machine, method_and_vanilla_cfgs, summary, table, timed, write_json
 from detectron2.engine import DefaultPredictor
 
 from mammo_tl.engine.predictor import MammoPredictor
@@ -41,20 +40,11 @@ def main():
     lo, hi = image16.min(), image16.max()
     image8 = np.repeat(((image16 - lo) * 255.0 / (hi - lo)).astype(np.uint8)[:, :, None], 3, axis=2)
 
-    def timed(fn):
-        if a.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if a.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-
     times = {"mammo_tl predict path": [], "detectron2 DefaultPredictor": []}
     calls = {"mammo_tl predict path": lambda: ours(image16), "detectron2 DefaultPredictor": lambda: theirs(image8)}
     for i in range(3 + a.iters):
         for name in (list(calls) if i % 2 == 0 else list(calls)[::-1]):
-            t = timed(calls[name])
+            t = timed(calls[name], a.device)
             if i >= 3:
                 times[name].append(t)
     res = {k: summary(v) for k, v in times.items()}

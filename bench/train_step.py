@@ -15,15 +15,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
-from _common import clone_batch, fixed_pair, machine, method_and_vanilla_cfgs, summary, table, write_json
+from _common import clone_batch, fixed_pair, machine, method_and_vanilla_cfgs, summary, table, timed, write_json
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-
-SMALL_CPU = ["MODEL.DEVICE", "cpu"]
-
 
 def build(cfg, device, state=None):
     cfg = cfg.clone()
@@ -38,22 +34,20 @@ def build(cfg, device, state=None):
 def step(model, opt, batch, device, scaler=None):
     """One training step; with a GradScaler, under CUDA autocast (float16) as detectron2's AMPTrainer."""
     data = clone_batch(batch, device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    with torch.autocast("cuda", dtype=torch.float16, enabled=scaler is not None):
-        losses = model(data)
-    opt.zero_grad()
-    if scaler is None:
-        sum(losses.values()).backward()
-        opt.step()
-    else:
-        scaler.scale(sum(losses.values())).backward()
-        scaler.step(opt)
-        scaler.update()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+
+    def run():
+        with torch.autocast("cuda", dtype=torch.float16, enabled=scaler is not None):
+            losses = model(data)
+        opt.zero_grad()
+        if scaler is None:
+            sum(losses.values()).backward()
+            opt.step()
+        else:
+            scaler.scale(sum(losses.values())).backward()
+            scaler.step(opt)
+            scaler.update()
+
+    return timed(run, device)
 
 
 def profile(model, opt, batch, device, steps=3):

@@ -5,7 +5,7 @@ Python 3.11 fix). Its compiled extension ``detectron2._C`` targets CPython 3.10 
 
 * Faster R-CNN with axis-aligned boxes needs none of it: ROIAlign and NMS come from torchvision.
 * ``COCOEvaluator(use_fast_impl=True)`` detects the missing extension and falls back to pycocotools'
-  official COCOeval by itself; :func:`coco_fast_eval_available` tells callers which one runs.
+  official COCOeval by itself (it logs which one runs).
 * Rotated boxes and deformable convolution are unavailable; mammo_tl uses neither.
 """
 import warnings
@@ -21,14 +21,6 @@ def check_detectron2():
             "mammo_tl needs detectron2, and `from detectron2.modeling import build_model` failed "
             f"({type(e).__name__}: {e}). Run `make install` (see README, section Install)."
         ) from e
-
-
-def coco_fast_eval_available():
-    try:
-        from detectron2 import _C  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def quiet_known_warnings():

@@ -45,9 +45,6 @@ class _PairDataset(torch.utils.data.Dataset):
         self.negatives = DatasetFromList(negatives, copy=False)
         self.pair_mapper = pair_mapper
 
-    def __len__(self):
-        return len(self.positives) * len(self.negatives)
-
     def __getitem__(self, index):
         i, j = index
         return self.pair_mapper((self.positives[i], self.negatives[j]))

@@ -151,6 +151,11 @@ def render_image(rng, spec: SyntheticSpec, laterality: str, view: str, num_masse
 
 def write_dicom(path, image: np.ndarray, patient_id: str, laterality: str, view: str):
     """Minimal uncompressed MONOCHROME2 mammogram DICOM (modality MG) with pydicom."""
+    mammogram_dataset(path, image, patient_id, laterality, view).save_as(str(path), enforce_file_format=True)
+
+
+def mammogram_dataset(path, image: np.ndarray, patient_id: str, laterality: str, view: str):
+    """The pydicom dataset :func:`write_dicom` saves: 16-bit MONOCHROME2, explicit VR little endian."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -170,7 +175,7 @@ def write_dicom(path, image: np.ndarray, patient_id: str, laterality: str, view:
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelData = np.ascontiguousarray(image, dtype=np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
+    return ds
 
 
 def _patient_views(rng):
