@@ -23,6 +23,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+# Bump when the generator's output changes for the same spec, so cached sets are regenerated.
+GENERATOR_VERSION = 1
 VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
 MAX_VALUE = 65535
 
@@ -232,12 +234,15 @@ def generate(root: str, spec: Optional[SyntheticSpec] = None, progress: bool = T
         patients.append(dict(patient_id=patient_id, label=label, num_images=len(views)))
         bar.update(1)
     bar.close()
-    coco = dict(info=dict(description="mammo_tl synthetic mammograms", spec=asdict(spec)),
+    coco = dict(info=dict(description="mammo_tl synthetic mammograms", spec=asdict(spec),
+                          generator_version=GENERATOR_VERSION),
                 images=images, annotations=annotations,
                 categories=[dict(id=1, name="malignant_mass")])
     ann_path = os.path.join(root, "annotations.json")
-    with open(ann_path, "w") as f:
+    tmp = ann_path + ".tmp"
+    with open(tmp, "w") as f:  # written last and atomically: its presence means a complete set
         json.dump(coco, f)
+    os.replace(tmp, ann_path)
     csv_path = os.path.join(root, "patients.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["patient_id", "label", "num_images"])
@@ -246,6 +251,16 @@ def generate(root: str, spec: Optional[SyntheticSpec] = None, progress: bool = T
     logger.info("synthetic set %s: %d patients (%d positive), %d images, %d masses", root, len(patients),
                 sum(labels), len(images), len(annotations))
     return {"annotations": ann_path, "patients": csv_path}
+
+
+def matches_spec(root: str, spec: SyntheticSpec) -> bool:
+    """True when ``root`` holds a complete set generated from ``spec`` by this generator version."""
+    try:
+        with open(os.path.join(root, "annotations.json")) as f:
+            info = json.load(f).get("info", {})
+    except (OSError, ValueError):
+        return False
+    return info.get("spec") == asdict(spec) and info.get("generator_version") == GENERATOR_VERSION
 
 
 def load_synthetic(root: str) -> List[dict]:
@@ -270,4 +285,6 @@ def load_synthetic(root: str) -> List[dict]:
             image_id=im["id"], patient_id=im["patient_id"], laterality=im["laterality"], view=im["view"],
             annotations=by_image.get(im["id"], []),
         ))
-    return records
+    from .datasets.common import validate_records
+
+    return validate_records(records, ann_path)

@@ -5,6 +5,7 @@ from detectron2.evaluation import verify_results
 
 from ..config import get_mammo_tl_cfg
 from ..data.datasets.common import register_json_datasets
+from .preflight import check_output_dir, preflight
 from .trainer import Trainer
 
 
@@ -17,12 +18,14 @@ def setup(args):
                          f"{cfg.MODEL.DEVICE!r}: set SOLVER.AMP.ENABLED False on CPU")
     cfg.freeze()
     register_json_datasets(cfg.DATASETS.REGISTER_JSON)
+    check_output_dir(cfg.OUTPUT_DIR)  # before default_setup, which writes its log and config there
     default_setup(cfg, args)
     return cfg
 
 
 def main(args):
     cfg = setup(args)
+    preflight(cfg, eval_only=args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

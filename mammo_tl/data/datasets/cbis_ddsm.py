@@ -23,8 +23,8 @@ from collections import OrderedDict, defaultdict
 import numpy as np
 from tqdm import tqdm
 
-from .common import (DatasetError, SkipReport, box_annotation, check_records, clip_box, dicom_size, laterality,
-                     load_records, register_records, save_records)
+from .common import (DatasetError, SkipReport, box_annotation, cache_key, clip_box, dicom_size, file_key,
+                     laterality, load_records, register_records, save_records, validate_records)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,15 @@ _SERIES = re.compile(r"^\d+\.\d+-(.+)-(\d{5})$")
 def read_cbis_csv(path):
     """Rows of one case-description CSV as dicts with stripped values (``None`` for NA), plus its kind
     ("mass" or "calc") and a ``row`` number (1 = first data row)."""
+    try:
+        return _read_cbis_csv(path)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: CBIS-DDSM case-description CSV not found") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text ({e}); use the CSV as published by TCIA") from None
+
+
+def _read_cbis_csv(path):
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
@@ -192,7 +201,7 @@ def load_cbis_ddsm(root, csv_files, strict=False, report=None, progress=True):
         })
     _note_cross_subset_duplicates(records, report)
     report.log(len(records))
-    return check_records(records, "cbis_ddsm")
+    return validate_records(records, "cbis_ddsm", report=report)
 
 
 def _note_cross_subset_duplicates(records, report):
@@ -206,14 +215,25 @@ def _note_cross_subset_duplicates(records, report):
 
 
 def register_cbis_ddsm(name, root, csv_files, cache=None, **kwargs):
-    """Register ``name``; with ``cache`` (a JSON path) the conversion runs once and is reused."""
+    """Register ``name``; with ``cache`` (a JSON path) the conversion runs once and is reused for as long
+    as the CSVs (path, size, mtime), ``root`` and the options are the ones it was made from."""
+    csv_files = [csv_files] if isinstance(csv_files, str) else list(csv_files)
 
     def load():
-        if cache and os.path.exists(cache):
-            return load_records(cache)
+        key = cache_key(root=os.path.abspath(root), csv=[file_key(p) for p in csv_files],
+                        options={k: v for k, v in kwargs.items() if k != "report"})
+        key_file = f"{cache}.key" if cache else None
+        if cache and os.path.exists(cache) and os.path.exists(key_file):
+            with open(key_file) as f:
+                if f.read().strip() == key:
+                    return load_records(cache)
+            logger.info("%s: CBIS-DDSM CSVs, root or options changed since %s was written: converting again",
+                        name, cache)
         records = load_cbis_ddsm(root, csv_files, **kwargs)
         if cache:
             save_records(records, cache)
+            with open(key_file, "w") as f:
+                f.write(key)
         return records
 
-    register_records(name, load, root=root, csv_files=list(csv_files))
+    register_records(name, load, root=root, csv_files=csv_files)

@@ -1,6 +1,8 @@
 """Shared pieces of the dataset converters: errors, skip reports, record checks, COCO export."""
+import hashlib
 import json
 import logging
+import math
 import os
 from collections import Counter, defaultdict
 
@@ -8,7 +10,6 @@ from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
 LATERALITY = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
-VIEWS = ("CC", "MLO")
 
 
 class DatasetError(Exception):
@@ -68,20 +69,95 @@ def box_annotation(box):
     return {"bbox": [float(v) for v in box], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}
 
 
-def check_records(records, name):
-    """Refuse duplicate images and boxes outside their image, naming them."""
-    seen_ids, seen_files = {}, {}
-    for r in records:
-        for key, seen in (("image_id", seen_ids), ("file_name", seen_files)):
-            if r[key] in seen:
-                raise DatasetError(f"{name}: duplicate image: {key} {r[key]!r} appears twice "
-                                   f"({seen[r[key]].get('file_name')} and {r.get('file_name')})")
-            seen[r[key]] = r
-        for a in r["annotations"]:
-            x1, y1, x2, y2 = a["bbox"]
-            if not (0 <= x1 < x2 <= r["width"] and 0 <= y1 < y2 <= r["height"]):
-                raise DatasetError(f"{name}: {r['file_name']}: box {a['bbox']} is outside the "
-                                   f"{r['width']}x{r['height']} image (or empty)")
+RECORD_KEYS = ("file_name", "height", "width", "image_id", "patient_id", "laterality", "annotations")
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate_records(records, source, report=None, check_files=False):
+    """The one check of dataset records wherever they enter (converters, records JSON, synthetic sets).
+
+    Refuses, naming ``source`` and the record: a missing key of :data:`RECORD_KEYS`, an empty patient_id,
+    laterality other than L/R, a non-positive size, duplicate image_id or file_name, and any box that is not
+    4 finite numbers with x1 < x2 and y1 < y2 overlapping its image. A box that extends past the image is
+    clipped and counted (in ``report`` when given, else in the log). XYWH_ABS boxes become XYXY_ABS;
+    ``category_id`` must be 0 (the one class). With ``check_files`` every ``file_name`` must exist.
+    Returns ``records`` (modified in place).
+    """
+    if not isinstance(records, list):
+        raise DatasetError(f"{source}: expected a list of records, got {type(records).__name__}")
+    seen = {"image_id": {}, "file_name": {}}
+    clipped, examples, missing_files = 0, [], []
+    for k, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise DatasetError(f"{source}: record {k} is a {type(r).__name__}, expected an object")
+        where = f"{source}: record {k} ({r.get('file_name', r.get('image_id', '?'))})"
+        missing = [key for key in RECORD_KEYS if key not in r]
+        if missing:
+            hint = " (a negative image has annotations: [])" if "annotations" in missing else ""
+            raise DatasetError(f"{where}: missing key(s) {missing}{hint}")
+        for key in ("height", "width"):
+            v = r[key]
+            if not (_is_number(v) and float(v) == int(v) and int(v) > 0):
+                raise DatasetError(f"{where}: {key} {v!r} is not a positive whole number of pixels")
+            r[key] = int(v)
+        pid = r["patient_id"]
+        if pid is None or not str(pid).strip():
+            raise DatasetError(f"{where}: empty patient_id (patient-level evaluation and patient-disjoint splits "
+                               "need one on every image)")
+        r["patient_id"] = str(pid).strip()
+        lat = LATERALITY.get(str(r["laterality"]).strip().upper())
+        if lat is None:
+            raise DatasetError(f"{where}: laterality {r['laterality']!r} is not one of L, R, LEFT, RIGHT")
+        r["laterality"] = lat
+        if not isinstance(r["file_name"], str) or not r["file_name"]:
+            raise DatasetError(f"{where}: file_name {r['file_name']!r} is not a path")
+        for key, index in seen.items():
+            if r[key] in index:
+                raise DatasetError(f"{source}: duplicate image: {key} {r[key]!r} in records {index[r[key]]} and {k}")
+            index[r[key]] = k
+        if check_files and not os.path.isfile(r["file_name"]):
+            missing_files.append(r["file_name"])
+        if not isinstance(r["annotations"], list):
+            raise DatasetError(f"{where}: annotations is a {type(r['annotations']).__name__}, expected a list")
+        w, h = r["width"], r["height"]
+        for j, a in enumerate(r["annotations"]):
+            box = a.get("bbox") if isinstance(a, dict) else None
+            if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)):
+                raise DatasetError(f"{where}: annotation {j} bbox {box!r} is not 4 numbers")
+            try:
+                mode = BoxMode(a.get("bbox_mode", BoxMode.XYXY_ABS))
+            except ValueError:
+                raise DatasetError(f"{where}: annotation {j} bbox_mode {a.get('bbox_mode')!r} is not a BoxMode") from None
+            if mode not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):
+                raise DatasetError(f"{where}: annotation {j} bbox_mode {mode.name} is not XYXY_ABS or XYWH_ABS")
+            if not all(math.isfinite(v) for v in box):
+                raise DatasetError(f"{where}: annotation {j} bbox {list(box)} is not finite")
+            x1, y1, x2, y2 = BoxMode.convert([float(v) for v in box], mode, BoxMode.XYXY_ABS)
+            if not (x1 < x2 and y1 < y2):
+                raise DatasetError(f"{where}: annotation {j} bbox {list(box)} ({mode.name}) is empty or inverted "
+                                   "(expected x1 < x2 and y1 < y2)")
+            if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
+                raise DatasetError(f"{where}: annotation {j} bbox {list(box)} lies outside the {w}x{h} image")
+            c = clip_box([x1, y1, x2, y2], w, h)
+            if c != [x1, y1, x2, y2]:
+                clipped += 1
+                if len(examples) < 3:
+                    examples.append(f"{r['file_name']}: {[x1, y1, x2, y2]} -> {c}")
+            if a.get("category_id", 0) != 0:
+                raise DatasetError(f"{where}: annotation {j} category_id {a.get('category_id')!r}: mammo_tl detects "
+                                   "one class, category_id 0")
+            a.update(bbox=c, bbox_mode=BoxMode.XYXY_ABS, category_id=0)
+    if missing_files:
+        raise DatasetError(f"{source}: {len(missing_files)} of {len(records)} image files not found, e.g. "
+                           f"{missing_files[:3]} (relative paths in a records file are resolved against its folder)")
+    if clipped:
+        if report is not None:
+            report.notes["box clipped to the image"] += clipped
+        logger.warning("%s: %d box(es) extended past their image and were clipped, e.g. %s", source, clipped,
+                       "; ".join(examples))
     return records
 
 
@@ -115,20 +191,62 @@ def export_coco(records, path, category="malignant_mass"):
     return path
 
 
+PATH_KEYS = ("file_name", "original_file_name")
+
+
 def save_records(records, path):
-    """Dataset dicts to JSON (BoxMode as its integer), for named splits and caches."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(records, f, default=int)
-
-
-def load_records(path):
-    with open(path) as f:
-        records = json.load(f)
+    """Dataset dicts to JSON (BoxMode as its integer), written atomically. Image paths inside the JSON's
+    folder are stored relative to it (the tree can move); others absolute (never relative to the working
+    directory, which changes between commands)."""
+    base = os.path.dirname(os.path.abspath(path))
+    out = []
     for r in records:
-        for a in r["annotations"]:
-            a["bbox_mode"] = BoxMode(a["bbox_mode"])
-    return records
+        r = dict(r)
+        for key in PATH_KEYS:
+            if isinstance(r.get(key), str):
+                p = os.path.abspath(r[key])
+                r[key] = os.path.relpath(p, base) if p.startswith(base + os.sep) else p
+        out.append(r)
+    atomic_write_json(out, path, default=int)
+
+
+def atomic_write_json(obj, path, **kwargs):
+    """json.dump to a temporary file beside ``path``, then rename: a killed run never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, **kwargs)
+    os.replace(tmp, path)
+
+
+def load_records(path, check_files=True, report=None):
+    """Records JSON -> dataset dicts, validated (:func:`validate_records`); relative image paths are
+    resolved against the JSON's folder. Errors name the file and the record."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: records file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not a valid records JSON ({type(e).__name__}: {e}); a truncated file? "
+                           "Rewrite it with the command that made it") from None
+    base = os.path.dirname(os.path.abspath(path))
+    for r in records if isinstance(records, list) else []:
+        for key in PATH_KEYS:
+            if isinstance(r, dict) and isinstance(r.get(key), str) and not os.path.isabs(r[key]):
+                r[key] = os.path.normpath(os.path.join(base, r[key]))
+    return validate_records(records, path, report=report, check_files=check_files)
+
+
+def file_key(path):
+    """What identifies a file's content cheaply: absolute path, size and modification time (ns)."""
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def cache_key(**parts):
+    """A stable hash of everything a cached artefact was made from (JSON-serialisable parts)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def register_records(name, loader, **metadata):
@@ -148,31 +266,51 @@ def dicom_size(path):
 
 
 def register_json_datasets(entries):
-    """Register each "name=path/records.json" (config key DATASETS.REGISTER_JSON); already registered
-    names are left alone, so calling it twice is harmless."""
-    from detectron2.data import DatasetCatalog
+    """Register each "name=path/records.json" (config key DATASETS.REGISTER_JSON). A name already
+    registered for the same file is left alone; for another file it is an error (never a silent reuse).
+
+    The metadata key is ``records_file``, not ``json_file``: detectron2's COCOEvaluator reads a
+    ``json_file`` as a COCO annotation file, and builds its own COCO file from the records without one.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
     for entry in entries:
         if "=" not in entry:
             raise DatasetError(f"DATASETS.REGISTER_JSON entry {entry!r} must be name=path/records.json")
         name, path = (s.strip() for s in entry.split("=", 1))
+        if not name or not path:
+            raise DatasetError(f"DATASETS.REGISTER_JSON entry {entry!r} must be name=path/records.json")
+        path = os.path.abspath(path)
         if name in DatasetCatalog:
+            known = MetadataCatalog.get(name).get("records_file", None)
+            if known != path:
+                raise DatasetError(f"DATASETS.REGISTER_JSON: {name!r} is already registered "
+                                   f"({known or 'by mammo_tl or detectron2'}), not as {path}: choose another name")
             continue
         if not os.path.exists(path):
-            raise DatasetError(f"DATASETS.REGISTER_JSON: {path} (for {name}) not found")
-        register_records(name, lambda p=path: load_records(p), json_file=path)
+            raise DatasetError(f"DATASETS.REGISTER_JSON: {path} (for {name}) not found; it is written by "
+                               "tools/prepare_dataset.py / tools/split_dataset.py (see datasets/README.md)")
+        register_records(name, lambda p=path: load_records(p), records_file=path)
 
 
 def read_csv_rows(path, required, delimiter=",", hint=""):
-    """Yield (row number from 1, row with stripped values) of a CSV whose header must hold ``required``;
-    otherwise raise DatasetError naming the file and the missing columns."""
+    """Yield (row number from 1, row with stripped values) of a UTF-8 CSV whose header must hold
+    ``required``; otherwise raise DatasetError naming the file (and the missing columns or bad row)."""
     import csv
 
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DatasetError(f"{path}: unknown column set, missing column(s) {missing}{hint}")
-        for i, raw in enumerate(reader, start=1):
-            yield i, {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DatasetError(f"{path}: unknown column set, missing column(s) {missing}{hint}")
+            for i, raw in enumerate(reader, start=1):
+                yield i, {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: CSV file not found") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text ({e}); save the CSV as UTF-8 (e.g. from Latin-1: "
+                           f"iconv -f latin1 -t utf-8)") from None
+    except csv.Error as e:
+        raise DatasetError(f"{path}: malformed CSV ({e})") from None

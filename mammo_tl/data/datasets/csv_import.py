@@ -3,13 +3,14 @@
 Columns: ``patient_id,path,laterality,view,label`` and optionally ``boxes``. ``path`` is a DICOM or PNG file,
 absolute or relative to the CSV's folder. ``laterality`` L/R (or LEFT/RIGHT), ``view`` CC/MLO. ``label`` 1
 for an image with malignant lesions, 0 for a negative image. ``boxes``: ``x1 y1 x2 y2`` in the image's
-pixels, several separated by ``;`` (required when label is 1, empty when 0).
+pixels, several separated by ``;`` (required when label is 1, empty when 0). A record's ``image_id`` is its
+``path`` as written in the CSV, so it does not change when rows are reordered.
 """
 import os
 
 from ..image_io import is_dicom_path, read_image
-from .common import (DatasetError, SkipReport, box_annotation, check_records, dicom_size, laterality, read_csv_rows,
-                     register_records)
+from .common import (DatasetError, SkipReport, box_annotation, dicom_size, laterality, read_csv_rows,
+                     register_records, validate_records)
 
 REQUIRED = ["patient_id", "path", "laterality", "view", "label"]
 
@@ -42,6 +43,9 @@ def load_csv_dataset(csv_file, strict=False, report=None):
     for i, row in read_csv_rows(csv_file, REQUIRED, hint=f"; expected {REQUIRED} (+ optional boxes)"):
         where = f"{os.path.basename(csv_file)} row {i}"
         path = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
+        if not row["patient_id"]:
+            raise DatasetError(f"{where}: empty patient_id (every image needs its patient, for patient-level "
+                               "metrics and patient-disjoint splits)")
         if row["label"] not in ("0", "1"):
             raise DatasetError(f"{where}: label {row['label']!r} must be 0 or 1")
         if row["view"].upper() not in ("CC", "MLO"):
@@ -65,11 +69,11 @@ def load_csv_dataset(csv_file, strict=False, report=None):
             report.skip(f"{where} ({path})", f"box {outside[0]} outside the {width}x{height} image")
             continue
         records.append({"file_name": path, "height": int(height), "width": int(width),
-                        "image_id": f"{os.path.basename(csv_file)}:{i}", "patient_id": row["patient_id"],
+                        "image_id": row["path"], "patient_id": row["patient_id"],
                         "laterality": laterality(row["laterality"], where), "view": row["view"].upper(),
                         "annotations": [box_annotation(b) for b in boxes]})
     report.log(len(records))
-    return check_records(records, os.path.basename(csv_file))
+    return validate_records(records, os.path.basename(csv_file), report=report)
 
 
 def register_csv_dataset(name, csv_file, **kwargs):

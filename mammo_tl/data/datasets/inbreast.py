@@ -13,8 +13,8 @@ import os
 import plistlib
 import re
 
-from .common import (DatasetError, SkipReport, box_annotation, check_records, clip_box, dicom_size, laterality,
-                     read_csv_rows, register_records)
+from .common import (DatasetError, SkipReport, box_annotation, clip_box, dicom_size, laterality,
+                     read_csv_rows, register_records, validate_records)
 
 logger = logging.getLogger(__name__)
 COLUMNS = ["Patient ID", "Patient age", "Laterality", "View", "Acquisition date", "File Name", "ACR", "Bi-Rads"]
@@ -99,7 +99,7 @@ def load_inbreast(root, target_names=("Mass",), min_positive_birads=4, negative_
                         "patient_id": patient, "laterality": laterality(row["Laterality"], where),
                         "view": row["View"], "annotations": annotations})
     report.log(len(records))
-    return check_records(records, "inbreast")
+    return validate_records(records, "inbreast", report=report)
 
 
 def register_inbreast(name, root, **kwargs):

@@ -9,7 +9,7 @@ import threading
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..synthetic import SyntheticSpec, generate, load_synthetic
+from ..synthetic import SyntheticSpec, generate, load_synthetic, matches_spec
 
 logger = logging.getLogger(__name__)
 CLASS_NAMES = ["malignant_mass"]
@@ -29,18 +29,23 @@ def synthetic_root(name):
 
 
 def register_synthetic(name, root, spec: SyntheticSpec = None):
-    """Register ``name`` for the set in ``root``; with ``spec``, generate it there when missing."""
+    """Register ``name`` for the set in ``root``; with ``spec``, generate it there when missing or made
+    from another spec or generator version."""
 
     def load():
-        if spec is not None and not os.path.exists(os.path.join(root, "annotations.json")):
+        if spec is not None and not matches_spec(root, spec):
             with _lock:
-                logger.info("Generating synthetic set %s in %s", name, root)
-                generate(root, spec)
+                if not matches_spec(root, spec):
+                    if os.path.exists(os.path.join(root, "annotations.json")):
+                        logger.warning("%s: %s holds a set made from another spec or generator version: "
+                                       "generating it again", name, root)
+                        os.remove(os.path.join(root, "annotations.json"))
+                    logger.info("Generating synthetic set %s in %s", name, root)
+                    generate(root, spec)
         return load_synthetic(root)
 
     DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(thing_classes=CLASS_NAMES, evaluator_type="coco",
-                                  patients_csv=os.path.join(root, "patients.csv"), root=root)
+    MetadataCatalog.get(name).set(thing_classes=CLASS_NAMES, evaluator_type="coco", root=root)
 
 
 def register_builtin():

@@ -10,11 +10,12 @@ and is skipped with that reason. Boxes are clipped to the image. The study is th
 """
 import ast
 import logging
+import math
 import os
 from collections import OrderedDict
 
-from .common import (DatasetError, SkipReport, box_annotation, check_records, clip_box, laterality, read_csv_rows,
-                     register_records)
+from .common import (DatasetError, SkipReport, box_annotation, clip_box, laterality, read_csv_rows,
+                     register_records, validate_records)
 
 logger = logging.getLogger(__name__)
 COLUMNS = ["study_id", "series_id", "image_id", "laterality", "view_position", "height", "width", "breast_birads",
@@ -73,8 +74,12 @@ def load_vindr_mammo(root, csv_file=None, split=None, target_categories=("Mass",
                 try:
                     box = [float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
                 except ValueError:
-                    raise DatasetError(f"{where}: target finding without a numeric box") from None
-                img["boxes"].append(box)
+                    box = None
+                if box is None or not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]:
+                    img["bad"] = img.get("bad") or (f"{where}: target finding without a valid box "
+                                                    f"({[row[k] for k in ('xmin', 'ymin', 'xmax', 'ymax')]})")
+                else:
+                    img["boxes"].append(box)
             else:
                 img["suspicious_other"] = True
 
@@ -84,6 +89,9 @@ def load_vindr_mammo(root, csv_file=None, split=None, target_categories=("Mass",
         what = f"{path} ({img['where']})"
         if check_files and not os.path.exists(path):
             report.skip(what, "DICOM file not found")
+            continue
+        if img.get("bad"):
+            report.skip(what, img["bad"])
             continue
         if img["has_suspicious"] and not img["boxes"]:
             report.skip(what, "suspicious finding that is not a target (neither positive nor negative)")
@@ -104,7 +112,7 @@ def load_vindr_mammo(root, csv_file=None, split=None, target_categories=("Mass",
                         "patient_id": img["study_id"], "laterality": img["laterality"], "view": img["view"],
                         "split": img["split"], "annotations": annotations})
     report.log(len(records))
-    return check_records(records, "vindr_mammo")
+    return validate_records(records, "vindr_mammo", report=report)
 
 
 def register_vindr_mammo(root, prefix="vindr_mammo", **kwargs):

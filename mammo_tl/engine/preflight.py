@@ -1,0 +1,171 @@
+"""Checks run before the first training iteration (and before --eval-only): everything that would otherwise
+fail hours later, at the first evaluation or checkpoint, fails here in seconds, naming the config key or file.
+
+* OUTPUT_DIR can be created and written;
+* MODEL.WEIGHTS is empty (training from scratch), a URL detectron2 can fetch, or an existing file;
+* every dataset of DATASETS.TRAIN and DATASETS.TEST is registered and non-empty, and one record of each
+  (a positive and, with the paired loader, a negative one) goes through the mapper: the image is read;
+* the paired loader has positive and negative images; the positives-only loader has positives;
+* every evaluator of DATASETS.TEST is built (the COCO conversion of the test records included), and the
+  patient evaluator finds patient_id and laterality on every test record;
+* images prepared by tools/prepare_dataset.py were prepared with the crop and flip the config names
+  (INPUT.CROP_TO_BREAST, INPUT.CANONICAL_FLIP), which tools/predict.py applies to new images.
+
+Warnings (not errors): a dataset in both TRAIN and TEST, patients shared by TRAIN and TEST, a test set with
+only one class of patient (AUC undefined), images prepared at another size than INPUT.FIXED_SIZE.
+"""
+import logging
+import os
+from collections import Counter
+
+from detectron2.data import DatasetCatalog
+
+logger = logging.getLogger(__name__)
+URL_PREFIXES = ("detectron2://", "https://", "http://", "catalog://", "manifold://")
+
+
+class ConfigError(ValueError):
+    """A config that cannot train or evaluate; the message names the key (and file) at fault."""
+
+
+def check_output_dir(path):
+    if not path:
+        raise ConfigError("OUTPUT_DIR is empty: name a folder for checkpoints and results")
+    probe = os.path.join(path, f".mammo_tl_write_test.{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"OUTPUT_DIR {path!r} is not a writable folder ({type(e).__name__}: {e})") from None
+
+
+def check_weights_source(weights):
+    if not weights or weights.startswith(URL_PREFIXES):
+        return
+    if not os.path.isfile(weights):
+        raise ConfigError(f"MODEL.WEIGHTS {weights!r}: file not found (a local checkpoint, a detectron2:// or "
+                          "https:// URL, or empty to train from random initialisation)")
+
+
+def _records(key, name):
+    if name not in DatasetCatalog:
+        known = sorted(DatasetCatalog.keys())
+        mine = [k for k in known if not k.startswith(("coco_", "lvis_", "voc_", "cityscapes_", "ade20k_", "keypoints_"))]
+        raise ConfigError(f"{key}: dataset {name!r} is not registered. For a records JSON add "
+                          f"'{name}=path/records.json' to DATASETS.REGISTER_JSON; registered here: {mine}")
+    try:
+        records = DatasetCatalog.get(name)
+    except Exception as e:
+        raise ConfigError(f"{key}: dataset {name!r} cannot be loaded: {type(e).__name__}: {e}") from e
+    if not records:
+        raise ConfigError(f"{key}: dataset {name!r} holds no images")
+    return records
+
+
+def _map_one(mapper, record, key, name):
+    try:
+        mapper(record)
+    except Exception as e:
+        raise ConfigError(f"{key}: dataset {name!r}: image {record.get('file_name')!r} cannot be read or mapped "
+                          f"({type(e).__name__}: {e})") from e
+
+
+def check_prepared_options(cfg, records, key, name):
+    """Records made by tools/prepare_dataset.py carry the options they were prepared with."""
+    options = Counter()
+    for r in records:
+        p = r.get("preprocess")
+        if p is not None:
+            options[(bool(p.get("crop")), bool(p.get("canonical_flip")), tuple(p.get("size") or ()))] += 1
+    if not options:
+        return
+    if len(options) > 1:
+        raise ConfigError(f"{key}: dataset {name!r} mixes images prepared with different options "
+                          f"(crop, flip, size): {dict(options)}; prepare them again with one set of options")
+    (crop, flip, size), _ = options.most_common(1)[0]
+    for cfg_key, want, have, option in (("INPUT.CROP_TO_BREAST", crop, cfg.INPUT.CROP_TO_BREAST, "--no-crop"),
+                                        ("INPUT.CANONICAL_FLIP", flip, cfg.INPUT.CANONICAL_FLIP, "--flip")):
+        if bool(have) != want:
+            raise ConfigError(
+                f"{cfg_key} is {bool(have)}, but the images of {name!r} ({key}) were prepared with "
+                f"{'' if want else 'no '}{cfg_key.split('.')[-1].lower()} (tools/prepare_dataset.py {option}): "
+                f"tools/predict.py would prepare new images unlike the training data. Set {cfg_key} {want}.")
+    if size and cfg.INPUT.RESIZE_MODE == "fixed" and tuple(size) != tuple(cfg.INPUT.FIXED_SIZE):
+        logger.warning("%s: images of %r were prepared at %s, INPUT.FIXED_SIZE is %s: they are resized again",
+                       key, name, list(size), list(cfg.INPUT.FIXED_SIZE))
+
+
+def preflight(cfg, eval_only=False):
+    """Run every check above for ``cfg`` (frozen, datasets registered); raise ConfigError at the first
+    problem. Returns {dataset name: number of records} of what was checked."""
+    from ..data import MammogramDatasetMapper, split_positive_negative
+    from ..data.build import pairs_per_rank
+    from ..evaluation.evaluators import labels_from_records
+    from .trainer import Trainer
+
+    check_output_dir(cfg.OUTPUT_DIR)
+    check_weights_source(cfg.MODEL.WEIGHTS)
+    checked = {}
+    train_patients = set()
+    if not eval_only:
+        if not cfg.DATASETS.TRAIN:
+            raise ConfigError("DATASETS.TRAIN is empty: name at least one dataset to train on")
+        mapper = MammogramDatasetMapper(cfg, is_train=True)
+        all_pos, all_neg = 0, 0
+        for name in cfg.DATASETS.TRAIN:
+            records = _records("DATASETS.TRAIN", name)
+            check_prepared_options(cfg, records, "DATASETS.TRAIN", name)
+            pos, neg = split_positive_negative(records)
+            all_pos, all_neg = all_pos + len(pos), all_neg + len(neg)
+            for r in (pos[:1] + neg[:1]):
+                _map_one(mapper, r, "DATASETS.TRAIN", name)
+            train_patients |= {str(r.get("patient_id")) for r in records}
+            checked[name] = len(records)
+        if cfg.DATALOADER.PAIRED.ENABLED:
+            if not all_pos or not all_neg:
+                raise ConfigError(f"DATALOADER.PAIRED.ENABLED needs positive and negative images in "
+                                  f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}; found {all_pos} positive and "
+                                  f"{all_neg} negative (annotations: [])")
+            try:
+                pairs_per_rank(cfg)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        elif not all_pos:
+            raise ConfigError(f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)} holds no positive image (with boxes)")
+        elif cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS and all_neg:
+            logger.info("DATALOADER.FILTER_EMPTY_ANNOTATIONS: the %d negative training images are not used", all_neg)
+
+    test_mapper = MammogramDatasetMapper(cfg, is_train=False)
+    for name in cfg.DATASETS.TEST:
+        records = _records("DATASETS.TEST", name)
+        check_prepared_options(cfg, records, "DATASETS.TEST", name)
+        _map_one(test_mapper, records[0], "DATASETS.TEST", name)
+        for key in (("patient_id",), ("patient_id", "laterality")):
+            try:
+                labels, _ = labels_from_records(records, key)
+            except KeyError as e:
+                raise ConfigError(f"DATASETS.TEST: dataset {name!r}: {e.args[0]}") from None
+        labels, _ = labels_from_records(records, ("patient_id",))
+        n_pos = sum(labels.values())
+        if n_pos in (0, len(labels)):
+            logger.warning("DATASETS.TEST %r: all %d patients are %s: patient AUC, and %s, are undefined",
+                           name, len(labels), "positive" if n_pos else "negative",
+                           "specificity" if n_pos else "sensitivity")
+        try:
+            Trainer.build_evaluator(cfg, name)
+        except Exception as e:
+            raise ConfigError(f"DATASETS.TEST: the evaluators of {name!r} cannot be built "
+                              f"({type(e).__name__}: {e})") from e
+        if name in cfg.DATASETS.TRAIN and not eval_only:
+            logger.warning("Dataset %r is in both DATASETS.TRAIN and DATASETS.TEST: the evaluation measures "
+                           "training images", name)
+        elif not eval_only:
+            shared = train_patients & {str(r.get("patient_id")) for r in records}
+            if shared:
+                logger.warning("DATASETS.TEST %r shares %d patient(s) with DATASETS.TRAIN, e.g. %s: the test "
+                               "is not patient-disjoint", name, len(shared), sorted(shared)[:5])
+        checked[name] = len(records)
+    logger.info("Preflight checks passed: %s", ", ".join(f"{k} ({v} images)" for k, v in checked.items()))
+    return checked
