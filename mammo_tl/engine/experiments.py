@@ -1,0 +1,88 @@
+"""Several configs trained and evaluated in sequence, then compared: the rows of the paper's Table 1 on any
+data set (tools/run_ablation.py) and the demo (tools/demo.py).
+
+Each config trains in its own process (tools/train_net.py) into OUTPUT/<config name>. A run that finished
+(model_final.pth and inference/eval_results.json) is reused, and an interrupted one resumed, only while its
+saved config (OUTPUT/<name>/config.yaml) equals the one asked for; otherwise the run is refused, naming the
+first differing keys, so a report never mixes results of other settings.
+"""
+import os
+import subprocess
+import sys
+import time
+
+from ..config import get_mammo_tl_cfg
+from ..evaluation.report import make_report
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+
+
+class RunMismatch(RuntimeError):
+    """An output folder holds a run made with another config."""
+
+
+def _flatten(node, prefix=""):
+    out = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def expected_config(config_file, opts):
+    """The config train_net.py builds from ``config_file`` and ``opts`` (as plain nested dicts)."""
+    cfg = get_mammo_tl_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def _norm(v):
+    """YAML writes tuples as lists."""
+    return [_norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def config_differences(saved_yaml, cfg):
+    """Keys whose values differ between a run's saved config.yaml and ``cfg`` (both as train_net saw them)."""
+    saved = get_mammo_tl_cfg()
+    saved.set_new_allowed(True)
+    saved.merge_from_file(saved_yaml)
+    a, b = _flatten(saved), _flatten(cfg)
+    return sorted(k for k in a.keys() | b.keys() if _norm(a.get(k)) != _norm(b.get(k)))
+
+
+def run_rows(configs, output, extra_opts=(), bootstrap=1000, title="mammo_tl results", num_gpus=1, tag="rows"):
+    """Train and evaluate each config file into ``output/<name>``, then write the comparison report
+    (tools/report.py's layout, the first config as baseline) to ``output``. Returns the report's results."""
+    start = time.time()
+    runs = {}
+    for config_file in configs:
+        name = os.path.splitext(os.path.basename(config_file))[0]
+        out = os.path.join(output, name)
+        runs[name] = out
+        opts = ["OUTPUT_DIR", out, "TEST.PATIENT.BOOTSTRAP", str(bootstrap), *extra_opts]
+        cfg = expected_config(config_file, opts)
+        saved = os.path.join(out, "config.yaml")
+        if os.path.exists(saved):
+            diff = config_differences(saved, cfg)
+            if diff:
+                raise RunMismatch(f"{out} holds a run of another config (differing keys: {diff[:8]}"
+                                  f"{' ...' if len(diff) > 8 else ''}): choose another --output or remove {out}")
+        if os.path.exists(os.path.join(out, "inference", "eval_results.json")) and \
+                os.path.exists(os.path.join(out, "model_final.pth")):
+            print(f"[{tag}] {name}: already trained and evaluated in {out} with this config, reusing it", flush=True)
+            continue
+        cmd = [sys.executable, TRAIN_NET, "--config-file", config_file, "--num-gpus", str(num_gpus)]
+        if os.path.exists(os.path.join(out, "last_checkpoint")):
+            cmd.append("--resume")
+        cmd += opts
+        print(f"[{tag}] training {name}: {' '.join(cmd)}", flush=True)
+        t = time.time()
+        subprocess.run(cmd, check=True)
+        print(f"[{tag}] {name}: trained and evaluated in {(time.time() - t) / 60:.1f} min", flush=True)
+    results, md = make_report(runs, output, bootstrap=bootstrap, title=title)
+    print("\n" + md)
+    print(f"[{tag}] results: {os.path.join(output, 'results.json')}; report: {os.path.join(output, 'report.md')}"
+          f" (and .html, roc.png, froc.png); total {(time.time() - start) / 60:.1f} min", flush=True)
+    return results

@@ -1,0 +1,54 @@
+"""tools/run_ablation.py as a user types it: rows trained in sequence, compared, reused and refused."""
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+from detectron2.data import DatasetCatalog
+
+from mammo_tl.data.datasets.common import save_records
+from mammo_tl.engine.experiments import config_differences, expected_config
+from tests.common import REPO, config_path
+from tests.test_records import TINY_OPTS
+
+
+def test_config_differences_name_the_keys(tmp_path):
+    cfg = expected_config(config_path("synthetic/d_tl_similarity.yaml"), ["SOLVER.MAX_ITER", "7"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(cfg.dump())
+    assert config_differences(str(saved), cfg) == []
+    other = expected_config(config_path("synthetic/d_tl_similarity.yaml"),
+                            ["SOLVER.MAX_ITER", "8", "MODEL.ROI_HEADS.SIMILARITY.LOSS_WEIGHT", "0.2"])
+    assert config_differences(str(saved), other) == ["MODEL.ROI_HEADS.SIMILARITY.LOSS_WEIGHT", "SOLVER.MAX_ITER"]
+
+
+def test_run_ablation_trains_compares_reuses_and_refuses(tiny_datasets, tmp_path):
+    paths = {}
+    for split in ("train", "test"):
+        paths[split] = str(tmp_path / f"{split}.json")
+        save_records(copy.deepcopy(DatasetCatalog.get(f"mammo_synth_tiny_{split}")), paths[split])
+    opts = [*TINY_OPTS, "SOLVER.MAX_ITER", "2", "DATASETS.REGISTER_JSON",
+            f"['abl_train={paths['train']}', 'abl_test={paths['test']}']",
+            "DATASETS.TRAIN", "('abl_train',)", "DATASETS.TEST", "('abl_test',)"]
+    configs = [config_path("synthetic/a_positives_only.yaml"), config_path("synthetic/c_top_likelihood.yaml")]
+    out = tmp_path / "ablation"
+    cmd = [sys.executable, "tools/run_ablation.py", "--output", str(out), "--bootstrap", "20", "--configs",
+           *configs, "--opts", *opts]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.load(open(out / "results.json"))
+    assert list(results["runs"]) == ["a_positives_only", "c_top_likelihood"]
+    assert list(results["differences"]) == ["c_top_likelihood - a_positives_only"]
+    for name in results["runs"]:
+        assert results["runs"][name]["num_patients"] == 6  # the tiny test set: 3 + 3 patients
+        assert (out / name / "model_final.pth").exists()
+    assert (out / "report.md").read_text().count("| c_top_likelihood |") == 1
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("reusing it") == 2, again.stderr[-2000:]
+
+    changed = subprocess.run(cmd + ["MODEL.RPN.TOP_LIKELIHOOD.NUM_ANCHORS", "64"], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert changed.returncode != 0
+    assert "holds a run of another config" in changed.stderr and "MODEL.RPN.TOP_LIKELIHOOD.NUM_ANCHORS" in changed.stderr

@@ -1,0 +1,30 @@
+#!/usr/bin/env python
+"""Train and evaluate several configs in sequence and compare them (the paper's Table 1 on your data).
+
+    python tools/run_ablation.py --output output/paper --configs configs/paper/a_positives_only.yaml \\
+        configs/paper/b_with_negatives.yaml configs/paper/c_top_likelihood.yaml configs/paper/d_tl_similarity.yaml
+    python tools/run_ablation.py --output output/paper --num-gpus 8 --configs ... --opts SOLVER.IMS_PER_BATCH 16
+
+Each config trains into OUTPUT/<config name> (tools/train_net.py); rerunning resumes an interrupted run and
+reuses a finished one, but refuses a folder that holds a run of another config. Then OUTPUT/report.md,
+report.html, results.json, roc.png and froc.png compare the runs, the first config as the baseline.
+"""
+import argparse
+
+from detectron2.utils.logger import setup_logger
+
+from mammo_tl.engine.experiments import run_rows
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--configs", nargs="+", required=True, help="config files; the first is the baseline")
+    p.add_argument("--output", required=True)
+    p.add_argument("--num-gpus", type=int, default=1, help="GPUs per run (detectron2's launch)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--title", default="mammo_tl: ablation")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
+    a = p.parse_args()
+    if a.num_gpus < 1 or a.bootstrap < 0:
+        p.error("--num-gpus must be >= 1 and --bootstrap >= 0")
+    setup_logger(name="mammo_tl")
+    run_rows(a.configs, a.output, a.opts, a.bootstrap, title=a.title, num_gpus=a.num_gpus, tag="ablation")
