@@ -8,8 +8,9 @@ circumscribed masses of similar size and brightness, never annotated; the suspec
 is about. Positive images may hold unannotated look-alikes too (``lookalike_in_positive_prob``).
 
 Written as 16-bit PNG (and optionally DICOM, modality MG) with ``annotations.json`` (COCO style, with
-``patient_id``, ``laterality`` and ``view`` on every image) and ``patients.csv``, the same layout the
-real-data converters produce, so real data later takes the same path.
+``patient_id``, ``laterality`` and ``view`` on every image) and ``patients.csv``. Loaded, its records have
+the shape every converter's records have (validated by the same ``validate_records``), so training and
+evaluation take one path for both; the files on disk differ (converters write records.json + coco.json).
 """
 import csv
 import json
@@ -199,6 +200,8 @@ def generate(root: str, spec: Optional[SyntheticSpec] = None, progress: bool = T
     """
     from tqdm import tqdm
 
+    from .datasets.common import CLASS_NAME
+
     spec = spec or SyntheticSpec()
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
     rng = np.random.default_rng(spec.seed)
@@ -237,7 +240,7 @@ def generate(root: str, spec: Optional[SyntheticSpec] = None, progress: bool = T
     coco = dict(info=dict(description="mammo_tl synthetic mammograms", spec=asdict(spec),
                           generator_version=GENERATOR_VERSION),
                 images=images, annotations=annotations,
-                categories=[dict(id=1, name="malignant_mass")])
+                categories=[dict(id=1, name=CLASS_NAME)])
     ann_path = os.path.join(root, "annotations.json")
     tmp = ann_path + ".tmp"
     with open(tmp, "w") as f:  # written last and atomically: its presence means a complete set

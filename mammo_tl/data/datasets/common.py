@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
+# The one class mammo_tl detects (category_id 0 in records, 1 in COCO files).
+CLASS_NAME = "malignant_mass"
 LATERALITY = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
 
 
@@ -174,7 +176,7 @@ def check_patient_disjoint(splits):
                            f"{' ...' if len(shared) > 20 else ''}")
 
 
-def export_coco(records, path, category="malignant_mass"):
+def export_coco(records, path, category=CLASS_NAME):
     """Write records as COCO JSON (boxes as XYWH); extra keys patient_id, laterality, view kept per image."""
     images, annotations = [], []
     for k, r in enumerate(records):
@@ -254,7 +256,7 @@ def register_records(name, loader, **metadata):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(thing_classes=["malignant_mass"], evaluator_type="coco", **metadata)
+    MetadataCatalog.get(name).set(thing_classes=[CLASS_NAME], evaluator_type="coco", **metadata)
 
 
 def dicom_size(path):

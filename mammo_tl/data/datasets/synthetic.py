@@ -7,12 +7,12 @@ import logging
 import os
 import threading
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 
 from ..synthetic import SyntheticSpec, generate, load_synthetic, matches_spec
+from .common import register_records
 
 logger = logging.getLogger(__name__)
-CLASS_NAMES = ["malignant_mass"]
 
 # name -> spec. The test set has >= 100 negative and 50 positive patients, enough for a specificity
 # difference of 0.10 to stand outside the bootstrap noise.
@@ -44,8 +44,7 @@ def register_synthetic(name, root, spec: SyntheticSpec = None):
                     generate(root, spec)
         return load_synthetic(root)
 
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(thing_classes=CLASS_NAMES, evaluator_type="coco", root=root)
+    register_records(name, load, root=root)
 
 
 def register_builtin():
