@@ -1,7 +1,7 @@
 """Several configs trained and evaluated in sequence, then compared: the rows of the paper's Table 1 on any
 data set (tools/run_ablation.py) and the demo (tools/demo.py).
 
-Each config trains in its own process (tools/train_net.py) into OUTPUT/<config name>. A run that finished
+Each config trains in its own process (tools/train_net.py's command line) into OUTPUT/<config name>. A run that finished
 (model_final.pth and inference/eval_results.json) is reused, and an interrupted one resumed, only while its
 saved config (OUTPUT/<name>/config.yaml) equals the one asked for; otherwise the run is refused, naming the
 first differing keys, so a report never mixes results of other settings.
@@ -15,7 +15,7 @@ from ..config import get_mammo_tl_cfg
 from ..evaluation.report import make_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+TRAIN_COMMAND = [sys.executable, "-m", "mammo_tl.engine.launcher"]  # what tools/train_net.py runs
 
 
 class RunMismatch(RuntimeError):
@@ -73,7 +73,7 @@ def run_rows(configs, output, extra_opts=(), bootstrap=1000, title="mammo_tl res
                 os.path.exists(os.path.join(out, "model_final.pth")):
             print(f"[{tag}] {name}: already trained and evaluated in {out} with this config, reusing it", flush=True)
             continue
-        cmd = [sys.executable, TRAIN_NET, "--config-file", config_file, "--num-gpus", str(num_gpus)]
+        cmd = [*TRAIN_COMMAND, "--config-file", config_file, "--num-gpus", str(num_gpus)]
         if os.path.exists(os.path.join(out, "last_checkpoint")):
             cmd.append("--resume")
         cmd += opts

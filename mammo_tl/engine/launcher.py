@@ -1,11 +1,14 @@
-"""setup() and main() behind tools/train_net.py, importable by tests and other scripts."""
+"""setup(), main() and the command line behind tools/train_net.py (also ``python -m mammo_tl.engine.launcher``,
+which is how mammo_tl's own experiment runners start trainings)."""
+import sys
+
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_setup
+from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 from ..config import get_mammo_tl_cfg
-from ..data.datasets.common import register_json_datasets
-from .preflight import check_output_dir, preflight
+from ..data.datasets.common import DatasetError, register_json_datasets
+from .preflight import ConfigError, check_output_dir, preflight
 from .trainer import Trainer
 
 
@@ -35,3 +38,18 @@ def main(args):
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def cli(argv=None, prog="train_net.py"):
+    """detectron2's training command line (--config-file, --num-gpus, --resume, --eval-only, KEY VALUE ...);
+    a config or data error ends the process with its message instead of a traceback."""
+    args = default_argument_parser().parse_args(argv)
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except (ConfigError, DatasetError) as e:
+        sys.exit(f"{prog}: {e}")
+
+
+if __name__ == "__main__":
+    cli(prog="python -m mammo_tl.engine.launcher")
