@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 from detectron2.data import DatasetCatalog
 
 from mammo_tl.data.datasets.common import save_records

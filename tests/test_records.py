@@ -15,7 +15,7 @@ from mammo_tl.data.datasets import DatasetError, SkipReport, load_csv_dataset, l
 from mammo_tl.data.datasets.common import load_records, register_json_datasets, save_records, validate_records
 from mammo_tl.engine.preflight import ConfigError
 from tests.common import config_path
-from tests.dataset_fixtures import VINDR_HEADER, make_vindr
+from tests.dataset_fixtures import make_vindr
 
 TINY_OPTS = [
     "MODEL.RESNETS.DEPTH", "18", "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",

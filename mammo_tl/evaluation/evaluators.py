@@ -12,6 +12,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from .metrics import froc, patient_metrics
+from .plots import plot_froc, plot_roc
 
 logger = logging.getLogger(__name__)
 
@@ -37,64 +38,6 @@ def group_scores(image_scores, group_of, groups):
         g = group_of[image_id]
         out[g] = max(out[g], s)
     return out
-
-
-def plot_roc(curves, path, title="ROC, per patient"):
-    """curves: name -> (labels, scores) over the same patients. Writes PNG and one CSV per curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, (y, s) in curves.items():
-        if 0 < np.sum(y) < len(y):
-            fpr, tpr, thr = roc_curve(y, s)
-            ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
-            with open(os.path.splitext(path)[0] + (f"_{name}" if len(curves) > 1 else "") + ".csv", "w",
-                      newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["fpr", "tpr", "threshold"])
-                w.writerows(zip(fpr, tpr, thr))
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_froc(curves, path, max_fppi=8.0):
-    """curves: name -> froc() result. Writes PNG (log x axis) and one CSV per curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    for name, r in curves.items():
-        c = r["curve"]
-        # past its last operating point a curve stays flat (no lower threshold gives more boxes)
-        x = np.r_[np.maximum(c["fppi"], 1e-3), max_fppi]
-        y = np.r_[c["sensitivity"], c["sensitivity"][-1]]
-        ax.step(x, y, where="post", label=f"{name} (CPM {r['cpm']:.3f})")
-        with open(os.path.splitext(path)[0] + (f"_{name}" if len(curves) > 1 else "") + ".csv", "w",
-                  newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["fppi", "sensitivity", "threshold"])
-            w.writerows(zip(c["fppi"], c["sensitivity"], c["threshold"]))
-    ax.set_xscale("log")
-    rates = [0.125, 0.25, 0.5, 1, 2, 4, 8]
-    ax.set_xticks(rates, [f"{v:g}" for v in rates])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set(xlabel="false positives per image", ylabel="lesion sensitivity", title="FROC",
-           xlim=(0.1, max_fppi * 1.05), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 class PatientEvaluator(DatasetEvaluator):

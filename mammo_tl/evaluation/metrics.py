@@ -6,6 +6,9 @@ import numpy as np
 PATIENT_METRICS = ("auc", "sensitivity", "specificity", "accuracy")
 
 
+# False positives per image at which FROC sensitivity is read (and the CPM averaged), the usual seven.
+FROC_FP_RATES = (0.125, 0.25, 0.5, 1, 2, 4, 8)
+
 def _as_arrays(scores: Mapping, labels: Mapping):
     missing = sorted(set(labels) - set(scores), key=str)
     if missing:
@@ -148,7 +151,7 @@ def match_image(gt: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou_thres
 
 
 def froc(gt_boxes: Mapping, pred_boxes: Mapping, pred_scores: Mapping,
-         fp_rates: Sequence[float] = (0.125, 0.25, 0.5, 1, 2, 4, 8), iou_threshold: float = 0.5,
+         fp_rates: Sequence[float] = FROC_FP_RATES, iou_threshold: float = 0.5,
          criterion: str = "iou") -> Dict:
     """Free-response ROC: lesion-level sensitivity at given mean numbers of false positives per image.
 

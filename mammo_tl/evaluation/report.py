@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .evaluators import plot_froc, plot_roc
+from .plots import plot_froc, plot_roc
 from .metrics import paired_difference
 
 COLUMNS = (("ap50", "mAP (AP50)"), ("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
