@@ -32,7 +32,7 @@ def test_batches_hold_n_positive_then_n_negative(tiny_datasets, workers):
                          "DATALOADER.PAIRED.POSITIVE_SEED", 1, "DATALOADER.PAIRED.NEGATIVE_SEED", 2])
     for batch in _take(build_paired_train_loader(cfg), 4):
         assert len(batch) == 4
-        assert [b["is_negative"] for b in batch] == [False, False, True, True]
+        assert [len(b["instances"]) == 0 for b in batch] == [False, False, True, True]
         assert all(len(b["instances"]) > 0 for b in batch[:2])
         assert all(len(b["instances"]) == 0 for b in batch[2:])
         assert all(tuple(b["image"].shape) == (3, 128, 128) for b in batch)
@@ -92,7 +92,7 @@ def _worker(root, out_dir):
         @classmethod
         def build_train_loader(cls, cfg):
             for batch in super().build_train_loader(cfg):
-                seen.append([(b["file_name"], b["is_negative"]) for b in batch])
+                seen.append([(b["file_name"], len(b["instances"]) == 0) for b in batch])
                 cls._last_batch = batch
                 yield batch
 
@@ -132,7 +132,7 @@ def test_paired_mapper_refuses_a_swapped_pair(tiny_datasets):
     positives, negatives = split_positive_negative(DatasetCatalog.get("mammo_synth_tiny_train"))
     mapper = PairedDatasetMapper(MammogramDatasetMapper(tiny_cfg(), is_train=True))
     pos, neg = mapper((positives[0], negatives[0]))
-    assert not pos["is_negative"] and neg["is_negative"]
+    assert len(pos["instances"]) > 0 and len(neg["instances"]) == 0
     with pytest.raises(ValueError, match=f"{negatives[0]['file_name']}: expected a positive image"):
         mapper((negatives[0], negatives[1]))
     with pytest.raises(ValueError, match=f"{positives[1]['file_name']}: expected a negative image"):

@@ -15,7 +15,8 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 from torch.utils.data import Sampler
 
-from .mapper import MammogramDatasetMapper, PairedDatasetMapper, is_negative
+from .datasets.common import is_negative
+from .mapper import MammogramDatasetMapper, PairedDatasetMapper
 
 logger = logging.getLogger(__name__)
 

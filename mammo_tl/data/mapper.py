@@ -8,15 +8,8 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .datasets.common import is_negative
 from .image_io import read_image, to_model_input
-
-
-def is_negative(record) -> bool:
-    """A negative image has ``annotations: []``; a positive one at least one box."""
-    if "annotations" not in record:
-        raise KeyError(f"dataset record {record.get('file_name', record.get('image_id'))!r} has no "
-                       "'annotations' key: mark negative images with annotations: []")
-    return len(record["annotations"]) == 0
 
 
 def build_mammo_augmentation(cfg, is_train):
@@ -39,8 +32,8 @@ class MammogramDatasetMapper(DatasetMapper):
     """detectron2's DatasetMapper for single-channel 16-bit PNG or DICOM mammograms.
 
     The image is windowed to 0..255 (INPUT.INTENSITY_PERCENTILES), repeated to 3 channels and resized
-    (INPUT.RESIZE_MODE). Records keep their ``patient_id``, ``laterality`` and ``view``; the output has
-    ``is_negative`` in training.
+    (INPUT.RESIZE_MODE). Records keep their ``patient_id``, ``laterality`` and ``view``. A negative image's
+    ``instances`` are empty, which is how the model tells it (mammo_tl.modeling.negatives).
     """
 
     @configurable
@@ -70,7 +63,7 @@ class MammogramDatasetMapper(DatasetMapper):
         if not self.is_train:
             dataset_dict.pop("annotations", None)
             return dataset_dict
-        dataset_dict["is_negative"] = is_negative(dataset_dict)
+        is_negative(dataset_dict)  # refuses a record without an annotations key, naming it
         self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
 

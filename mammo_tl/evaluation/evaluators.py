@@ -11,6 +11,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..data.datasets.common import is_negative
 from .metrics import froc, patient_metrics
 from .plots import plot_froc, plot_roc
 
@@ -27,7 +28,7 @@ def labels_from_records(records, key=("patient_id",)):
                            "needs patient_id (and laterality for per-breast metrics) on every record")
         g = "/".join(str(r[k]) for k in key)
         group_of[r["image_id"]] = g
-        labels[g] = max(labels.get(g, 0), int(len(r.get("annotations", [])) > 0))
+        labels[g] = max(labels.get(g, 0), int(not is_negative(r)))
     return labels, group_of
 
 

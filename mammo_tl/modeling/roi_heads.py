@@ -9,6 +9,7 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Instances
 
 from .losses import similarity_loss
+from .negatives import negative_images
 
 SIMILARITY_FEATURES = ("softmax", "penultimate")
 
@@ -68,16 +69,22 @@ class SuspectedTargetROIHeads(StandardROIHeads):
             return self._label_and_sample(proposals, targets)
 
     def _label_and_sample(self, proposals, targets):
+        negative = negative_images(targets)
         if self.num_top_negative_proposals > 0:
             # Negative images' proposals in descending objectness, so that _sample_proposals can keep the
             # first ones. (The RPN already returns them so; this makes it a guarantee.)
             proposals = [
-                p[torch.argsort(p.objectness_logits, descending=True, stable=True)] if len(t) == 0 else p
-                for p, t in zip(proposals, targets)
+                p[torch.argsort(p.objectness_logits, descending=True, stable=True)] if neg else p
+                for p, neg in zip(proposals, negative)
             ]
-        return super().label_and_sample_proposals(proposals, targets)
+        sampled = super().label_and_sample_proposals(proposals, targets)
+        for p, neg in zip(sampled, negative):
+            p.from_negative_image = torch.full((len(p),), neg, dtype=torch.bool, device=p.objectness_logits.device)
+        return sampled
 
     def _sample_proposals(self, matched_idxs, matched_labels, gt_classes):
+        # detectron2 calls this per image with that image's ground-truth classes: none for exactly the images
+        # negative_images() calls negative
         if gt_classes.numel() > 0 or self.num_top_negative_proposals == 0:
             return super()._sample_proposals(matched_idxs, matched_labels, gt_classes)
         # Negative image: proposals arrive sorted by objectness (label_and_sample_proposals).
@@ -114,12 +121,11 @@ class SuspectedTargetROIHeads(StandardROIHeads):
         positives, negatives = [], []
         for f, p in zip(per_image, proposals):
             order = torch.argsort(p.objectness_logits, descending=True, stable=True)
-            # detectron2 sets gt_boxes on the sampled proposals of images that have ground truth only
-            if p.has("gt_boxes"):
+            if len(p) and bool(p.from_negative_image[0]):
+                negatives.append(f[order])
+            elif len(p):
                 is_fg = (p.gt_classes[order] >= 0) & (p.gt_classes[order] < self.num_classes)
                 positives.append(f[order][is_fg])
-            else:
-                negatives.append(f[order])
         pair_losses = []
         for x1, x2 in zip(positives, negatives):
             k = min(len(x1), len(x2))

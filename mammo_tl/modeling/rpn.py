@@ -8,9 +8,11 @@ from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, 
 from detectron2.structures import Boxes, Instances
 
 from .losses import top_likelihood_loss
+from .negatives import negative_images
 
 # Anchor label for every anchor of a negative image: neither the standard objectness loss (labels >= 0)
-# nor the regression loss (label == 1) sees it; the top likelihood loss takes the image instead.
+# nor the regression loss (label == 1) sees it; the top likelihood loss takes the image instead. It also
+# carries the decision (made once, from the targets) to losses(), which detectron2 does not give them.
 NEGATIVE_IMAGE_LABEL = -2
 
 
@@ -57,8 +59,8 @@ class TopLikelihoodRPN(RPN):
     def label_and_sample_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
         gt_labels, matched_gt_boxes = super().label_and_sample_anchors(anchors, gt_instances)
         if self.top_likelihood_enabled:
-            for labels, inst in zip(gt_labels, gt_instances):
-                if len(inst) == 0:
+            for labels, negative in zip(gt_labels, negative_images(gt_instances)):
+                if negative:
                     labels.fill_(NEGATIVE_IMAGE_LABEL)
         return gt_labels, matched_gt_boxes
 

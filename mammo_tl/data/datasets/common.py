@@ -55,6 +55,15 @@ class SkipReport:
                 "skipped_items": [{"item": w, "reason": r} for w, r in self.skipped]}
 
 
+def is_negative(record) -> bool:
+    """The one rule for records: a negative image has ``annotations: []``, a positive one at least one box.
+    (The model's rule for a batch is mammo_tl.modeling.negatives.negative_images: no ground-truth box.)"""
+    if "annotations" not in record:
+        raise KeyError(f"dataset record {record.get('file_name', record.get('image_id'))!r} has no "
+                       "'annotations' key: mark negative images with annotations: []")
+    return len(record["annotations"]) == 0
+
+
 def laterality(value, where):
     v = LATERALITY.get(str(value).strip().upper())
     if v is None:
