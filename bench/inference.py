@@ -32,7 +32,7 @@ def main():
     cfg.INPUT.MAX_SIZE_TEST = a.size
     cfg.MODEL.WEIGHTS = ""
     torch.manual_seed(0)
-    ours = MammoPredictor(cfg)
+    ours = MammoPredictor(cfg, allow_random_init=True)
     theirs = DefaultPredictor(cfg)
     theirs.model.load_state_dict(ours.model.state_dict())
     rng = np.random.default_rng(0)

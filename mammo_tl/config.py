@@ -69,6 +69,13 @@ def add_mammo_tl_config(cfg):
     cfg.TEST.PATIENT.BEST_METRIC = "auc"
     # Bootstrap resamples (by patient) for the 95% intervals; 0 disables them.
     cfg.TEST.PATIENT.BOOTSTRAP = 1000
+
+    # --- Weights files (mammo_tl/engine/checkpoint.py) -----------------------------------------------
+    # A ".pkl" MODEL.WEIGHTS is unpickled, and unpickling runs any code the file holds. False: a .pkl is
+    # read only from detectron2's model zoo (detectron2://..., https://dl.fbaipublicfiles.com/detectron2/...).
+    # True says this .pkl comes from a source you trust. Better: convert it once with
+    # tools/convert_weights.py into a pickle-free .pth (every .pth is read with torch.load(weights_only=True)).
+    cfg.MODEL.WEIGHTS_TRUSTED_PICKLE = False
     return cfg
 
 

@@ -79,8 +79,24 @@ class _FixedModel(torch.nn.Module):
         return out
 
 
-def test_predict_writes_boxes_in_original_coordinates(tmp_path, monkeypatch):
-    from tests.common import config_path
+def test_predictor_loads_the_checkpoint_it_is_given(tmp_path_factory):
+    """The real constructor: the tiny config, a checkpoint saved by detectron2, loaded weight for weight."""
+    from tests.common import tiny_cfg
+    from tests.test_weights import tiny_weights
+
+    weights = tiny_weights(tmp_path_factory)
+    torch.manual_seed(123)  # another initialisation than the saved one: equality below means loaded
+    predictor = MammoPredictor(tiny_cfg(opts=["MODEL.WEIGHTS", weights]))
+    saved = torch.load(weights, weights_only=True)["model"]
+    loaded = predictor.model.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    img, _ = _phantom(300, 240)
+    boxes, scores = predictor(img)
+    assert boxes.shape == (len(scores), 4) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_predict_writes_boxes_in_original_coordinates(tmp_path, tmp_path_factory, monkeypatch):
+    from tests.test_weights import tiny_config_file, tiny_weights
 
     img, _ = _phantom(chest_wall="right")
     png = tmp_path / "in" / "PAT1_R_CC.png"
@@ -92,11 +108,22 @@ def test_predict_writes_boxes_in_original_coordinates(tmp_path, monkeypatch):
     (tmp_path / "in" / "broken.dcm").write_bytes(b"not a dicom at all")
     rel = (0.25, 0.5, 0.5, 0.75)
     model = _FixedModel(rel)
-    monkeypatch.setattr(MammoPredictor, "__init__", lambda self, cfg: _init_with(self, cfg, model))
+    loaded = []
+    real_init = MammoPredictor.__init__
+
+    def init(self, cfg, **kwargs):
+        real_init(self, cfg, **kwargs)  # builds the tiny model and loads the saved checkpoint
+        loaded.append(self.model.state_dict())
+        self.model = model  # then answers with a known box, to check the geometry
+
+    monkeypatch.setattr(MammoPredictor, "__init__", init)
     results, skipped = predict_mod.run_predict(
-        config_path("paper/d_tl_similarity.yaml"), [str(tmp_path / "in")], str(tmp_path / "out"),
-        ["MODEL.DEVICE", "cpu", "INPUT.CANONICAL_FLIP", "True", "INPUT.FIXED_SIZE", "(64, 64)"], overlay=True)
-    assert [s["reason"].split(" ")[0] for s in skipped] == ["not"]  # broken.dcm: "not a DICOM file"
+        tiny_config_file(tmp_path_factory), [str(tmp_path / "in")], str(tmp_path / "out"),
+        ["MODEL.DEVICE", "cpu", "INPUT.CROP_TO_BREAST", "True", "INPUT.CANONICAL_FLIP", "True",
+         "INPUT.FIXED_SIZE", "(64, 64)"], overlay=True)
+    saved_state = torch.load(tiny_weights(tmp_path_factory), weights_only=True)["model"]
+    assert len(loaded) == 1 and all(torch.equal(loaded[0][k], v) for k, v in saved_state.items())
+    assert [(s["kind"], "DICOM" in s["reason"]) for s in skipped] == [("unreadable", True)]  # broken.dcm
     _, t = preprocess(img, crop=True, canonical_flip=True)
     h, w = t.size
     expected = t.inverse_boxes([[rel[0] * w, rel[1] * h, rel[2] * w, rel[3] * h]])[0]
@@ -112,12 +139,6 @@ def test_predict_writes_boxes_in_original_coordinates(tmp_path, monkeypatch):
     assert saved == results
     rows = list(csv.DictReader(open(tmp_path / "out" / "patients.csv")))
     assert rows == [{"patient_id": "PAT1", "score": "0.800000"}, {"patient_id": "PAT2", "score": "0.800000"}]
-    assert (tmp_path / "out" / "overlays" / "PAT1_R_CC.png").exists()
-
-
-def _init_with(self, cfg, model):
-    from mammo_tl.data.mapper import MammogramDatasetMapper
-
-    self.cfg = cfg.clone()
-    self.model = model
-    self.mapper = MammogramDatasetMapper(self.cfg, is_train=False)
+    overlay = by_patient["PAT1"]["overlay"]
+    assert overlay.startswith("overlays/PAT1_R_CC_") and (tmp_path / "out" / overlay).exists()
+    assert json.load(open(tmp_path / "out" / "skipped.json")) == skipped

@@ -221,6 +221,7 @@ def test_coco_evaluation_never_reuses_another_runs_test_set(records_json, tmp_pa
     (["DATASETS.TEST", "('no_such_set',)"], "DATASETS.TEST: dataset 'no_such_set' is not registered"),
     (["DATASETS.TRAIN", "('no_such_set',)"], "DATASETS.TRAIN: dataset 'no_such_set' is not registered"),
     (["MODEL.WEIGHTS", "/nowhere/model.pth"], "MODEL.WEIGHTS '/nowhere/model.pth': file not found"),
+    (["MODEL.WEIGHTS", "/somewhere/model.pkl"], "a .pkl file is unpickled, which runs any code it holds"),
     (["SOLVER.IMS_PER_BATCH", "3"], "multiple of 2"),
     (["DATASETS.TRAIN", "('rj_test_positives',)"], "needs positive and negative images"),
     (["INPUT.CROP_TO_BREAST", "True", "DATASETS.TRAIN", "('rj_prepared',)"], "INPUT.CROP_TO_BREAST is True"),

@@ -2,12 +2,14 @@
 which is how mammo_tl's own experiment runners start trainings)."""
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import get_mammo_tl_cfg
 from ..data.datasets.common import DatasetError, register_json_datasets
+from .checkpoint import WeightsError, load_model_weights
 from .preflight import ConfigError, check_output_dir, preflight
 from .trainer import Trainer
 
@@ -23,6 +25,8 @@ def setup(args):
     register_json_datasets(cfg.DATASETS.REGISTER_JSON)
     check_output_dir(cfg.OUTPUT_DIR)  # before default_setup, which writes its log and config there
     default_setup(cfg, args)
+    # mammo_tl's own messages (preflight, weights, best checkpoint) into OUTPUT_DIR/log.txt too
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mammo_tl")
     return cfg
 
 
@@ -31,7 +35,7 @@ def main(args):
     preflight(cfg, eval_only=args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        load_model_weights(model, cfg, purpose="evaluate", resume=args.resume)
         res = Trainer.test(cfg, model)
         verify_results(cfg, res)
         return res
@@ -47,7 +51,7 @@ def cli(argv=None, prog="train_net.py"):
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except (ConfigError, DatasetError) as e:
+    except (ConfigError, DatasetError, WeightsError) as e:
         sys.exit(f"{prog}: {e}")
 
 

@@ -41,7 +41,13 @@ def check_output_dir(path):
         raise ConfigError(f"OUTPUT_DIR {path!r} is not a writable folder ({type(e).__name__}: {e})") from None
 
 
-def check_weights_source(weights):
+def check_weights_source(weights, trusted_pickle=False):
+    from .checkpoint import is_model_zoo_url
+
+    if weights.endswith(".pkl") and not trusted_pickle and not is_model_zoo_url(weights):
+        raise ConfigError(f"MODEL.WEIGHTS {weights!r}: a .pkl file is unpickled, which runs any code it holds; "
+                          "only detectron2's model zoo is read unless MODEL.WEIGHTS_TRUSTED_PICKLE True. Better: "
+                          "tools/convert_weights.py --trusted IN.pkl OUT.pth once, then use OUT.pth")
     if not weights or weights.startswith(URL_PREFIXES):
         return
     if not os.path.isfile(weights):
@@ -106,7 +112,7 @@ def preflight(cfg, eval_only=False):
     from .trainer import Trainer
 
     check_output_dir(cfg.OUTPUT_DIR)
-    check_weights_source(cfg.MODEL.WEIGHTS)
+    check_weights_source(cfg.MODEL.WEIGHTS, cfg.MODEL.WEIGHTS_TRUSTED_PICKLE)
     checked = {}
     train_patients = set()
     if not eval_only:

@@ -3,7 +3,7 @@ import json
 import os
 
 import torch
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
@@ -13,6 +13,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from ..compat import patch_cpu_ddp
 from ..data import MammogramDatasetMapper, build_paired_train_loader
 from ..evaluation.evaluators import PatientEvaluator
+from .checkpoint import MammoCheckpointer
 from .hooks import BestCheckpointHook
 
 patch_cpu_ddp()
@@ -62,9 +63,17 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        # COCOEvaluator records the COCO file it converts to as metadata "json_file" and reads any such file
+        # as-is later. mammo_tl's datasets never set it, so a value here is an earlier conversion, possibly
+        # in another output folder or of other records: convert again from the records.
+        metadata = MetadataCatalog.get(dataset_name)
+        if hasattr(metadata, "json_file"):
+            delattr(metadata, "json_file")
         p = cfg.TEST.PATIENT
         return DatasetEvaluators([
-            COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder),
+            # never a cached COCO file: it would hold the previous run's test set if the records changed
+            COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder,
+                          allow_cached_coco=False),
             PatientEvaluator(dataset_name, output_folder, threshold=p.THRESHOLD, bootstrap=p.BOOTSTRAP,
                              seed=cfg.SEED if cfg.SEED >= 0 else 0),
         ])
@@ -81,6 +90,10 @@ class Trainer(DefaultTrainer):
         return results
 
     def build_hooks(self):
+        # DefaultTrainer.__init__ makes a plain DetectionCheckpointer just before calling build_hooks, which
+        # hands it to the checkpoint hooks: swapped here, resume_or_load and every hook use the safe loader
+        self.checkpointer = MammoCheckpointer.like(self.checkpointer, purpose="train",
+                                                   trusted_pickle=self.cfg.MODEL.WEIGHTS_TRUSTED_PICKLE)
         ret = super().build_hooks()
         cfg = self.cfg
         if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST:
