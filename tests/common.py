@@ -21,19 +21,23 @@ def config_path(rel):
     return os.path.join(CONFIG_DIR, rel)
 
 
+# A config shrunk to run in seconds on CPU (128 px input, ResNet-18, few proposals), as command-line opts
+# (tools/train_net.py KEY VALUE ...); tiny_cfg() applies the same to a config object.
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN", "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.BACKBONE.FREEZE_AT", "0",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "INPUT.FIXED_SIZE", "(128, 128)",
+    "DATALOADER.NUM_WORKERS", "0", "SEED", "0",
+]
+TINY_DATASETS = ["DATASETS.TRAIN", "('mammo_synth_tiny_train',)", "DATASETS.TEST", "('mammo_synth_tiny_test',)"]
+
+
 def tiny_cfg(rel="synthetic/d_tl_similarity.yaml", opts=()):
-    """A config file shrunk to run in seconds on CPU: 128 px input, ResNet-18, few proposals."""
+    """``rel`` shrunk by TINY_OPTS, on the tiny synthetic sets, then ``opts``."""
     cfg = get_mammo_tl_cfg()
     cfg.merge_from_file(config_path(rel))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", 18,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN",
-        "MODEL.FPN.OUT_CHANNELS", 64, "MODEL.BACKBONE.FREEZE_AT", 0,
-        "MODEL.ROI_BOX_HEAD.FC_DIM", 64, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN", 200, "MODEL.RPN.POST_NMS_TOPK_TEST", 100,
-        "INPUT.FIXED_SIZE", (128, 128), "DATALOADER.NUM_WORKERS", 0, "SEED", 0,
-        "DATASETS.TRAIN", ("mammo_synth_tiny_train",), "DATASETS.TEST", ("mammo_synth_tiny_test",),
-    ])
+    cfg.merge_from_list(TINY_OPTS + TINY_DATASETS)
     cfg.merge_from_list(list(opts))
     return cfg
 

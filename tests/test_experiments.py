@@ -9,7 +9,7 @@ from detectron2.data import DatasetCatalog
 from mammo_tl.data.datasets.common import save_records
 from mammo_tl.engine.experiments import config_differences, expected_config
 from tests.common import REPO, config_path
-from tests.test_records import TINY_OPTS
+from tests.test_records import TRAIN_OPTS
 
 
 def test_config_differences_name_the_keys(tmp_path):
@@ -27,7 +27,7 @@ def test_run_ablation_trains_compares_reuses_and_refuses(tiny_datasets, tmp_path
     for split in ("train", "test"):
         paths[split] = str(tmp_path / f"{split}.json")
         save_records(copy.deepcopy(DatasetCatalog.get(f"mammo_synth_tiny_{split}")), paths[split])
-    opts = [*TINY_OPTS, "SOLVER.MAX_ITER", "2", "DATASETS.REGISTER_JSON",
+    opts = [*TRAIN_OPTS, "SOLVER.MAX_ITER", "2", "DATASETS.REGISTER_JSON",
             f"['abl_train={paths['train']}', 'abl_test={paths['test']}']",
             "DATASETS.TRAIN", "('abl_train',)", "DATASETS.TEST", "('abl_test',)"]
     configs = [config_path("synthetic/a_positives_only.yaml"), config_path("synthetic/c_top_likelihood.yaml")]

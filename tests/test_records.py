@@ -14,15 +14,10 @@ from detectron2.engine import default_argument_parser
 from mammo_tl.data.datasets import DatasetError, SkipReport, load_csv_dataset, load_vindr_mammo
 from mammo_tl.data.datasets.common import load_records, register_json_datasets, save_records, validate_records
 from mammo_tl.engine.preflight import ConfigError
-from tests.common import config_path
+from tests.common import TINY_OPTS, config_path
 from tests.dataset_fixtures import make_vindr
 
-TINY_OPTS = [
-    "MODEL.RESNETS.DEPTH", "18", "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "INPUT.FIXED_SIZE", "(128, 128)", "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.WARMUP_ITERS", "0", "TEST.PATIENT.BOOTSTRAP", "0",
-]
+TRAIN_OPTS = [*TINY_OPTS, "SOLVER.WARMUP_ITERS", "0", "TEST.PATIENT.BOOTSTRAP", "0"]
 
 
 def _record(**kw):
@@ -167,7 +162,7 @@ def records_json(tiny_datasets, tmp_path_factory):
 
 def _args(out, records_json, *extra, opts=()):
     return default_argument_parser().parse_args([
-        "--config-file", config_path("synthetic/d_tl_similarity.yaml"), *extra, "OUTPUT_DIR", str(out), *TINY_OPTS,
+        "--config-file", config_path("synthetic/d_tl_similarity.yaml"), *extra, "OUTPUT_DIR", str(out), *TRAIN_OPTS,
         "DATASETS.REGISTER_JSON", f"['rj_train={records_json['train']}', 'rj_test={records_json['test']}']",
         "DATASETS.TRAIN", "('rj_train',)", "DATASETS.TEST", "('rj_test',)", *opts])
 

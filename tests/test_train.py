@@ -13,20 +13,14 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser
 from detectron2.structures import Boxes, Instances
 
-from tests.common import REPO, config_path
+from tests.common import REPO, TINY_DATASETS, TINY_OPTS, config_path
 
-TINY_OPTS = [
-    "MODEL.RESNETS.DEPTH", "18", "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "INPUT.FIXED_SIZE", "(128, 128)", "DATALOADER.NUM_WORKERS", "0",
-    "DATASETS.TRAIN", "('mammo_synth_tiny_train',)", "DATASETS.TEST", "('mammo_synth_tiny_test',)",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "SOLVER.WARMUP_ITERS", "0",
-]
+TRAIN_OPTS = [*TINY_OPTS, *TINY_DATASETS, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "SOLVER.WARMUP_ITERS", "0"]
 
 
 def _args(config, out, *extra, opts=()):
     return default_argument_parser().parse_args(
-        ["--config-file", config_path(config), *extra, "OUTPUT_DIR", str(out), *TINY_OPTS, *opts])
+        ["--config-file", config_path(config), *extra, "OUTPUT_DIR", str(out), *TRAIN_OPTS, *opts])
 
 
 @pytest.mark.parametrize("config", ["synthetic/a_positives_only.yaml", "synthetic/b_with_negatives.yaml",
@@ -53,8 +47,13 @@ def test_eval_only_reports_ap50(tiny_datasets, tmp_path):
     main(_args("synthetic/a_positives_only.yaml", tmp_path / "train", opts=["SOLVER.MAX_ITER", "2"]))
     res = main(_args("synthetic/a_positives_only.yaml", tmp_path / "eval", "--eval-only",
                      opts=["MODEL.WEIGHTS", str(tmp_path / "train" / "model_final.pth")]))
-    ap50 = res["mammo_synth_tiny_test"]["bbox"]["AP50"] if "mammo_synth_tiny_test" in res else res["bbox"]["AP50"]
-    assert 0.0 <= ap50 <= 100.0
+    # the same weights evaluated at the end of training: --eval-only must reproduce every figure
+    at_end = json.load(open(tmp_path / "train" / "inference" / "eval_results.json"))
+    assert res["bbox"]["AP50"] == pytest.approx(at_end["bbox"]["AP50"], nan_ok=True)
+    for level in ("patient", "breast"):
+        for k in ("auc", "sensitivity", "specificity", "tp", "fp", "tn", "fn", "num_patients"):
+            assert res[level][k] == pytest.approx(at_end[level][k], nan_ok=True), (level, k)
+    assert res["patient"]["num_patients"] == 6 and res["patient"]["tp"] + res["patient"]["fn"] == 3
 
 
 def test_coco_ap50_of_ground_truth_boxes_is_100(tiny_datasets, tmp_path):
@@ -94,7 +93,7 @@ def test_resume_after_sigkill(tiny_datasets, tmp_path):
     def argv(max_iter, *extra):
         return [sys.executable, "-c", _TRAIN_SCRIPT.format(repo=REPO, root=tiny_datasets), *extra,
                 "--config-file", config_path("synthetic/d_tl_similarity.yaml"), "OUTPUT_DIR", str(out),
-                *TINY_OPTS, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "5",
+                *TRAIN_OPTS, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "5",
                 "DATASETS.TEST", "()"]
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
