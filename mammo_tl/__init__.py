@@ -3,14 +3,13 @@
 Importing the package registers its components with detectron2's registries
 (``TopLikelihoodRPN``, ``SuspectedTargetROIHeads``) and the synthetic datasets with DatasetCatalog.
 """
-from .compat import check_detectron2, quiet_known_warnings
+from .compat import check_detectron2, known_warnings_quiet
 
-quiet_known_warnings()
-check_detectron2()
-
-from .config import add_mammo_tl_config, get_mammo_tl_cfg  # noqa: E402
-from . import modeling  # noqa: E402,F401  (registers PROPOSAL_GENERATOR and ROI_HEADS)
-from . import data  # noqa: E402,F401  (registers datasets)
+with known_warnings_quiet():  # detectron2's modules are imported here, and warn on import with torch >= 2.10
+    check_detectron2()
+    from .config import add_mammo_tl_config, get_mammo_tl_cfg  # noqa: F401
+    from . import modeling  # noqa: F401  (registers PROPOSAL_GENERATOR and ROI_HEADS)
+    from . import data  # noqa: F401  (registers datasets)
 
 __version__ = "0.1.0"
 

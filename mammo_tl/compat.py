@@ -1,13 +1,16 @@
-"""Workarounds for particular detectron2 builds, kept in one place.
+"""Where mammo_tl works around detectron2 or torch, in one place.
 
-Build in use by default: the PyPI wheel ``sal-detectron2==0.7.2`` (detectron2 commit a59f0563 plus a
-Python 3.11 fix). Its compiled extension ``detectron2._C`` targets CPython 3.10 only:
+The build installed by default is the PyPI wheel ``sal-detectron2==0.7.2`` (detectron2 commit a59f0563 plus
+a Python 3.11 fix). Its compiled extension ``detectron2._C`` targets CPython 3.10 and is not loaded on other
+versions, which mammo_tl does not need: Faster R-CNN with axis-aligned boxes takes ROIAlign and NMS from
+torchvision, and ``COCOEvaluator`` falls back to pycocotools' official COCOeval by itself (it logs which runs).
+Rotated boxes and deformable convolution, which need it, are not used.
 
-* Faster R-CNN with axis-aligned boxes needs none of it: ROIAlign and NMS come from torchvision.
-* ``COCOEvaluator(use_fast_impl=True)`` detects the missing extension and falls back to pycocotools'
-  official COCOeval by itself (it logs which one runs).
-* Rotated boxes and deformable convolution are unavailable; mammo_tl uses neither.
+The context managers below concern every detectron2 build: :func:`cpu_ddp` (multi-process training on CPU)
+and :func:`known_warnings_quiet` (a torch deprecation warning detectron2 triggers on import). Neither changes
+anything outside its ``with`` block.
 """
+import contextlib
 import warnings
 
 
@@ -23,24 +26,27 @@ def check_detectron2():
         ) from e
 
 
-def quiet_known_warnings():
-    # torch >= 2.10 warns on every torch.jit.script, which detectron2 calls at import time.
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.*deprecated", category=FutureWarning)
+@contextlib.contextmanager
+def known_warnings_quiet():
+    """Within the block, torch's deprecation warning for torch.jit.script (torch >= 2.10 warns on every call,
+    and detectron2 calls it while its modules are imported) is not shown; filters are restored after."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.*deprecated", category=FutureWarning)
+        yield
 
 
-def patch_cpu_ddp():
-    """Let detectron2's trainers run multi-process on CPU (gloo).
+@contextlib.contextmanager
+def cpu_ddp():
+    """Within the block, detectron2's trainers can run multi-process on CPU (gloo).
 
     Every detectron2 build's ``create_ddp_model`` passes ``device_ids=[local_rank]`` to
-    DistributedDataParallel, which torch rejects for a CPU module. The wrapper passes
-    ``device_ids=None`` for CPU models and changes nothing on GPU. Idempotent.
+    DistributedDataParallel, which torch rejects for a CPU module. While the block runs, the function passes
+    ``device_ids=None`` for CPU models and changes nothing on GPU; detectron2's own is restored after.
     """
     import detectron2.engine.defaults as d2_defaults
 
     original = d2_defaults.create_ddp_model
-    if getattr(original, "_mammo_tl_cpu_patch", False):
-        return
 
     def create_ddp_model(model, *, fp16_compression=False, **kwargs):
         if "device_ids" not in kwargs:
@@ -49,5 +55,8 @@ def patch_cpu_ddp():
                 kwargs["device_ids"] = None
         return original(model, fp16_compression=fp16_compression, **kwargs)
 
-    create_ddp_model._mammo_tl_cpu_patch = True
     d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original

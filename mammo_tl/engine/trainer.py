@@ -10,13 +10,11 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-from ..compat import patch_cpu_ddp
+from ..compat import cpu_ddp
 from ..data import MammogramDatasetMapper, build_paired_train_loader
 from ..evaluation.evaluators import PatientEvaluator
 from .checkpoint import MammoCheckpointer
 from .hooks import BestCheckpointHook
-
-patch_cpu_ddp()
 
 
 def build_optimizer(cfg, model):
@@ -48,6 +46,10 @@ def build_train_loader(cfg):
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        with cpu_ddp():  # DefaultTrainer.__init__ wraps the model for DDP under launch, CPU included
+            super().__init__(cfg)
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_train_loader(cfg)
