@@ -15,8 +15,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from mammo_tl.data.synthetic import mammogram_dataset, write_dicom
-from mammo_tl.engine import predict as predict_mod
-from mammo_tl.engine.predict import PredictError, check_max_pixels, check_min_score, run_predict
+from mammo_tl.engine import predict_command as predict_mod
+from mammo_tl.engine.predict_command import PredictError, check_max_pixels, check_min_score, run_predict
 from mammo_tl.engine.predictor import MammoPredictor, SkippedImage, describe
 from tests.common import REPO, tiny_cfg
 from tests.test_weights import tiny_config_file

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from mammo_tl.engine.checkpoint import WeightsError
-from mammo_tl.engine.predict import PredictError, check_max_pixels, check_min_score, run_predict
+from mammo_tl.engine.predict_command import PredictError, check_max_pixels, check_min_score, run_predict
 from mammo_tl.data.image_io import DEFAULT_MAX_PIXELS
 
 
