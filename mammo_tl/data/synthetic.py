@@ -200,14 +200,14 @@ def generate(root: str, spec: Optional[SyntheticSpec] = None, progress: bool = T
     """
     from tqdm import tqdm
 
-    from .datasets.common import CLASS_NAME
+    from .datasets.common import box_annotation, export_coco
 
     spec = spec or SyntheticSpec()
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
     rng = np.random.default_rng(spec.seed)
     labels = [1] * spec.num_positive_patients + [0] * spec.num_negative_patients
     rng.shuffle(labels)
-    images, annotations, patients = [], [], []
+    records, patients = [], []
     bar = tqdm(total=len(labels), desc=f"synthetic mammograms -> {root}", unit="patient", disable=not progress)
     for p, label in enumerate(labels):
         patient_id = f"SYN{spec.seed:03d}_{p:05d}"
@@ -221,38 +221,29 @@ def generate(root: str, spec: Optional[SyntheticSpec] = None, progress: bool = T
             else:
                 num_look = int(rng.integers(1, spec.max_lookalikes + 1))
             img, mass_boxes, look_boxes = render_image(rng, spec, laterality, view, num_masses, num_look)
-            image_id = len(images) + 1
+            image_id = len(records) + 1
             stem = f"{patient_id}_{laterality}_{view}"
             file_name = os.path.join("images", stem + ".png")
             cv2.imwrite(os.path.join(root, file_name), img)
             if spec.write_dicom:
                 write_dicom(os.path.join(root, "images", stem + ".dcm"), img, patient_id, laterality, view)
-            images.append(dict(id=image_id, file_name=file_name, height=spec.height, width=spec.width,
-                               patient_id=patient_id, laterality=laterality, view=view,
-                               lookalike_boxes=look_boxes))
-            for box in mass_boxes:
-                x1, y1, x2, y2 = box
-                annotations.append(dict(id=len(annotations) + 1, image_id=image_id, category_id=1,
-                                        bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0))
+            records.append(dict(file_name=file_name, height=spec.height, width=spec.width, image_id=image_id,
+                                patient_id=patient_id, laterality=laterality, view=view, lookalike_boxes=look_boxes,
+                                annotations=[box_annotation(b) for b in mass_boxes]))
         patients.append(dict(patient_id=patient_id, label=label, num_images=len(views)))
         bar.update(1)
     bar.close()
-    coco = dict(info=dict(description="mammo_tl synthetic mammograms", spec=asdict(spec),
-                          generator_version=GENERATOR_VERSION),
-                images=images, annotations=annotations,
-                categories=[dict(id=1, name=CLASS_NAME)])
-    ann_path = os.path.join(root, "annotations.json")
-    tmp = ann_path + ".tmp"
-    with open(tmp, "w") as f:  # written last and atomically: its presence means a complete set
-        json.dump(coco, f)
-    os.replace(tmp, ann_path)
     csv_path = os.path.join(root, "patients.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["patient_id", "label", "num_images"])
         writer.writeheader()
         writer.writerows(patients)
+    # written last and atomically: its presence means a complete set (see matches_spec)
+    ann_path = export_coco(records, os.path.join(root, "annotations.json"),
+                           info=dict(description="mammo_tl synthetic mammograms", spec=asdict(spec),
+                                     generator_version=GENERATOR_VERSION))
     logger.info("synthetic set %s: %d patients (%d positive), %d images, %d masses", root, len(patients),
-                sum(labels), len(images), len(annotations))
+                sum(labels), len(records), sum(len(r["annotations"]) for r in records))
     return {"annotations": ann_path, "patients": csv_path}
 
 

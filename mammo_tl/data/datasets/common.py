@@ -185,20 +185,21 @@ def check_patient_disjoint(splits):
                            f"{' ...' if len(shared) > 20 else ''}")
 
 
-def export_coco(records, path, category=CLASS_NAME):
-    """Write records as COCO JSON (boxes as XYWH); extra keys patient_id, laterality, view kept per image."""
+def export_coco(records, path, category=CLASS_NAME, info=None):
+    """Write records as COCO JSON (boxes as XYWH, atomically); per image also source_image_id, patient_id,
+    laterality, view and, where records have them, lookalike_boxes (the synthetic sets' look-alikes)."""
     images, annotations = [], []
     for k, r in enumerate(records):
         images.append({"id": k + 1, "file_name": r["file_name"], "height": r["height"], "width": r["width"],
                        "source_image_id": r["image_id"], "patient_id": r["patient_id"],
-                       "laterality": r["laterality"], "view": r["view"]})
+                       "laterality": r["laterality"], "view": r["view"],
+                       **({"lookalike_boxes": r["lookalike_boxes"]} if "lookalike_boxes" in r else {})})
         for a in r["annotations"]:
             x1, y1, x2, y2 = a["bbox"]
             annotations.append({"id": len(annotations) + 1, "image_id": k + 1, "category_id": 1,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": category}]}, f)
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": category}]}
+    atomic_write_json({"info": info, **coco} if info is not None else coco, path)
     return path
 
 
