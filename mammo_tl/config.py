@@ -69,6 +69,10 @@ def add_mammo_tl_config(cfg):
     cfg.TEST.PATIENT.BEST_METRIC = "auc"
     # Bootstrap resamples (by patient) for the 95% intervals; 0 disables them.
     cfg.TEST.PATIENT.BOOTSTRAP = 1000
+    # Operating points (thresholds chosen on a validation set by tools/operating_points.py) at which
+    # --eval-only also reports the patient metrics: a path to an operating_points.json, "" for none, or
+    # "auto": the operating_points.json beside MODEL.WEIGHTS when there is one. Refused for other weights.
+    cfg.TEST.PATIENT.OPERATING_POINTS = "auto"
 
     # --- Weights files (mammo_tl/engine/checkpoint.py) -----------------------------------------------
     # A ".pkl" MODEL.WEIGHTS is unpickled, and unpickling runs any code the file holds. False: a .pkl is

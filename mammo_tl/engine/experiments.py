@@ -52,9 +52,12 @@ def config_differences(saved_yaml, cfg):
     return sorted(k for k in a.keys() | b.keys() if _norm(a.get(k)) != _norm(b.get(k)))
 
 
-def run_rows(configs, output, extra_opts=(), bootstrap=1000, title="mammo_tl results", num_gpus=1, tag="rows"):
+def run_rows(configs, output, extra_opts=(), bootstrap=1000, title="mammo_tl results", num_gpus=1, tag="rows",
+             after_training=None):
     """Train and evaluate each config file into ``output/<name>``, then write the comparison report
-    (tools/report.py's layout, the first config as baseline) to ``output``. Returns the report's results."""
+    (tools/report.py's layout, the first config as baseline) to ``output``. ``after_training(config_file,
+    opts, run_dir)`` runs for each row once it is trained (e.g. to choose its operating points). Returns the
+    report's results."""
     start = time.time()
     runs = {}
     for config_file in configs:
@@ -72,15 +75,17 @@ def run_rows(configs, output, extra_opts=(), bootstrap=1000, title="mammo_tl res
         if os.path.exists(os.path.join(out, "inference", "eval_results.json")) and \
                 os.path.exists(os.path.join(out, "model_final.pth")):
             print(f"[{tag}] {name}: already trained and evaluated in {out} with this config, reusing it", flush=True)
-            continue
-        cmd = [*TRAIN_COMMAND, "--config-file", config_file, "--num-gpus", str(num_gpus)]
-        if os.path.exists(os.path.join(out, "last_checkpoint")):
-            cmd.append("--resume")
-        cmd += opts
-        print(f"[{tag}] training {name}: {' '.join(cmd)}", flush=True)
-        t = time.time()
-        subprocess.run(cmd, check=True)
-        print(f"[{tag}] {name}: trained and evaluated in {(time.time() - t) / 60:.1f} min", flush=True)
+        else:
+            cmd = [*TRAIN_COMMAND, "--config-file", config_file, "--num-gpus", str(num_gpus)]
+            if os.path.exists(os.path.join(out, "last_checkpoint")):
+                cmd.append("--resume")
+            cmd += opts
+            print(f"[{tag}] training {name}: {' '.join(cmd)}", flush=True)
+            t = time.time()
+            subprocess.run(cmd, check=True)
+            print(f"[{tag}] {name}: trained and evaluated in {(time.time() - t) / 60:.1f} min", flush=True)
+        if after_training is not None:
+            after_training(config_file, opts, out)
     results, md = make_report(runs, output, bootstrap=bootstrap, title=title)
     print("\n" + md)
     print(f"[{tag}] results: {os.path.join(output, 'results.json')}; report: {os.path.join(output, 'report.md')}"

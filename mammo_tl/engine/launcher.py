@@ -9,9 +9,10 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import get_mammo_tl_cfg
 from ..data.datasets.common import DatasetError, register_json_datasets
+from ..evaluation.operating_points import OperatingPointError
 from .checkpoint import WeightsError, load_model_weights
 from .preflight import ConfigError, check_output_dir, preflight
-from .trainer import Trainer
+from .trainer import Trainer, operating_points_of
 
 
 def setup(args):
@@ -36,7 +37,9 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         load_model_weights(model, cfg, purpose="evaluate", resume=args.resume)
-        res = Trainer.test(cfg, model)
+        points = operating_points_of(cfg)
+        res = Trainer.test(cfg, model, [Trainer.build_evaluator(cfg, name, operating_points=points)
+                                        for name in cfg.DATASETS.TEST])
         verify_results(cfg, res)
         return res
     trainer = Trainer(cfg)
@@ -51,7 +54,7 @@ def cli(argv=None, prog="train_net.py"):
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except (ConfigError, DatasetError, WeightsError) as e:
+    except (ConfigError, DatasetError, WeightsError, OperatingPointError) as e:
         sys.exit(f"{prog}: {e}")
 
 

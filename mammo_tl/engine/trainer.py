@@ -13,6 +13,8 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from ..compat import cpu_ddp
 from ..data import MammogramDatasetMapper, build_paired_train_loader
 from ..evaluation.evaluators import PatientEvaluator
+from ..evaluation.operating_points import FILE_NAME as OP_FILE_NAME
+from ..evaluation.operating_points import OperatingPointError, load_operating_points
 from .checkpoint import MammoCheckpointer
 from .hooks import BestCheckpointHook
 
@@ -34,6 +36,24 @@ def build_optimizer(cfg, model):
     optimizer = torch.optim.Adam(params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.ADAM_BETAS),
                                  weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     return maybe_add_gradient_clipping(cfg, optimizer)
+
+
+def operating_points_of(cfg):
+    """TEST.PATIENT.OPERATING_POINTS resolved for --eval-only: name -> point, checked against MODEL.WEIGHTS;
+    {} for none. (Never during training: the points belong to the weights they were chosen for.)"""
+    key = cfg.TEST.PATIENT.OPERATING_POINTS
+    weights = cfg.MODEL.WEIGHTS
+    local = bool(weights) and os.path.isfile(weights)
+    if key == "auto":
+        key = os.path.join(os.path.dirname(os.path.abspath(weights)), OP_FILE_NAME) if local else ""
+        if not key or not os.path.exists(key):
+            return {}
+    if not key:
+        return {}
+    if not local:
+        raise OperatingPointError(f"TEST.PATIENT.OPERATING_POINTS {key}: operating points belong to the weights "
+                                  f"they were chosen for, but MODEL.WEIGHTS {weights!r} is not a local file")
+    return load_operating_points(key, weights)["points"]
 
 
 def build_train_loader(cfg):
@@ -63,7 +83,7 @@ class Trainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, operating_points=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         # COCOEvaluator records the COCO file it converts to as metadata "json_file" and reads any such file
         # as-is later. mammo_tl's datasets never set it, so a value here is an earlier conversion, possibly
@@ -77,7 +97,7 @@ class Trainer(DefaultTrainer):
             COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder,
                           allow_cached_coco=False),
             PatientEvaluator(dataset_name, output_folder, threshold=p.THRESHOLD, bootstrap=p.BOOTSTRAP,
-                             seed=cfg.SEED if cfg.SEED >= 0 else 0),
+                             seed=cfg.SEED if cfg.SEED >= 0 else 0, operating_points=operating_points),
         ])
 
     @classmethod

@@ -13,6 +13,7 @@ from detectron2.utils import comm
 
 from ..data.datasets.common import is_negative
 from .metrics import froc, patient_metrics
+from .operating_points import metrics_at_points
 from .plots import plot_froc, plot_roc
 
 logger = logging.getLogger(__name__)
@@ -48,11 +49,15 @@ class PatientEvaluator(DatasetEvaluator):
     positive when that score is above ``threshold`` (paper: 0.5). Labels come from the dataset records:
     a patient is positive when any of its images has a box. Gathers predictions from all ranks; rank 0
     computes and writes ``patients.csv``, ``roc.png/csv``, ``froc.png/csv`` and ``patient_metrics.json``
-    to ``output_dir``.
+    to ``output_dir``. With ``operating_points`` (name -> {"threshold": t, ...}, chosen on a validation set by
+    tools/operating_points.py) the patient metrics at each are reported too, as ``patient@<name>``. After
+    evaluate(), ``patient_scores`` and ``patient_labels`` hold what the patient metrics were computed from.
     """
 
-    def __init__(self, dataset_name, output_dir=None, threshold=0.5, bootstrap=1000, seed=0):
+    def __init__(self, dataset_name, output_dir=None, threshold=0.5, bootstrap=1000, seed=0, operating_points=None):
         self.dataset_name = dataset_name
+        self.operating_points = dict(operating_points or {})
+        self.patient_scores, self.patient_labels = None, None
         self.output_dir = output_dir
         self.threshold = threshold
         self.bootstrap = bootstrap
@@ -98,6 +103,14 @@ class PatientEvaluator(DatasetEvaluator):
                   {i: p["scores"] for i, p in predictions.items()})
         results["froc"] = {f"sens@{r:g}": s for r, s in zip(fr["fp_rates"], fr["sensitivity"])}
         results["froc"]["cpm"] = fr["cpm"]
+        self.patient_scores, self.patient_labels = patient_scores, patient_labels
+        for name, m in metrics_at_points(patient_scores, patient_labels, self.operating_points, self.bootstrap,
+                                         self.seed).items():
+            r = results[f"patient@{name}"] = {k: float(m[k]) for k in ("threshold", "sensitivity", "specificity",
+                                                                        "accuracy", "tp", "fp", "tn", "fn")}
+            for k, (lo, hi) in m.get("ci", {}).items():
+                if k != "auc":
+                    r[f"{k}_ci_low"], r[f"{k}_ci_high"] = lo, hi
         if self.output_dir:
             self._write(patient_labels, patient_scores, fr, results)
         return results
@@ -108,11 +121,12 @@ class PatientEvaluator(DatasetEvaluator):
         with open(os.path.join(self.output_dir, "patients.csv"), "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["patient_id", "label", "score"])
-            w.writerows((i, labels[i], f"{scores[i]:.6f}") for i in ids)
+            w.writerows((i, labels[i], repr(float(scores[i]))) for i in ids)  # exact: reports threshold it again
         y = np.array([labels[i] for i in ids])
         s = np.array([scores[i] for i in ids])
         plot_roc({"model": (y, s)}, os.path.join(self.output_dir, "roc.png"))
         plot_froc({"model": fr}, os.path.join(self.output_dir, "froc.png"))
         with open(os.path.join(self.output_dir, "patient_metrics.json"), "w") as f:
-            json.dump({"results": results, "froc": fr, "threshold": self.threshold}, f, indent=1)
+            json.dump({"results": results, "froc": fr, "threshold": self.threshold,
+                       "operating_points": self.operating_points}, f, indent=1)
         logger.info("Patient-level results for %s written to %s", self.dataset_name, self.output_dir)

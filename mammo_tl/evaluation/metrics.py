@@ -4,10 +4,9 @@ from typing import Dict, Mapping, Sequence
 import numpy as np
 
 PATIENT_METRICS = ("auc", "sensitivity", "specificity", "accuracy")
-
-
 # False positives per image at which FROC sensitivity is read (and the CPM averaged), the usual seven.
 FROC_FP_RATES = (0.125, 0.25, 0.5, 1, 2, 4, 8)
+
 
 def _as_arrays(scores: Mapping, labels: Mapping):
     missing = sorted(set(labels) - set(scores), key=str)

@@ -9,6 +9,8 @@ import numpy as np
 
 from .plots import plot_froc, plot_roc
 from .metrics import paired_difference
+from .operating_points import FILE_NAME as OP_FILE_NAME
+from .operating_points import load_operating_points, metrics_at_points
 
 COLUMNS = (("ap50", "mAP (AP50)"), ("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
            ("specificity", "specificity"))
@@ -51,7 +53,15 @@ def load_run(run_dir, dataset=None):
     for k in ("tp", "fp", "tn", "fn", "num_patients"):
         row[k] = int(patient[k])
     return {"row": row, "ci": ci, "scores": scores, "labels": labels, "froc": pm["froc"],
-            "threshold": pm.get("threshold", 0.5), "dataset": dataset}
+            "threshold": pm.get("threshold", 0.5), "dataset": dataset, "points": _stored_points(run_dir)}
+
+
+def _stored_points(run_dir):
+    """The run's operating points (tools/operating_points.py) when they belong to its model_final.pth."""
+    path, weights = os.path.join(run_dir, OP_FILE_NAME), os.path.join(run_dir, "model_final.pth")
+    if not (os.path.exists(path) and os.path.exists(weights)):
+        return None
+    return load_operating_points(path, weights)
 
 
 def _fmt(v, ci=None):
@@ -101,12 +111,34 @@ def make_report(runs, output_dir, baseline=None, bootstrap=1000, seed=0, title="
              _md_table(header, rows), ""]
     if diff_rows:
         lines += ["Paired differences (same patients resampled for both runs):", "", _md_table(diff_header, diff_rows), ""]
+    point_header = ["run", "operating point", "threshold", "sensitivity", "specificity", "accuracy",
+                    "validation sensitivity", "validation specificity"]
+    point_rows = []
+    for name, r in loaded.items():
+        if not r["points"]:
+            continue
+        stored = r["points"]["points"]
+        at = metrics_at_points(r["scores"], r["labels"], stored, bootstrap, seed)
+        results["runs"][name]["operating_points"] = {
+            "validation_dataset": r["points"]["validation_dataset"],
+            "test": {p: {k: m[k] for k in ("threshold", "sensitivity", "specificity", "accuracy", "tp", "fp", "tn",
+                                           "fn")} | {"ci": {k: list(v) for k, v in m.get("ci", {}).items()}}
+                     for p, m in at.items()}}
+        for p, m in at.items():
+            v = stored[p]["validation"]
+            point_rows.append([name, p, f"{m['threshold']:.4f}"]
+                              + [_fmt(m[k], m.get("ci", {}).get(k)) for k in ("sensitivity", "specificity", "accuracy")]
+                              + [_fmt(v["sensitivity"]), _fmt(v["specificity"])])
+    if point_rows:
+        val = sorted({r["points"]["validation_dataset"] for r in loaded.values() if r["points"]})
+        lines += [f"Test figures at operating points chosen on the validation set ({', '.join(val)}; "
+                  "tools/operating_points.py), never on the test patients:", "", _md_table(point_header, point_rows), ""]
     lines += ["![ROC](roc.png) ![FROC](froc.png)", ""]
     md = "\n".join(lines)
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(md)
     with open(os.path.join(output_dir, "report.html"), "w") as f:
-        f.write(_html(title, header, rows, diff_header, diff_rows))
+        f.write(_html(title, header, rows, diff_header, diff_rows, point_header, point_rows))
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     return results, md
@@ -118,7 +150,7 @@ def _md_table(header, rows):
     return "\n".join(out)
 
 
-def _html(title, header, rows, diff_header, diff_rows):
+def _html(title, header, rows, diff_header, diff_rows, point_header=(), point_rows=()):
     def table(h, rs):
         head = "".join(f"<th>{html.escape(c)}</th>" for c in h)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rs)
@@ -128,5 +160,7 @@ def _html(title, header, rows, diff_header, diff_rows):
              f"<h1>{html.escape(title)}</h1>", table(header, rows)]
     if diff_rows:
         parts += ["<h2>Paired differences</h2>", table(diff_header, diff_rows)]
+    if point_rows:
+        parts += ["<h2>Operating points chosen on validation (test figures)</h2>", table(point_header, point_rows)]
     parts += ["<p><img src='roc.png'> <img src='froc.png'></p></body></html>"]
     return "\n".join(parts)

@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 BUILTIN_SYNTHETIC = {
     "mammo_synth_train": SyntheticSpec(num_positive_patients=100, num_negative_patients=100, seed=0),
     "mammo_synth_test": SyntheticSpec(num_positive_patients=50, num_negative_patients=100, seed=1),
+    # patients disjoint from both (the seed is in every patient id): where operating points are chosen
+    "mammo_synth_val": SyntheticSpec(num_positive_patients=30, num_negative_patients=60, seed=2),
 }
 _lock = threading.Lock()
 
