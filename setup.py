@@ -30,6 +30,8 @@ setup(
         "matplotlib",
         "tqdm",
         "tabulate",
+        # image headers (TIFF/JPEG sizes before decoding); also a torch dependency
+        "Pillow",
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-xdist", "hypothesis"],

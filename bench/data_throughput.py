@@ -1,52 +1,73 @@
 #!/usr/bin/env python
-"""Data throughput (images/s): reading + preprocessing full-size 16-bit DICOMs (about 3000 x 4500,
-uncompressed and RLE), loading the 512 x 512 cache, and the paired train loader with 0, 2 and 4 workers,
-set against the images/s one training step consumes (from --train-step-json, or measured here).
+"""Data throughput (images/s), single thread: full-size 16-bit mammogram DICOMs (RLE Lossless and JPEG 2000,
+4672 x 2632 by default) split by stage: decode only (pydicom's dcmread + pixel_array), read_mammogram (the
+float32 image), preprocess (crop to the breast + resize), and read + crop + resize end to end as
+tools/prepare_dataset.py does it, with the ratio end to end / decode only; the peak memory of
+read_mammogram per pixel; then loading the 512 x 512 cache, and the paired train loader with 0, 2 and 4
+workers, set against the images/s one training step consumes (from --train-step-json, or measured here).
 
     python bench/data_throughput.py --json output/bench/data.json [--train-step-json output/bench/train_step.json]
+    python bench/data_throughput.py --dicom-only        # the DICOM stages only
+
+The test images compress like mammograms: a uniform background, a breast with smooth tissue texture and
+a little quantum noise, a film label in a corner (noise images compress far worse than real ones).
 """
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
+import tracemalloc
 
 import cv2
 import numpy as np
+import pydicom
 from _common import machine, method_and_vanilla_cfgs, table, write_json
 from detectron2.data import DatasetCatalog
-from pydicom.uid import RLELossless
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from mammo_tl.data import MammogramDatasetMapper, build_paired_train_loader
 from mammo_tl.data.datasets.common import register_records, save_records
 from mammo_tl.data.dicom import read_mammogram
+from mammo_tl.data.image_io import read_image
 from mammo_tl.data.prepare import prepare_dataset
 from mammo_tl.data.preprocess import preprocess
-from mammo_tl.data.synthetic import SyntheticSpec, generate, load_synthetic, render_image
+from mammo_tl.data.synthetic import SyntheticSpec, generate, load_synthetic, mammogram_dataset
+
+SYNTAXES = {"RLE": RLELossless, "JPEG 2000": JPEG2000Lossless}
 
 
-def full_size_dicoms(root, n, rows=4500, cols=3000):
-    """n full-field-sized mammograms (a synthetic phantom upscaled + noise) per transfer syntax."""
-    from pydicom import dcmread
+def mammogram_like(rng, rows, cols, right=False):
+    """A 16-bit MONOCHROME2 full-field image that compresses like a mammogram: constant background, a
+    half-elliptic breast against one edge whose tissue varies smoothly (a few hundred grey levels over
+    tens of pixels), +-12 levels of noise inside the breast only, and a bright film label."""
+    sh, sw = rows // 16, cols // 16
+    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    depth, half = sw * rng.uniform(0.65, 0.8), sh * rng.uniform(0.38, 0.45)
+    r = (xx / depth) ** 2 + ((yy - sh * rng.uniform(0.45, 0.55)) / half) ** 2
+    texture = cv2.GaussianBlur(rng.standard_normal((sh, sw)).astype(np.float32), (0, 0), 2.5)
+    small = np.where(r <= 1, 30000 + 9000 * np.sqrt(np.clip(1 - r, 0, 1)) + 2500 * texture, 0)
+    big = cv2.resize(small.astype(np.float32), (cols, rows), interpolation=cv2.INTER_CUBIC)
+    breast = big > 15000
+    img = np.full((rows, cols), 1200, np.uint16)
+    img[breast] = np.clip(big[breast] + rng.integers(-12, 13, int(breast.sum())), 0, 65535).astype(np.uint16)
+    img[rows // 20: rows // 20 + rows // 30, cols - cols // 5: cols - cols // 20] = 60000  # film label
+    return img[:, ::-1].copy() if right else img
 
-    from mammo_tl.data.synthetic import write_dicom
 
+def full_size_dicoms(root, n, rows, cols):
+    """n mammogram-like DICOMs per transfer syntax, 16 bits stored."""
     rng = np.random.default_rng(0)
-    spec = SyntheticSpec(height=rows // 5, width=cols // 5)
-    out = {"uncompressed": [], "RLE": []}
+    out = {name: [] for name in SYNTAXES}
     for i in range(n):
-        small, _, _ = render_image(rng, spec, "L", "CC", 1, 1)
-        big = cv2.resize(small, (cols, rows), interpolation=cv2.INTER_LINEAR).astype(np.int32)
-        big = np.clip(big + rng.integers(-200, 200, big.shape), 0, 65535).astype(np.uint16) & 0x0FFF  # 12-bit
-        p = os.path.join(root, f"full_{i}.dcm")
-        write_dicom(p, big, f"B{i}", "L", "CC")
-        out["uncompressed"].append(p)
-        ds = dcmread(p)
-        ds.BitsStored, ds.HighBit = 12, 11
-        ds.compress(RLELossless)
-        q = os.path.join(root, f"full_{i}_rle.dcm")
-        ds.save_as(q)
-        out["RLE"].append(q)
+        img = mammogram_like(rng, rows, cols, right=bool(i % 2))
+        for name, syntax in SYNTAXES.items():
+            ds = mammogram_dataset(f"full_{i}", img, f"B{i}", "RL"[i % 2], "CC")
+            ds.compress(syntax)
+            p = os.path.join(root, f"full_{i}_{name.replace(' ', '')}.dcm")
+            ds.save_as(p, enforce_file_format=True)
+            out[name].append(p)
     return out
 
 
@@ -58,23 +79,85 @@ def rate(fn, items, repeat=1):
     return len(items) * repeat / (time.perf_counter() - t)
 
 
+def stage_times(files, size, repeat):
+    """Median ms per image of each stage as (CPU time of this process, wall time). Every stage is single
+    threaded, so CPU time equals wall time on an idle machine and stays put when other jobs share the
+    cores; the stages alternate image by image so drifts hit all alike."""
+    images = {f: read_mammogram(f)[0] for f in files}
+    stages = {
+        "decode only (dcmread + pixel_array)": lambda f: pydicom.dcmread(f).pixel_array,
+        "read_mammogram (float32 image)": lambda f: read_mammogram(f),
+        "preprocess (crop + resize the float32 image)": lambda f: preprocess(images[f], size=size, crop=True),
+        "read + crop + resize, end to end": lambda f: preprocess(read_image(f, keep_integers=True), size=size,
+                                                                 crop=True),
+    }
+    cpu, wall = {k: [] for k in stages}, {k: [] for k in stages}
+    for _ in range(repeat):
+        for f in files:
+            for k, fn in stages.items():
+                c, t = time.process_time(), time.perf_counter()
+                fn(f)
+                cpu[k].append(time.process_time() - c)
+                wall[k].append(time.perf_counter() - t)
+    return ({k: 1000 * statistics.median(v) for k, v in cpu.items()},
+            {k: 1000 * statistics.median(v) for k, v in wall.items()})
+
+
+def peak_bytes_per_pixel(fn, f):
+    fn(f)
+    tracemalloc.start()
+    fn(f)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    ds = pydicom.dcmread(f, stop_before_pixels=True)
+    return peak / (int(ds.Rows) * int(ds.Columns))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default="configs/synthetic/d_tl_similarity.yaml")
     p.add_argument("--num-dicoms", type=int, default=3)
-    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--dicom-size", type=int, nargs=2, default=(4672, 2632), metavar=("ROWS", "COLS"))
+    p.add_argument("--repeat", type=int, default=3, help="passes over the DICOMs per stage")
+    p.add_argument("--size", type=int, default=512, help="the prepared (and training) image size")
     p.add_argument("--batches", type=int, default=30)
+    p.add_argument("--dicom-only", action="store_true", help="only the DICOM stages (no cache, loader, step)")
     p.add_argument("--train-step-json", help="bench/train_step.py output: its method ms/step sets the demand")
     p.add_argument("--json")
     a = p.parse_args()
+    cv2.setNumThreads(1)  # one core per image, as each worker of tools/prepare_dataset.py uses
     tmp = tempfile.mkdtemp(prefix="mammo_tl_data_bench_")
-    rows, out = [], {"machine": machine()}
+    rows, out = [], {"machine": machine(), "dicom_size": list(a.dicom_size)}
 
-    dicoms = full_size_dicoms(tmp, a.num_dicoms)
+    h, w = a.dicom_size
+    dicoms = full_size_dicoms(tmp, a.num_dicoms, h, w)
+    split = []
     for syntax, files in dicoms.items():
-        r = rate(lambda f: preprocess(read_mammogram(f)[0], size=(a.size, a.size), crop=True), files)
-        out[f"dicom_{syntax}_read_preprocess"] = r
-        rows.append([f"full-size DICOM ({syntax}, 4500x3000) -> read + crop + resize {a.size}", f"{r:.2f}"])
+        ms, wall = stage_times(files, (a.size, a.size), a.repeat)
+        stages = list(ms)
+        ratio = ms[stages[0]] / ms[stages[3]]
+        mb = np.mean([os.path.getsize(f) for f in files]) / 1e6
+        out[f"dicom_{syntax}"] = {"cpu_ms_per_image": ms, "wall_ms_per_image": wall,
+                                  "end_to_end_over_decode_only": ratio, "file_mb": mb,
+                                  "read_mammogram_peak_bytes_per_pixel": peak_bytes_per_pixel(read_mammogram, files[0]),
+                                  "end_to_end_read_peak_bytes_per_pixel": peak_bytes_per_pixel(
+                                      lambda f: read_image(f, keep_integers=True), files[0])}
+        for k in stages:
+            split.append([f"{syntax} ({mb:.1f} MB)", k, f"{ms[k]:.1f}", f"{1000 / ms[k]:.1f}", f"{wall[k]:.1f}"])
+        split.append([f"{syntax}", "end to end / decode only (images/s ratio)", "", f"{ratio:.2f}",
+                      f"{wall[stages[0]] / wall[stages[3]]:.2f}"])
+        rows.append([f"full-size 16-bit DICOM ({syntax}, {h}x{w}) -> read + crop + resize {a.size}",
+                     f"{1000 / ms[stages[3]]:.2f}"])
+    print(f"DICOM stages, {h} x {w}, single thread, median of {a.repeat} x {a.num_dicoms} images "
+          f"(CPU time; wall time in the last column):")
+    print(table(["syntax", "stage", "ms/image", "images/s", "wall ms/image"], split))
+    for syntax in dicoms:
+        d = out[f"dicom_{syntax}"]
+        print(f"{syntax}: peak memory read_mammogram {d['read_mammogram_peak_bytes_per_pixel']:.1f} bytes/pixel, "
+              f"end-to-end read {d['end_to_end_read_peak_bytes_per_pixel']:.1f} bytes/pixel (tracemalloc)")
+    if a.dicom_only:
+        write_json(a.json, out)
+        return
 
     cfg, _ = method_and_vanilla_cfgs(a.config, ["INPUT.FIXED_SIZE", f"({a.size}, {a.size})",
                                                 "SOLVER.IMS_PER_BATCH", "2"])

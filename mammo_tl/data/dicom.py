@@ -1,16 +1,17 @@
 """DICOM mammograms -> float32 pixel grid and de-identified metadata."""
-import os
 import warnings
 
 import numpy as np
 
-from .image_io import ImageReadError
+from .image_io import ImageReadError, check_pixel_budget, check_regular_file
 
 # The only fields copied into `meta`: nothing that identifies a person beyond the data set's patient id.
 _META_FIELDS = {
     "laterality": ("ImageLaterality", "Laterality"),
     "view": ("ViewPosition",),
 }
+# Pixels per block when rescaling or windowing: the float64 scratch stays in cache, no full-image copy.
+_BLOCK_PIXELS = 1 << 16
 
 
 class DicomReadError(ImageReadError):
@@ -25,13 +26,18 @@ def _first(ds, keywords, default=""):
     return default
 
 
-def read_mammogram(path, apply_voi: bool = True):
+def read_mammogram(path, apply_voi: bool = True, max_pixels=None, keep_integers: bool = False):
     """Read a mammogram DICOM.
 
     Returns ``(image, meta)``: ``image`` is the stored pixel grid (rows x columns) as float32 with
     brighter = denser tissue (MONOCHROME1 is inverted), after Rescale Slope/Intercept and, when
     ``apply_voi`` and the file has one, its VOI LUT or window centre/width. ``meta`` holds patient_id,
     laterality, view, rows, columns, photometric_interpretation, bits_stored, transfer_syntax.
+    A file with more than ``max_pixels`` pixels (rows x columns x frames from the header; None:
+    :data:`~mammo_tl.data.image_io.DEFAULT_MAX_PIXELS`) is refused before decoding.
+    ``keep_integers``: when no rescale or window applies, return the decoded 8/16-bit integer array
+    instead (MONOCHROME1 inverted in place; every value equal to the float32 image's), saving a
+    float32 copy for callers that take any dtype, such as :func:`~mammo_tl.data.preprocess.preprocess`.
     Any failure raises :class:`DicomReadError` naming the file and the cause.
     """
     path = str(path)
@@ -39,7 +45,7 @@ def read_mammogram(path, apply_voi: bool = True):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return _read_mammogram(path, apply_voi)
+            return _read_mammogram(path, apply_voi, max_pixels, keep_integers)
         except DicomReadError:
             raise
         except (KeyboardInterrupt, SystemExit):
@@ -50,12 +56,11 @@ def read_mammogram(path, apply_voi: bool = True):
             raise DicomReadError(path, f"corrupt DICOM ({type(e).__name__}: {e})") from None
 
 
-def _read_mammogram(path, apply_voi):
+def _read_mammogram(path, apply_voi, max_pixels, keep_integers):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    if not os.path.exists(path):
-        raise DicomReadError(path, "file not found")
+    check_regular_file(path, DicomReadError)
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as e:
@@ -67,6 +72,10 @@ def _read_mammogram(path, apply_voi):
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).strip()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DicomReadError(path, f"not a grayscale mammogram (PhotometricInterpretation {photometric!r})")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    shape = f"{rows} x {cols}" + (f" x {frames} frames" if frames != 1 else "")
+    check_pixel_budget(path, rows * cols * max(frames, 1), shape, max_pixels, DicomReadError)
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown"))
     try:
         pixels = ds.pixel_array
@@ -77,26 +86,125 @@ def _read_mammogram(path, apply_voi):
                                    f"({type(e).__name__}: {e})") from None
     if pixels.ndim != 2:
         raise DicomReadError(path, f"expected one 2-D frame, got pixel array of shape {pixels.shape}")
-
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    image = apply_modality_lut(pixels, ds).astype(np.float32)
+    del ds.PixelData  # the encoded bytes are not needed while the float image is built
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
-    if apply_voi and has_voi:
-        image = apply_voi_lut(image, ds).astype(np.float32)
-    if photometric == "MONOCHROME1":
-        image = image.max() + image.min() - image
-    if not np.isfinite(image).all():
+    image = _pixel_grid(pixels, ds, apply_voi and has_voi, photometric == "MONOCHROME1", keep_integers)
+    if image is None:
         raise DicomReadError(path, "pixel data holds non-finite values after rescaling")
     meta = {
         "patient_id": str(getattr(ds, "PatientID", "")).strip(),
         "laterality": _first(ds, _META_FIELDS["laterality"]).upper()[:1],
         "view": _first(ds, _META_FIELDS["view"]).upper(),
-        "rows": int(ds.Rows),
-        "columns": int(ds.Columns),
+        "rows": rows,
+        "columns": cols,
         "photometric_interpretation": photometric,
         "bits_stored": int(getattr(ds, "BitsStored", 16)),
         "transfer_syntax": syntax,
         "voi_applied": bool(apply_voi and has_voi),
     }
     return image, meta
+
+
+def _linear_window(ds):
+    """(center, width, y_min, y_max) of the LINEAR / LINEAR_EXACT window pydicom's apply_windowing would
+    apply (PS3.3 C.11.2.1.2), or None when pydicom must handle the file (VOI LUT sequence, SIGMOID,
+    invalid width, modality LUT)."""
+    if ds.get("VOILUTSequence") or ds.get("ModalityLUTSequence"):
+        return None
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    func = str(getattr(ds, "VOILUTFunction", "LINEAR")).upper()
+    elem_c, elem_w = ds["WindowCenter"], ds["WindowWidth"]
+    center = float(elem_c.value[0] if elem_c.VM > 1 else elem_c.value)
+    width = float(elem_w.value[0] if elem_w.VM > 1 else elem_w.value)
+    if func == "LINEAR" and width >= 1:
+        center, width = center - 0.5, width - 1
+    elif not (func == "LINEAR_EXACT" and width > 0):
+        return None
+    bits = int(ds.BitsStored)
+    if ds.PixelRepresentation == 0:
+        y_min, y_max = 0, 2 ** bits - 1
+    else:
+        y_min, y_max = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if ds.get("RescaleSlope") is not None and ds.get("RescaleIntercept") is not None:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        y_min, y_max = y_min * slope + intercept, y_max * slope + intercept
+    return center, width, y_min, y_max
+
+
+def _pixel_grid(pixels, ds, voi, invert, keep_integers=False):
+    """The pixel grid as float32 after modality rescale, the VOI window and MONOCHROME1 inversion; None when
+    a value is not finite. Equal to pydicom's apply_modality_lut / apply_voi_lut computed in float64 and
+    stored as float32, without their full-size float64 copies: common cases are computed block by block.
+    With ``keep_integers``, an 8/16-bit array needing no rescale or window comes back as integers."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    integer = np.issubdtype(pixels.dtype, np.integer)
+    rescale = None
+    if ds.get("ModalityLUTSequence"):
+        rescale = "lut"
+    elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        if (slope, intercept) != (1.0, 0.0):
+            rescale = (slope, intercept)
+    window = _linear_window(ds) if voi else None
+    if rescale == "lut" or (voi and window is None):
+        # rare files: pydicom's own functions on the whole image, as they come
+        image = apply_modality_lut(pixels, ds).astype(np.float32)
+        if voi:
+            image = apply_voi_lut(image, ds).astype(np.float32)
+        lo, hi = image.min(), image.max()  # NaN propagates through min/max: one pass decides finiteness
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return None
+        if invert:
+            np.subtract(hi + lo, image, out=image)
+        return image
+
+    if rescale is None and window is None and integer and pixels.dtype.itemsize <= 2 and keep_integers:
+        if not pixels.flags.writeable:
+            pixels = pixels.copy()
+        if invert:
+            # min + max - x lies in [min, max]: exact in the array's own dtype, wrapping included
+            c = np.asarray(int(pixels.max()) + int(pixels.min()), dtype=np.int64).astype(pixels.dtype)
+            np.subtract(c, pixels, out=pixels)
+        return pixels
+    image = np.empty(pixels.shape, np.float32)
+    if rescale is None and window is None:
+        if invert and integer and pixels.dtype.itemsize <= 2:
+            # exact in float32, so the inversion is done while converting (one pass)
+            c = np.float32(pixels.max()) + np.float32(pixels.min())
+            np.subtract(c, pixels, out=image, dtype=np.float32)
+            return image
+        np.copyto(image, pixels, casting="unsafe")
+        if not integer:
+            lo, hi = image.min(), image.max()
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                return None
+        if invert:
+            np.subtract(image.max() + image.min(), image, out=image)
+        return image
+
+    step = max(1, _BLOCK_PIXELS // max(1, pixels.shape[1]))
+    lo, hi = np.float32(np.inf), np.float32(-np.inf)
+    for r in range(0, pixels.shape[0], step):
+        block = image[r:r + step]
+        if rescale is not None:
+            x = pixels[r:r + step].astype(np.float64) * rescale[0]
+            x += rescale[1]
+            block[...] = x  # rounded to float32 as pydicom's result was before windowing
+        else:
+            np.copyto(block, pixels[r:r + step], casting="unsafe")
+        if window is not None:
+            center, width, y_min, y_max = window
+            x = block.astype(np.float64)
+            y = ((x - center) / width + 0.5) * (y_max - y_min) + y_min
+            y[x <= center - width / 2] = y_min
+            y[x > center + width / 2] = y_max
+            block[...] = y
+        b_lo, b_hi = block.min(), block.max()
+        if not (np.isfinite(b_lo) and np.isfinite(b_hi)):
+            return None
+        lo, hi = min(lo, b_lo), max(hi, b_hi)
+    if invert:
+        np.subtract(hi + lo, image, out=image)
+    return image

@@ -1,17 +1,25 @@
 """Reading stored mammograms (16-bit PNG, DICOM) and mapping them to the model's input range."""
 import os
+import stat
+import warnings
 
 import cv2
 import numpy as np
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+# The readers' default pixel budget (rows x columns x frames), checked from the header before decoding: a
+# few MB of RLE or PNG can expand to gigabytes. Far above any mammogram (4096 x 3328 = 13.6 million).
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 class ImageReadError(Exception):
-    """A file could not be read as a mammogram; the message names the file and the cause."""
+    """A file could not be read as a mammogram; the message names the file and the cause.
 
-    def __init__(self, path, cause):
-        self.path, self.cause = str(path), cause
+    ``kind`` is a short category for counting: not_found, not_a_regular_file, too_many_pixels, unreadable.
+    """
+
+    def __init__(self, path, cause, kind="unreadable"):
+        self.path, self.cause, self.kind = str(path), cause, kind
         super().__init__(f"{path}: {cause}")
 
 
@@ -19,23 +27,87 @@ def is_dicom_path(path) -> bool:
     return str(path).lower().endswith(DICOM_SUFFIXES)
 
 
-def read_image(path) -> np.ndarray:
+def check_regular_file(path, error=ImageReadError):
+    """os.stat of ``path``; raises ``error`` for a missing file or anything but a regular file (a FIFO would
+    block the reader forever, a device never ends)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(path, "file not found", kind="not_found") from None
+    except OSError as e:
+        raise error(path, f"cannot be opened ({type(e).__name__}: {e.strerror})", kind="not_found") from None
+    if not stat.S_ISREG(st.st_mode):
+        m = st.st_mode
+        what = ("a directory" if stat.S_ISDIR(m) else "a FIFO" if stat.S_ISFIFO(m) else "a socket" if stat.S_ISSOCK(m)
+                else "a device" if stat.S_ISCHR(m) or stat.S_ISBLK(m) else "not a file")
+        raise error(path, f"not a regular file ({what})", kind="not_a_regular_file")
+    return st
+
+
+def check_pixel_budget(path, pixels, shape_text, max_pixels, error=ImageReadError):
+    """Raise ``error`` when ``pixels`` exceeds ``max_pixels`` (None: :data:`DEFAULT_MAX_PIXELS`)."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if pixels > limit:
+        raise error(path, f"{shape_text} = {pixels:,} pixels, over the limit of {limit:,} pixels (max_pixels); "
+                          "not decoded", kind="too_many_pixels")
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _header_size(path, max_pixels):
+    """(width, height) from a PNG/TIFF/JPEG/... header without decoding; None when Pillow refused to even
+    open it because it exceeds Pillow's own bomb limit, which lies above ``max_pixels``."""
+    from PIL import Image, UnidentifiedImageError
+
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":  # the cache's own format, read on every step
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: our budget decides
+            with Image.open(path) as im:
+                return im.size
+    except Image.DecompressionBombError as e:
+        limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+        threshold = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if limit < threshold:
+            raise ImageReadError(path, f"more than {threshold:,} pixels ({e}), over the limit of {limit:,} "
+                                       "pixels (max_pixels); not decoded", kind="too_many_pixels") from None
+        return None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a readable image (no known image format header)") from None
+    except Exception as e:  # a damaged header
+        raise ImageReadError(path, f"not a readable image ({type(e).__name__}: {e})") from None
+
+
+def read_image(path, max_pixels=None, keep_integers=False) -> np.ndarray:
     """The stored pixel grid (rows x columns) as float32, brighter = denser tissue.
 
     PNG/TIFF/JPEG are read unchanged (16-bit kept); DICOM through :func:`mammo_tl.data.dicom.read_mammogram`.
+    A file with more than ``max_pixels`` pixels (None: :data:`DEFAULT_MAX_PIXELS`), judged from its header,
+    raises :class:`ImageReadError` before decoding, as does anything but a regular file.
+    ``keep_integers``: a grayscale 8/16-bit image comes back in its integer dtype when its values equal
+    the float32 image's (see :func:`~mammo_tl.data.dicom.read_mammogram`).
     """
     path = str(path)
     if is_dicom_path(path):
         from .dicom import read_mammogram
 
-        return read_mammogram(path)[0]
-    if not os.path.exists(path):
-        raise ImageReadError(path, "file not found")
+        return read_mammogram(path, max_pixels=max_pixels, keep_integers=keep_integers)[0]
+    check_regular_file(path)
+    size = _header_size(path, max_pixels)
+    if size is not None:
+        w, h = size
+        check_pixel_budget(path, w * h, f"{w} x {h}", max_pixels)
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(path, "not a readable image (OpenCV could not decode it)")
     if img.ndim == 3:
         img = img[..., :3].mean(axis=2) if img.shape[2] >= 3 else img[..., 0]
+    if keep_integers and img.dtype in (np.uint8, np.uint16):
+        return img
     return img.astype(np.float32)
 
 

@@ -1,9 +1,27 @@
 """Preprocess a data set once: read (DICOM/PNG), crop to the breast, optional canonical flip, resize,
 cache as 16-bit PNG with the transform recorded (see mammo_tl.data.preprocess). Parallel, resumable,
-and every input is reported as used or skipped with the reason."""
+shardable over a job array, and every input is reported as prepared, cached, rebuilt or skipped, with the
+reason.
+
+The cache can never hand back an image made from another file or with other options. An entry is named by
+a hash of its *key*: the source file's absolute path, size and modification time (ns), every option that
+changes the pixels (size, crop, canonical flip) and :data:`CACHE_VERSION`. Its sidecar JSON holds the full
+key, the transform and the PNG's SHA-256; an entry is used only when the sidecar parses, its key equals the
+expected one and the PNG's bytes hash as recorded, otherwise it is rebuilt. Size + mtime rather than a
+content hash of every source, because hashing 20,000 DICOMs on each resumed run would read the whole data
+set again; a file modified within :data:`RACY_SECONDS` of being read could keep its mtime on a coarse clock,
+so for such files the source's SHA-256 is stored too and checked on every later run. PNG and sidecar are
+written atomically (temporary file in the same folder, then rename), the sidecar last: a sidecar implies
+a complete PNG.
+"""
+import hashlib
 import json
 import logging
 import os
+import re
+import time
+import uuid
+from collections import Counter
 from multiprocessing import Pool
 
 import cv2
@@ -11,81 +29,409 @@ import numpy as np
 from tqdm import tqdm
 
 from .datasets.common import box_annotation, save_records
-from .image_io import ImageReadError, read_image
+from .image_io import ImageReadError, check_regular_file, read_image
 from .preprocess import MammoTransform, preprocess
 
 logger = logging.getLogger(__name__)
 
+# Bump when the cached pixels change for the same source and options (reader, preprocessing, PNG scaling).
+CACHE_VERSION = 2
+# A source modified less than this before it is read may share its mtime with a later edit (FAT keeps 2 s).
+RACY_SECONDS = 3.0
+IMAGES = "images"
+_ENTRY = re.compile(r"^[0-9a-f]{32}\.(png|json)$")
+_SKIP_LABELS = {"not_found": "file not found", "not_a_regular_file": "not a regular file",
+                "too_many_pixels": "too many pixels", "unreadable": "unreadable image"}
 
-def _safe_name(image_id):
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(image_id))
+
+class PrepareError(Exception):
+    """Bad options or shard files; the message names the file or option and what was expected."""
 
 
-def _prepare_one(args):
-    record, out_dir, size, crop, flip = args
-    stem = os.path.join(out_dir, "images", _safe_name(record["image_id"]))
-    png, sidecar = stem + ".png", stem + ".json"
-    if os.path.exists(png) and os.path.exists(sidecar):
-        with open(sidecar) as f:
-            return "cached", record, MammoTransform.from_dict(json.load(f)), None
+def parse_shard(text):
+    """'I/N' -> (I, N), shards numbered from 1 (1/3, 2/3, 3/3)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m:
+        raise PrepareError(f"--shard {text!r}: expected I/N, e.g. 2/8 (shard I of N, numbered from 1)")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1:
+        raise PrepareError(f"--shard {text!r}: N = {n}, the number of shards, must be at least 1")
+    if not 1 <= i <= n:
+        raise PrepareError(f"--shard {text!r}: I must be between 1 and N = {n} (shards are numbered from 1, "
+                           f"e.g. --shard $SLURM_ARRAY_TASK_ID/{n} with --array=1-{n})")
+    return i, n
+
+
+def shard_of(path, num_shards):
+    """The shard (1..num_shards) an image belongs to: by a hash of its absolute path, so the assignment does
+    not depend on the order or number of other records."""
+    h = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(h[:8], "big") % num_shards + 1
+
+
+def records_digest(records):
+    """SHA-256 of the converted records (paths made absolute, numbers as floats), identical for the records
+    in memory and the same records read back from records.json."""
+
+    def canon(v):
+        if isinstance(v, dict):
+            return {str(k): canon(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [canon(x) for x in v]
+        if isinstance(v, (bool, str)) or v is None:
+            return v
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            return float(v)
+        return str(v)
+
+    rows = [canon(dict(r, file_name=os.path.abspath(r["file_name"]))) for r in records]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+def _options(size, crop, flip):
+    return {"size": [int(s) for s in size] if size else None, "crop": bool(crop), "canonical_flip": bool(flip)}
+
+
+def _entry_name(key):
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(path, data: bytes):
+    """Write ``data`` to a temporary file beside ``path``, then rename it: readers see the old file or the
+    whole new one, never a part."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        image = read_image(record["file_name"])
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _source_key(st, path, options):
+    return {"version": CACHE_VERSION, "source": {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+            "options": options}
+
+
+def _load_entry(images, name, key):
+    """('valid', sidecar) | ('absent', None) | ('corrupt', what is wrong) for the entry ``name``."""
+    png, sidecar = os.path.join(images, name + ".png"), os.path.join(images, name + ".json")
+    has_png, has_sidecar = os.path.exists(png), os.path.exists(sidecar)
+    if not has_png and not has_sidecar:
+        return "absent", None
+    if not has_sidecar:
+        return "corrupt", "PNG without its sidecar (a run stopped while writing it)"
+    try:
+        with open(sidecar, "rb") as f:
+            meta = json.loads(f.read())
+        transform = MammoTransform.from_dict(meta["transform"])
+        png_sha256 = meta["png_sha256"]
+    except Exception as e:
+        return "corrupt", f"sidecar {sidecar} unreadable ({type(e).__name__}: {e})"
+    if meta.get("key") != key:
+        return "corrupt", f"sidecar {sidecar} holds another key"
+    if not has_png:
+        return "corrupt", "sidecar without its PNG"
+    if os.path.getsize(png) == 0:
+        return "corrupt", f"{png} is empty"
+    if _sha256_file(png) != png_sha256:
+        return "corrupt", f"{png} is truncated or altered (SHA-256 differs from its sidecar)"
+    meta["transform"] = transform
+    return "valid", meta
+
+
+def _rebuild_reason(key, previous):
+    """Why an entry is missing, judged from the sidecars of the same source path found in the cache."""
+    if any(p.get("options") == key["options"] and p.get("version") == key["version"] for p in previous):
+        return "source changed"
+    if any(p.get("version") == key["version"] for p in previous):
+        return "options changed"
+    return "cache format changed" if previous else None
+
+
+def _scan_sidecars(images, paths):
+    """Source path -> keys of the cache entries made from it (only for ``paths``)."""
+    found = {}
+    for n in os.listdir(images):
+        if not (_ENTRY.match(n) and n.endswith(".json")):
+            continue
+        try:
+            with open(os.path.join(images, n), "rb") as f:
+                key = json.loads(f.read())["key"]
+            path = key["source"]["path"]
+        except Exception:  # damaged sidecars of other entries are reported when their own record is run
+            continue
+        if path in paths:
+            found.setdefault(path, []).append(key)
+    return found
+
+
+def _prepare_one(job):
+    index, record, images, options, previous = job
+    path = os.path.abspath(record["file_name"])
+
+    def skipped(kind, reason):
+        return {"index": index, "status": "skipped", "kind": kind, "reason": reason}
+
+    try:
+        st = check_regular_file(path)
     except ImageReadError as e:
-        return "skipped", record, None, e.cause
+        return skipped(e.kind, e.cause)
+    key = _source_key(st, path, options)
+    name = _entry_name(key)
+    state, detail = _load_entry(images, name, key)
+    reason = None
+    if state == "valid" and detail.get("source_sha256") and _sha256_file(path) != detail["source_sha256"]:
+        state, reason, detail = "stale", "source changed", "same size and mtime, other content"
+    if state == "valid":
+        t = detail["transform"]
+        if tuple(t.original_size) != (record["height"], record["width"]):
+            return skipped("size_mismatch", _size_mismatch(t.original_size, record))
+        return {"index": index, "status": "cached", "name": name, "transform": t.to_dict()}
+    if state == "corrupt":
+        reason = "corrupt cache file"
+    elif state == "absent":
+        reason = _rebuild_reason(key, previous)
+
+    racy = time.time() - st.st_mtime_ns / 1e9 < RACY_SECONDS
+    source_sha256 = _sha256_file(path) if racy else None
+    try:
+        image = read_image(path, keep_integers=True)
+    except ImageReadError as e:
+        return skipped(e.kind, e.cause)
     except Exception as e:  # a decoder failing in an unexpected way must not stop the whole run
-        return "skipped", record, None, f"{type(e).__name__}: {e}"
+        return skipped("unreadable", f"{type(e).__name__}: {e}")
+    after = os.stat(path)
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        return skipped("changed_while_read", "the file changed while it was being read; run again")
     if image.shape != (record["height"], record["width"]):
-        return "skipped", record, None, (f"image is {image.shape[1]}x{image.shape[0]}, record says "
-                                         f"{record['width']}x{record['height']}")
-    out, t = preprocess(image, size=size, crop=crop, canonical_flip=flip)
+        return skipped("size_mismatch", _size_mismatch(image.shape, record))
+    out, t = preprocess(image, size=options["size"], crop=options["crop"], canonical_flip=options["canonical_flip"])
+    del image
     lo, hi = float(out.min()), float(out.max())
     u16 = ((out - lo) * (65535.0 / max(hi - lo, 1e-6))).round().astype(np.uint16)
-    tmp = stem + ".tmp.png"
-    cv2.imwrite(tmp, u16)
-    os.replace(tmp, png)  # a killed run never leaves a half-written PNG that looks finished
-    with open(sidecar, "w") as f:
-        json.dump(t.to_dict(), f)
-    return "prepared", record, t, None
+    ok, png = cv2.imencode(".png", u16)
+    if not ok:
+        raise PrepareError(f"{path}: OpenCV could not encode the prepared image as PNG")
+    png = png.tobytes()
+    sidecar = {"key": key, "transform": t.to_dict(), "png_sha256": hashlib.sha256(png).hexdigest()}
+    if source_sha256:
+        sidecar["source_sha256"] = source_sha256
+    atomic_write(os.path.join(images, name + ".png"), png)
+    atomic_write(os.path.join(images, name + ".json"), json.dumps(sidecar).encode())  # last: marks complete
+    return {"index": index, "status": "rebuilt" if reason else "prepared", "reason": reason, "detail": detail,
+            "name": name, "transform": t.to_dict()}
 
 
-def prepared_record(record, transform, out_dir):
-    """The record of the cached image: boxes in its pixels, the transform and the original file kept."""
-    stem = os.path.join(out_dir, "images", _safe_name(record["image_id"]))
+def _size_mismatch(shape, record):
+    return f"image is {shape[1]}x{shape[0]}, record says {record['width']}x{record['height']}"
+
+
+def prepared_record(record, transform, file_name, options):
+    """The record of the cached image: boxes in its pixels, the transform, the options it was prepared with
+    and the original file kept."""
     boxes = transform.apply_boxes([a["bbox"] for a in record["annotations"]]) if record["annotations"] else []
     h, w = transform.size
     out = {k: v for k, v in record.items() if k not in ("annotations", "file_name", "height", "width")}
-    out.update(file_name=stem + ".png", height=h, width=w, original_file_name=record["file_name"],
+    out.update(file_name=file_name, height=h, width=w, original_file_name=record["file_name"],
                original_height=record["height"], original_width=record["width"],
-               transform=transform.to_dict(), annotations=[box_annotation(b) for b in boxes])
+               transform=transform.to_dict(), preprocess=dict(options),
+               annotations=[box_annotation(b) for b in boxes])
     return out
 
 
-def prepare_dataset(records, out_dir, size=(512, 512), crop=True, flip=False, workers=2, progress=True):
-    """Returns (prepared records, report dict); writes records.json and report.json to out_dir."""
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    jobs = [(r, out_dir, tuple(size) if size else None, crop, flip) for r in records]
-    counts = {"prepared": 0, "cached": 0, "skipped": 0}
-    prepared, skipped = [], []
-    bar = tqdm(total=len(jobs), desc=f"prepare -> {out_dir}", unit="image", disable=not progress)
-    with Pool(workers) if workers > 1 else _Serial() as pool:
-        for status, record, t, reason in pool.imap_unordered(_prepare_one, jobs, chunksize=4):
-            counts[status] += 1
-            if status == "skipped":
-                skipped.append({"file_name": record["file_name"], "image_id": record["image_id"], "reason": reason})
-            else:
-                prepared.append(prepared_record(record, t, out_dir))
+def _shard_paths(out_dir, i, n):
+    return (os.path.join(out_dir, f"records.shard-{i}-of-{n}.json"),
+            os.path.join(out_dir, f"report.shard-{i}-of-{n}.json"))
+
+
+def prepare_dataset(records, out_dir, size=(512, 512), crop=True, flip=False, workers=2, progress=True,
+                    shard=None, prune_stale=False):
+    """Prepare ``records`` into ``out_dir``/images; returns (prepared records, report dict).
+
+    Writes records.json and report.json to out_dir, or with ``shard=(i, n)`` only shard i's share of the
+    records (see :func:`shard_of`) to records.shard-i-of-n.json and report.shard-i-of-n.json, for
+    :func:`merge_shards`. ``prune_stale`` deletes cache entries no record uses (not with ``shard``).
+    """
+    if shard is not None:
+        i, n = shard
+        if not (isinstance(i, int) and isinstance(n, int) and 1 <= i <= n):
+            raise PrepareError(f"shard {shard!r}: expected (I, N) with 1 <= I <= N")
+        if prune_stale:
+            raise PrepareError("prune_stale needs every shard's records: prune when merging instead")
+    images = os.path.join(out_dir, IMAGES)
+    os.makedirs(images, exist_ok=True)
+    options = _options(size, crop, flip)
+    digest = records_digest(records)
+    chosen = [k for k, r in enumerate(records) if shard is None or shard_of(r["file_name"], shard[1]) == shard[0]]
+    previous = _previous_keys(images, [records[k] for k in chosen], options)
+    jobs = [(k, records[k], images, options, previous.get(os.path.abspath(records[k]["file_name"]), []))
+            for k in chosen]
+    results = []
+    bar = tqdm(total=len(jobs), desc=f"prepare -> {out_dir}" + (f" (shard {shard[0]}/{shard[1]})" if shard else ""),
+               unit="image", disable=not progress)
+    with Pool(workers) if workers > 1 and len(jobs) > 1 else _Serial() as pool:
+        for res in pool.imap_unordered(_prepare_one, jobs, chunksize=4):
+            results.append(res)
             bar.update(1)
     bar.close()
-    order = {r["image_id"]: k for k, r in enumerate(records)}
-    prepared.sort(key=lambda r: order[r["image_id"]])
-    report = {"inputs": len(records), "used": len(prepared), **counts, "skipped_items": skipped,
-              "options": {"size": list(size) if size else None, "crop": crop, "flip": flip}}
+    results.sort(key=lambda r: r["index"])
+    prepared = [prepared_record(records[r["index"]], MammoTransform.from_dict(r["transform"]),
+                                os.path.join(images, r["name"] + ".png"), options)
+                for r in results if r["status"] != "skipped"]
+    if shard is not None:
+        rec_path, rep_path = _shard_paths(out_dir, *shard)
+        save_records(prepared, rec_path)
+        shard_report = {"shard": list(shard), "records_sha256": digest, "options": options,
+                        "cache_version": CACHE_VERSION, "inputs": len(records), "results": results}
+        atomic_write(rep_path, json.dumps(shard_report, indent=1).encode())  # last: marks the shard complete
+        report = _report(records, results, options, digest, stale=None)
+        report["shard"] = list(shard)
+        logger.info("shard %d/%d: %s", shard[0], shard[1], _summary(report))
+        return prepared, report
+    return prepared, _finish(records, prepared, results, options, digest, out_dir, prune_stale)
+
+
+def _previous_keys(images, records, options):
+    """For records whose cache entry is absent: keys of other entries made from the same source path."""
+    missing = set()
+    for r in records:
+        path = os.path.abspath(r["file_name"])
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        name = _entry_name(_source_key(st, path, options))
+        if not os.path.exists(os.path.join(images, name + ".json")):
+            missing.add(path)
+    return _scan_sidecars(images, missing) if missing else {}
+
+
+def _report(records, results, options, digest, stale):
+    counts = Counter(r["status"] for r in results)
+    rebuilt = [r for r in results if r["status"] == "rebuilt"]
+    skipped = [r for r in results if r["status"] == "skipped"]
+
+    def item(r):
+        rec = records[r["index"]]
+        return {"file_name": os.path.abspath(rec["file_name"]), "image_id": rec["image_id"], "reason": r["reason"]}
+
+    report = {"inputs": len(results), "used": len(results) - counts["skipped"], "prepared": counts["prepared"],
+              "cached": counts["cached"], "rebuilt": counts["rebuilt"],
+              "rebuilt_by_reason": dict(sorted(Counter(r["reason"] for r in rebuilt).items())),
+              "skipped": counts["skipped"],
+              "skipped_by_reason": dict(sorted(Counter(_SKIP_LABELS.get(r["kind"], r["kind"].replace("_", " "))
+                                                       for r in skipped).items())),
+              "skipped_items": [item(r) for r in skipped],
+              "rebuilt_items": [dict(item(r), detail=r["detail"]) if r["detail"] else item(r) for r in rebuilt],
+              "options": options, "cache_version": CACHE_VERSION, "records_sha256": digest}
+    if stale is not None:
+        report.update(stale)
+    return report
+
+
+def _finish(records, prepared, results, options, digest, out_dir, prune_stale):
+    """Stale entries, records.json and report.json of a whole data set (one run or merged shards)."""
+    stale = _stale_entries(os.path.join(out_dir, IMAGES), {os.path.basename(r["file_name"]) for r in prepared},
+                           prune_stale)
+    report = _report(records, results, options, digest, stale)
     save_records(prepared, os.path.join(out_dir, "records.json"))
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    logger.info("prepared %d of %d images (%d from cache), %d skipped", len(prepared), len(records),
-                counts["cached"], counts["skipped"])
-    return prepared, report
+    atomic_write(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1).encode())
+    logger.info("%s", _summary(report))
+    if stale["stale_cache_files"]:
+        logger.warning("%d cache file(s) in %s are used by no record (%.1f MB; other options, changed sources or "
+                       "stopped runs)%s", stale["stale_cache_files"], os.path.join(out_dir, IMAGES),
+                       stale["stale_cache_bytes"] / 1e6, ": deleted" if prune_stale else
+                       "; tools/prepare_dataset.py --prune-stale deletes them")
+    return report
+
+
+def _summary(report):
+    def why(counts):
+        return f" ({', '.join(f'{n} {r}' for r, n in counts.items())})" if counts else ""
+
+    return (f"{report['used']} of {report['inputs']} images used: {report['prepared']} prepared, {report['cached']} "
+            f"from cache, {report['rebuilt']} rebuilt{why(report['rebuilt_by_reason'])}, {report['skipped']} "
+            f"skipped{why(report['skipped_by_reason'])}")
+
+
+def _stale_entries(images, used_png_names, prune):
+    """Files in the cache folder that no prepared record uses: entries made with other options or from
+    changed sources, temporary files of stopped runs, entries of older mammo_tl versions."""
+    used = {os.path.splitext(n)[0] for n in used_png_names}
+    files, size = 0, 0
+    for n in sorted(os.listdir(images)):
+        p = os.path.join(images, n)
+        if os.path.splitext(n)[0] in used or not os.path.isfile(p):
+            continue
+        files += 1
+        size += os.path.getsize(p)
+        if prune:
+            os.remove(p)
+    return {"stale_cache_files": files, "stale_cache_bytes": size, "stale_pruned": bool(prune and files)}
+
+
+def merge_shards(records, out_dir, num_shards=None, prune_stale=False):
+    """Combine shards 1..N of ``records`` prepared into ``out_dir`` into records.json and report.json,
+    exactly as one unsharded run would have written them. Refuses (:class:`PrepareError`, naming the
+    shard) a missing shard, or one made with other options or from other converted records."""
+    found = {}
+    for n in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+        m = re.fullmatch(r"report\.shard-(\d+)-of-(\d+)\.json", n)
+        if m:
+            found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    if num_shards is None:
+        if len(found) != 1:
+            raise PrepareError(f"{out_dir}: " + ("no shard reports (report.shard-I-of-N.json) found" if not found else
+                               f"shard reports of several runs, N = {sorted(found)}: pass the number of shards"))
+        num_shards = next(iter(found))
+    missing = sorted(set(range(1, num_shards + 1)) - found.get(num_shards, set()))
+    if missing:
+        raise PrepareError(f"{out_dir}: shard(s) {', '.join(f'{i}/{num_shards}' for i in missing)} missing or "
+                           f"unfinished (no report.shard-I-of-{num_shards}.json): run them with --shard I/{num_shards}")
+    digest = records_digest(records)
+    results, prepared, options = [], [], None
+    for i in range(1, num_shards + 1):
+        rec_path, rep_path = _shard_paths(out_dir, i, num_shards)
+        try:
+            with open(rep_path, "rb") as f:
+                rep = json.loads(f.read())
+            shard_results = rep["results"]
+        except Exception as e:
+            raise PrepareError(f"{rep_path}: unreadable shard report ({type(e).__name__}: {e}); "
+                               f"run shard {i}/{num_shards} again") from None
+        if rep.get("records_sha256") != digest:
+            raise PrepareError(f"{rep_path}: shard {i}/{num_shards} was prepared from other converted records than "
+                               f"{out_dir}'s records (converted again since?); run shard {i}/{num_shards} again")
+        if rep.get("cache_version") != CACHE_VERSION:
+            raise PrepareError(f"{rep_path}: shard {i}/{num_shards} was prepared by another mammo_tl version "
+                               f"(cache version {rep.get('cache_version')}, this one {CACHE_VERSION}); run it again")
+        if options is None:
+            options, first = rep.get("options"), i
+        elif rep.get("options") != options:
+            raise PrepareError(f"{rep_path}: shard {i}/{num_shards} was prepared with options {rep.get('options')}, "
+                               f"shard {first}/{num_shards} with {options}; run every shard with the same options")
+        expected = [k for k, r in enumerate(records) if shard_of(r["file_name"], num_shards) == i]
+        if sorted(r["index"] for r in shard_results) != expected:
+            raise PrepareError(f"{rep_path}: shard {i}/{num_shards} does not hold this shard's images; run it again")
+        results += shard_results
+    results.sort(key=lambda r: r["index"])
+    images = os.path.join(out_dir, IMAGES)
+    for r in results:
+        if r["status"] != "skipped":
+            prepared.append(prepared_record(records[r["index"]], MammoTransform.from_dict(r["transform"]),
+                                            os.path.join(images, r["name"] + ".png"), options))
+    return prepared, _finish(records, prepared, results, options, digest, out_dir, prune_stale)
 
 
 class _Serial:

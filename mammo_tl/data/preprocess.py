@@ -81,9 +81,36 @@ def breast_bbox(image: np.ndarray, margin: float = 0.01) -> Tuple[int, int, int,
 
 def faces_right(image: np.ndarray) -> bool:
     """True when the breast lies against the left image edge (chest wall left), judged by content."""
-    cols = image.astype(np.float64).sum(axis=0)
+    cols = image.sum(axis=0, dtype=np.float64)
     half = len(cols) // 2
     return cols[:half].sum() >= cols[half:].sum()
+
+
+def _block_grid(lo: int, hi: int, limit: int, out: int):
+    """(k, lo, hi): the largest whole factor k <= (hi - lo) / out for which [lo, hi) can grow inside
+    [0, limit) to a multiple of k pixels, and the grown interval (k = 1 when none can)."""
+    n = hi - lo
+    for k in range(n // out, 1, -1):
+        grow = -n % k
+        if grow <= limit - n:
+            after = min(grow, limit - hi)
+            return k, lo - (grow - after), hi + after
+    return 1, lo, hi
+
+
+def _block_mean(region: np.ndarray, ky: int, kx: int) -> np.ndarray:
+    """Mean over ky x kx blocks of a region whose sides are multiples of ky and kx, as float32: exact area
+    averaging, one pass over the region (row sums of integers stay exact in float32 below 2**24)."""
+    acc = region[0::ky].astype(np.float32)
+    for j in range(1, ky):
+        np.add(acc, region[j::ky], out=acc, casting="unsafe")
+    if kx > 1:
+        cols = acc[:, 0::kx].copy()
+        for i in range(1, kx):
+            np.add(cols, acc[:, i::kx], out=cols)
+        acc = cols
+    acc /= np.float32(ky * kx)
+    return acc
 
 
 def preprocess(image: np.ndarray, size: Optional[Tuple[int, int]] = None, crop: bool = True,
@@ -92,16 +119,31 @@ def preprocess(image: np.ndarray, size: Optional[Tuple[int, int]] = None, crop: 
 
     crop: crop to :func:`breast_bbox`. canonical_flip: mirror images whose chest wall is on the right so
     every breast faces the same way (chest wall left). size: (height, width) to resize to; None keeps the crop.
+
+    Resizing is area averaging: whole blocks of pixels first (exact; the crop may grow by a few background
+    pixels inside the image so that its sides are multiples of the block), then OpenCV's INTER_AREA for
+    the remaining factor, usually below 2. The transform records the crop actually used, so boxes map
+    exactly. Integer input (``read_mammogram(..., keep_integers=True)``) gives the same result as its
+    float32 copy.
     """
     h, w = image.shape
     x1, y1, x2, y2 = breast_bbox(image) if crop else (0, 0, w, h)
-    out = image[y1:y2, x1:x2]
-    flip = bool(canonical_flip and not faces_right(out))
-    if flip:
+    out_size = tuple(int(s) for s in size) if size else (y2 - y1, x2 - x1)
+    if out_size == (y2 - y1, x2 - x1):
+        out = image[y1:y2, x1:x2]
+        flip = bool(canonical_flip and not faces_right(out))
+    else:
+        ky, y1, y2 = _block_grid(y1, y2, h, out_size[0])
+        kx, x1, x2 = _block_grid(x1, x2, w, out_size[1])
+        region = image[y1:y2, x1:x2]
+        out = _block_mean(region, ky, kx) if ky * kx > 1 else region
+        # judged on the block means: the same halves of the crop at a fraction of the cost
+        flip = bool(canonical_flip and not faces_right(out))
+        if out.shape != out_size:
+            if out.dtype != np.float32:
+                out = out.astype(np.float32)
+            out = cv2.resize(out, (out_size[1], out_size[0]), interpolation=cv2.INTER_AREA)
+    if flip:  # mirroring commutes with the resize, so it is done on the small image
         out = out[:, ::-1]
-    out_size = tuple(int(s) for s in size) if size else out.shape
-    if out.shape != out_size:
-        out = cv2.resize(np.ascontiguousarray(out, dtype=np.float32), (out_size[1], out_size[0]),
-                         interpolation=cv2.INTER_AREA)
     t = MammoTransform((h, w), (int(x1), int(y1), int(x2), int(y2)), flip, out_size)
     return np.ascontiguousarray(out, dtype=np.float32), t
