@@ -13,8 +13,8 @@ from detectron2.engine import default_argument_parser
 
 from mammo_tl.data.datasets.common import save_records
 from mammo_tl.data.synthetic import SyntheticSpec, generate, load_synthetic
-from mammo_tl.evaluation.operating_points import (OperatingPointError, choose_operating_points, load_operating_points,
-                                                  sha256_file)
+from mammo_tl.evaluation.operating_points import OperatingPointError, choose_operating_points, load_operating_points
+from mammo_tl.files import sha256_file
 from tests.common import REPO, TINY_SPEC, config_path
 from tests.test_records import TRAIN_OPTS
 

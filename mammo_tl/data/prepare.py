@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..files import sha256_file
 from .datasets.common import box_annotation, save_records
 from .image_io import ImageReadError, check_regular_file, read_image
 from .preprocess import MammoTransform, preprocess
@@ -96,14 +97,6 @@ def _entry_name(key):
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def atomic_write(path, data: bytes):
     """Write ``data`` to a temporary file beside ``path``, then rename it: readers see the old file or the
     whole new one, never a part."""
@@ -144,7 +137,7 @@ def _load_entry(images, name, key):
         return "corrupt", "sidecar without its PNG"
     if os.path.getsize(png) == 0:
         return "corrupt", f"{png} is empty"
-    if _sha256_file(png) != png_sha256:
+    if sha256_file(png) != png_sha256:
         return "corrupt", f"{png} is truncated or altered (SHA-256 differs from its sidecar)"
     meta["transform"] = transform
     return "valid", meta
@@ -191,7 +184,7 @@ def _prepare_one(job):
     name = _entry_name(key)
     state, detail = _load_entry(images, name, key)
     reason = None
-    if state == "valid" and detail.get("source_sha256") and _sha256_file(path) != detail["source_sha256"]:
+    if state == "valid" and detail.get("source_sha256") and sha256_file(path) != detail["source_sha256"]:
         state, reason, detail = "stale", "source changed", "same size and mtime, other content"
     if state == "valid":
         t = detail["transform"]
@@ -204,7 +197,7 @@ def _prepare_one(job):
         reason = _rebuild_reason(key, previous)
 
     racy = time.time() - st.st_mtime_ns / 1e9 < RACY_SECONDS
-    source_sha256 = _sha256_file(path) if racy else None
+    source_sha256 = sha256_file(path) if racy else None
     try:
         image = read_image(path, keep_integers=True)
     except ImageReadError as e:

@@ -13,7 +13,6 @@ Thresholds are taken between distinct validation scores (midpoints), so the rule
 gives exactly the validation figures stored with each point. The file ``operating_points.json`` is written
 beside the weights and keyed by their sha256: it is refused for any other weights.
 """
-import hashlib
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from typing import Dict, Mapping, Sequence
 
 import numpy as np
 
+from ..files import atomic_write_json, sha256_file
 from .metrics import _as_arrays, _point_metrics, patient_metrics
 
 FILE_NAME = "operating_points.json"
@@ -29,14 +29,6 @@ FORMAT_VERSION = 1
 
 class OperatingPointError(ValueError):
     """A missing, unknown or mismatched operating point; the message names the file and the point."""
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _candidates(s: np.ndarray) -> np.ndarray:
@@ -83,8 +75,6 @@ def choose_operating_points(scores: Mapping, labels: Mapping, sensitivities: Seq
 
 def write_operating_points(points, weights_path, validation_dataset, num_patients, path=None):
     """Write ``operating_points.json`` beside the weights (or at ``path``); returns the path."""
-    from ..data.datasets.common import atomic_write_json
-
     path = path or os.path.join(os.path.dirname(os.path.abspath(weights_path)), FILE_NAME)
     unreachable = points.pop("unreachable", {})
     atomic_write_json({"format_version": FORMAT_VERSION, "weights": os.path.abspath(weights_path),

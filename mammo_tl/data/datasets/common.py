@@ -8,6 +8,8 @@ from collections import Counter, defaultdict
 
 from detectron2.structures import BoxMode
 
+from ...files import atomic_write_json  # noqa: F401  (part of this module's API)
+
 logger = logging.getLogger(__name__)
 # The one class mammo_tl detects (category_id 0 in records, 1 in COCO files).
 CLASS_NAME = "malignant_mass"
@@ -220,15 +222,6 @@ def save_records(records, path):
                 r[key] = os.path.relpath(p, base) if p.startswith(base + os.sep) else p
         out.append(r)
     atomic_write_json(out, path, default=int)
-
-
-def atomic_write_json(obj, path, **kwargs):
-    """json.dump to a temporary file beside ``path``, then rename: a killed run never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, **kwargs)
-    os.replace(tmp, path)
 
 
 def load_records(path, check_files=True, report=None):
