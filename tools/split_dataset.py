@@ -1,45 +1,83 @@
 #!/usr/bin/env python
-"""Patient-disjoint splits as named records files.
+"""Patient-disjoint splits as named records files (a patient is positive when any of its images has a box).
 
     # the paper's DDSM protocol: 600 training (304 malignant, 296 benign) and 100 test (45, 55) images
     python tools/split_dataset.py paper-ddsm --records datasets/cbis_ddsm/prepared/records.json \
         --output datasets/cbis_ddsm/paper_split --seed 0
+    # VinDr-Mammo's official split (each record's `split`: training / test)
+    python tools/split_dataset.py official --records datasets/vindr/prepared/records.json \
+        --output datasets/vindr/split
+    # K folds stratified by patient label -> OUTPUT/fold<k>/{train,test}.json (tools/cross_validate.py)
+    python tools/split_dataset.py kfold --records datasets/inbreast/prepared/records.json \
+        --output datasets/inbreast/folds --folds 5 --seed 0
+    # your own data: a stratified share of the patients for testing
+    python tools/split_dataset.py random --records datasets/own_csv/prepared/records.json \
+        --output datasets/own_csv/split --test-fraction 0.2 --seed 0
     # check that existing splits share no patient
     python tools/split_dataset.py check train.json test.json
 
-Use in a config: DATASETS.REGISTER_JSON: ["cbis_ddsm_paper_train=.../train.json", "cbis_ddsm_paper_test=.../test.json"].
+Use in a config: DATASETS.REGISTER_JSON: ["mine_train=OUTPUT/train.json", "mine_test=OUTPUT/test.json"].
 """
 import argparse
 import os
+import sys
 
-from mammo_tl.data.datasets.common import check_patient_disjoint, load_records, save_records
-from mammo_tl.data.splits import paper_ddsm_split
+from mammo_tl.data.datasets.common import DatasetError, check_patient_disjoint, load_records
+from mammo_tl.data.splits import describe, kfold_split, official_split, paper_ddsm_split, random_split, write_split
+
+
+def _print_split(out_dir, train, test, prefix=""):
+    for path, recs in zip(write_split(out_dir, train, test), (train, test)):
+        print(describe(prefix + os.path.splitext(os.path.basename(path))[0], recs) + f" -> {path}")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("paper-ddsm")
-    s.add_argument("--records", required=True)
-    s.add_argument("--output", required=True)
-    s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("paper-ddsm", help="the paper's CBIS-DDSM mass split (image quotas)")
     s.add_argument("--train", type=int, nargs=2, default=(304, 296), metavar=("MALIGNANT", "BENIGN"))
     s.add_argument("--test", type=int, nargs=2, default=(45, 55), metavar=("MALIGNANT", "BENIGN"))
-    c = sub.add_parser("check")
+    o = sub.add_parser("official", help="each record's own split (VinDr-Mammo)")
+    k = sub.add_parser("kfold", help="K patient-disjoint folds, stratified by patient label")
+    k.add_argument("--folds", type=int, required=True)
+    r = sub.add_parser("random", help="a stratified share of the patients for testing")
+    r.add_argument("--test-fraction", type=float, required=True)
+    for q in (s, o, k, r):
+        q.add_argument("--records", required=True, help="records JSON (tools/prepare_dataset.py)")
+        q.add_argument("--output", required=True, help="folder for the split's records files")
+    for q in (s, k, r):
+        q.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("check", help="refuse splits that share a patient")
     c.add_argument("files", nargs="+")
     a = p.parse_args()
+    try:
+        run(a)
+    except DatasetError as e:
+        sys.exit(f"split_dataset.py {a.cmd}: {e}")
+
+
+def run(a):
     if a.cmd == "check":
-        check_patient_disjoint({f: load_records(f) for f in a.files})
+        splits = {f: load_records(f, check_files=False) for f in a.files}
+        check_patient_disjoint(splits)
+        for f, recs in splits.items():
+            print(describe(f, recs))
         print(f"no patient appears in more than one of {len(a.files)} splits")
         return
-    records = [r for r in load_records(a.records) if r.get("abnormality_type", "mass") == "mass"]
-    train, test = paper_ddsm_split(records, seed=a.seed, train=a.train, test=a.test)
-    os.makedirs(a.output, exist_ok=True)
-    for name, recs in (("train", train), ("test", test)):
-        save_records(recs, os.path.join(a.output, f"{name}.json"))
-        n_pos = sum(1 for r in recs if r["annotations"])
-        print(f"{name}: {len(recs)} images ({n_pos} malignant, {len(recs) - n_pos} benign), "
-              f"{len({r['patient_id'] for r in recs})} patients -> {os.path.join(a.output, name + '.json')}")
+    records = load_records(a.records, check_files=False)
+    print(describe(a.records, records))
+    if a.cmd == "paper-ddsm":
+        mass = [r for r in records if r.get("abnormality_type", "mass") == "mass"]
+        if len(mass) < len(records):
+            print(f"paper-ddsm: {len(records) - len(mass)} non-mass (calcification) images left out")
+        _print_split(a.output, *paper_ddsm_split(mass, seed=a.seed, train=a.train, test=a.test))
+    elif a.cmd == "official":
+        _print_split(a.output, *official_split(records, source=a.records))
+    elif a.cmd == "random":
+        _print_split(a.output, *random_split(records, a.test_fraction, seed=a.seed))
+    else:
+        for i, (train, test) in enumerate(kfold_split(records, a.folds, seed=a.seed)):
+            _print_split(os.path.join(a.output, f"fold{i}"), train, test, prefix=f"fold{i}/")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,137 @@
-"""Patient-disjoint splits, including the paper's DDSM protocol from CBIS-DDSM mass cases."""
+"""Patient-disjoint splits of dataset records: the paper's DDSM protocol, VinDr-Mammo's official split,
+stratified k folds and a stratified random split.
+
+A patient is positive when any of its images has a box. Every split is drawn from the patients (never
+from images), deterministically from ``seed``, and is refused with :class:`DatasetError` when it cannot
+give each side what it needs.
+"""
+import math
+import os
+
 import numpy as np
 
-from .datasets.common import DatasetError, check_patient_disjoint
+from .datasets.common import DatasetError, check_patient_disjoint, save_records
+
+OFFICIAL_SPLITS = {"training": "train", "test": "test"}
+
+
+def patient_labels(records):
+    """patient_id -> 1 when any of its images has a box, else 0."""
+    labels = {}
+    for r in records:
+        labels[r["patient_id"]] = max(labels.get(r["patient_id"], 0), int(bool(r["annotations"])))
+    return labels
+
+
+def summarize(records):
+    """What a split holds: images, positive/negative images, patients, positive/negative patients."""
+    labels = patient_labels(records)
+    pos = sum(1 for r in records if r["annotations"])
+    pos_patients = sum(labels.values())
+    return {"images": len(records), "positive_images": pos, "negative_images": len(records) - pos,
+            "patients": len(labels), "positive_patients": pos_patients,
+            "negative_patients": len(labels) - pos_patients}
+
+
+def describe(name, records):
+    s = summarize(records)
+    return (f"{name}: {s['images']} images ({s['positive_images']} positive, {s['negative_images']} negative), "
+            f"{s['patients']} patients ({s['positive_patients']} positive, {s['negative_patients']} negative)")
+
+
+def _by_patient(records):
+    out = {}
+    for r in records:
+        out.setdefault(r["patient_id"], []).append(r)
+    return out
+
+
+def _shuffled_patients(records, seed):
+    """{1: positive patients, 0: negative patients}, each sorted then permuted by ``seed``."""
+    rng = np.random.default_rng(seed)
+    labels = patient_labels(records)
+    out = {}
+    for label in (1, 0):
+        patients = sorted((p for p, v in labels.items() if v == label), key=str)
+        out[label] = [patients[i] for i in rng.permutation(len(patients))]
+    return out
+
+
+def _select(records, patients):
+    patients = set(patients)
+    return [r for r in records if r["patient_id"] in patients]
+
+
+def official_split(records, source="records"):
+    """(train, test) from each record's ``split`` (VinDr-Mammo: "training" or "test"), refusing records
+    without one and splits that share a patient."""
+    sides = {"train": [], "test": []}
+    for k, r in enumerate(records):
+        value = r.get("split")
+        if value not in OFFICIAL_SPLITS:
+            what = r.get("image_id", r.get("file_name", f"record {k}"))
+            if value is None:
+                raise DatasetError(f"{source}: record {k} ({what}) has no 'split' key: the official split needs "
+                                   f"records that carry it (VinDr-Mammo's converter writes 'training' or 'test')")
+            raise DatasetError(f"{source}: record {k} ({what}) has split {value!r}, expected one of "
+                               f"{sorted(OFFICIAL_SPLITS)}")
+        sides[OFFICIAL_SPLITS[value]].append(r)
+    for side, recs in sides.items():
+        if not recs:
+            raise DatasetError(f"{source}: no record with split {'training' if side == 'train' else 'test'!r}")
+    check_patient_disjoint(sides)
+    return sides["train"], sides["test"]
+
+
+def kfold_split(records, folds, seed=0):
+    """[(train, test)] for k = 0..folds-1: every patient in exactly one test fold, folds stratified by
+    patient label (positive patients dealt to the folds in turn, then negative patients continuing the
+    turn, so fold sizes differ by at most one patient)."""
+    if folds < 2:
+        raise DatasetError(f"kfold: --folds must be at least 2, got {folds}")
+    shuffled = _shuffled_patients(records, seed)
+    for label, name in ((1, "positive"), (0, "negative")):
+        n = len(shuffled[label])
+        if (label == 1 and n == 0) or 0 < n < folds:
+            raise DatasetError(f"kfold: {folds} folds need at least {folds} {name} patients (one in each fold's "
+                               f"test set); the records hold {n}")
+    fold_of = {}
+    turn = 0
+    for label in (1, 0):
+        for p in shuffled[label]:
+            fold_of[p] = turn % folds
+            turn += 1
+    out = []
+    for k in range(folds):
+        test = [r for r in records if fold_of[r["patient_id"]] == k]
+        train = [r for r in records if fold_of[r["patient_id"]] != k]
+        check_patient_disjoint({"train": train, "test": test})
+        out.append((train, test))
+    return out
+
+
+def random_split(records, test_fraction, seed=0):
+    """(train, test): round(test_fraction x n) of the n positive patients, and likewise of the negative
+    patients, go to the test side (halves round up)."""
+    if not 0 < test_fraction < 1:
+        raise DatasetError(f"random: --test-fraction must be between 0 and 1, got {test_fraction}")
+    shuffled = _shuffled_patients(records, seed)
+    if not shuffled[1]:
+        raise DatasetError("random: the records hold no positive patient (no image with a box)")
+    test_patients = []
+    for label, name in ((1, "positive"), (0, "negative")):
+        n = len(shuffled[label])
+        k = math.floor(test_fraction * n + 0.5)
+        if n and not 0 < k < n:
+            raise DatasetError(f"random: a test fraction of {test_fraction} of {n} {name} patient(s) puts {k} in "
+                               f"the test set, leaving {'it' if k == 0 else 'the training set'} without {name} "
+                               f"patients; change --test-fraction or add {name} patients")
+        test_patients += shuffled[label][:k]
+    test = _select(records, test_patients)
+    test_set = set(test_patients)
+    train = [r for r in records if r["patient_id"] not in test_set]
+    check_patient_disjoint({"train": train, "test": test})
+    return train, test
 
 
 def paper_ddsm_split(records, seed=0, train=(304, 296), test=(45, 55)):
@@ -14,9 +144,7 @@ def paper_ddsm_split(records, seed=0, train=(304, 296), test=(45, 55)):
     draws within each side.
     """
     rng = np.random.default_rng(seed)
-    by_patient = {}
-    for r in records:
-        by_patient.setdefault(r["patient_id"], []).append(r)
+    by_patient = _by_patient(records)
     patients = sorted(by_patient)
     rng.shuffle(patients)
     need = {"test": list(test), "train": list(train)}
@@ -45,3 +173,13 @@ def paper_ddsm_split(records, seed=0, train=(304, 296), test=(45, 55)):
 
 def _still_needed(quota, pools):
     return [q - len(p) for q, p in zip(quota, pools)]
+
+
+def write_split(out_dir, train, test):
+    """Write out_dir/train.json and out_dir/test.json; returns their paths."""
+    paths = []
+    for name, recs in (("train", train), ("test", test)):
+        path = os.path.join(out_dir, f"{name}.json")
+        save_records(recs, path)
+        paths.append(path)
+    return paths
