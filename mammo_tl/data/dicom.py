@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 
-from .image_io import ImageReadError, check_pixel_budget, check_regular_file
+from .image_checks import ImageReadError, check_pixel_budget, check_regular_file
 
 # The only fields copied into `meta`: nothing that identifies a person beyond the data set's patient id.
 _META_FIELDS = {

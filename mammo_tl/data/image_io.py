@@ -1,56 +1,13 @@
-"""Reading stored mammograms (16-bit PNG, DICOM) and mapping them to the model's input range."""
-import os
-import stat
+"""Reading stored mammograms (16-bit PNG, DICOM via dicom.py) and mapping them to the model's input range.
+The checks every reader makes before decoding, and ImageReadError, live in image_checks.py (re-exported here)."""
 import warnings
 
 import cv2
 import numpy as np
 
-DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-# The readers' default pixel budget (rows x columns x frames), checked from the header before decoding: a
-# few MB of RLE or PNG can expand to gigabytes. Far above any mammogram (4096 x 3328 = 13.6 million).
-DEFAULT_MAX_PIXELS = 100_000_000
-
-
-class ImageReadError(Exception):
-    """A file could not be read as a mammogram; the message names the file and the cause.
-
-    ``kind`` is a short category for counting: not_found, not_a_regular_file, too_many_pixels, unreadable.
-    """
-
-    def __init__(self, path, cause, kind="unreadable"):
-        self.path, self.cause, self.kind = str(path), cause, kind
-        super().__init__(f"{path}: {cause}")
-
-
-def is_dicom_path(path) -> bool:
-    return str(path).lower().endswith(DICOM_SUFFIXES)
-
-
-def check_regular_file(path, error=ImageReadError):
-    """os.stat of ``path``; raises ``error`` for a missing file or anything but a regular file (a FIFO would
-    block the reader forever, a device never ends)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise error(path, "file not found", kind="not_found") from None
-    except OSError as e:
-        raise error(path, f"cannot be opened ({type(e).__name__}: {e.strerror})", kind="not_found") from None
-    if not stat.S_ISREG(st.st_mode):
-        m = st.st_mode
-        what = ("a directory" if stat.S_ISDIR(m) else "a FIFO" if stat.S_ISFIFO(m) else "a socket" if stat.S_ISSOCK(m)
-                else "a device" if stat.S_ISCHR(m) or stat.S_ISBLK(m) else "not a file")
-        raise error(path, f"not a regular file ({what})", kind="not_a_regular_file")
-    return st
-
-
-def check_pixel_budget(path, pixels, shape_text, max_pixels, error=ImageReadError):
-    """Raise ``error`` when ``pixels`` exceeds ``max_pixels`` (None: :data:`DEFAULT_MAX_PIXELS`)."""
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    if pixels > limit:
-        raise error(path, f"{shape_text} = {pixels:,} pixels, over the limit of {limit:,} pixels (max_pixels); "
-                          "not decoded", kind="too_many_pixels")
-
+from .dicom import read_mammogram
+from .image_checks import (DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, ImageReadError, check_pixel_budget,  # noqa: F401
+                           check_regular_file, is_dicom_path)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -93,8 +50,6 @@ def read_image(path, max_pixels=None, keep_integers=False) -> np.ndarray:
     """
     path = str(path)
     if is_dicom_path(path):
-        from .dicom import read_mammogram
-
         return read_mammogram(path, max_pixels=max_pixels, keep_integers=keep_integers)[0]
     check_regular_file(path)
     size = _header_size(path, max_pixels)
