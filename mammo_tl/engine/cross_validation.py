@@ -12,7 +12,6 @@ Each fold trains in its own process (tools/train_net.py's command line). A fold 
 interrupted one resumed, only while its saved config.yaml equals the one asked for (MODEL.DEVICE aside) and its
 fold files are the ones it was trained on; otherwise it is refused, naming what differs.
 """
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,8 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
-from ..data.datasets.common import atomic_write_json, load_records
+from ..data.datasets.common import load_records
+from ..files import atomic_write_json, sha256_file
 from ..evaluation.evaluators import PatientEvaluator
 from .experiments import TRAIN_COMMAND, config_differences, expected_config
 
@@ -86,11 +86,6 @@ def fold_overrides(names, k, train_json, test_json, out_dir):
             "DATASETS.TEST", repr((test,)), "OUTPUT_DIR", out_dir]
 
 
-def _sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def fold_outputs(out_dir, test_name):
     """Files a finished fold's evaluation leaves (COCOEvaluator's and PatientEvaluator's)."""
     inference = os.path.join(out_dir, "inference", test_name)
@@ -111,7 +106,7 @@ def check_fold_run(out_dir, expected_cfg, records):
                                        f"{' ...' if len(diff) > 8 else ''}): remove it to train this fold again, "
                                        "or choose another --output")
     marker = os.path.join(out_dir, MARKER)
-    hashes = {os.path.basename(p): _sha256(p) for p in records}
+    hashes = {os.path.basename(p): sha256_file(p) for p in records}
     if os.path.exists(marker):
         with open(marker) as f:
             done = json.load(f).get("records", {})
