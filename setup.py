@@ -26,6 +26,9 @@ setup(
         "pylibjpeg-openjpeg",
         "pylibjpeg-libjpeg",
         "pylibjpeg-rle",
+        # DICOM presentation states and TID 1500 reports (tools/predict.py --dicom-out); 0.28.2 is the
+        # version tested, and the one pip resolves beside numpy<2
+        "highdicom>=0.28",
         "scikit-learn",
         "matplotlib",
         "tqdm",

@@ -1,60 +1,144 @@
 #!/usr/bin/env python
-"""Inference ms/image: tools/predict.py's code path (MammoPredictor) against detectron2's DefaultPredictor
-on the same model and the same 512 x 512 image, interleaved in one process.
+"""Inference at the speed of the model: tools/predict.py's end-to-end path (full-size RLE DICOMs decoded and
+prepared in DataLoader workers while the model runs) against the model alone on inputs already decoded and
+prepared in memory; same process, same model, same images, alternating which goes first.
 
     python bench/inference.py --json output/bench/inference.json
+    python bench/inference.py --device cuda [--amp] --workers 8 --batch-size 4
+
+The images (4672 x 2632, 16 bits, RLE Lossless by default) compress like mammograms: constant background over
+about half the field, a breast with smooth texture and a little noise (bench/data_throughput.py's
+mammogram_like). The model has random weights (its timing does not depend on them); it is the paper's
+ResNet-101-FPN at 512 x 512 unless --config says otherwise. Prints images/s of both, their ratio (goal >= 0.9)
+per repeat and the spread over repeats, and the load average, since other work on the machine distorts both.
 """
 import argparse
+import os
+import statistics
+import tempfile
+import time
 
 import numpy as np
 import torch
-from _common import machine, method_and_vanilla_cfgs, summary, table, timed, write_json
-from detectron2.engine import DefaultPredictor
+from _common import machine, table, write_json
+from pydicom.uid import RLELossless
 
-from mammo_tl.engine.predictor import MammoPredictor
+from mammo_tl.config import get_mammo_tl_cfg
+from mammo_tl.engine.predict_command import default_workers, predict_files
+from mammo_tl.engine.predictor import MammoPredictor, describe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rle_mammograms(folder, n, rows, cols):
+    """n mammogram-like RLE Lossless DICOMs in ``folder`` (made once; reused when already there)."""
+    from data_throughput import mammogram_like
+
+    from mammo_tl.data.synthetic import mammogram_dataset
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(n):
+        path = os.path.join(folder, f"mammo_{rows}x{cols}_{i:03d}.dcm")
+        if not os.path.exists(path):
+            img = mammogram_like(rng, rows, cols, right=bool(i % 2))
+            ds = mammogram_dataset(path, img, f"B{i // 4}", "LR"[i % 2], ("CC", "MLO")[i // 2 % 2])
+            ds.compress(RLELossless)
+            ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def model_alone(predictor, prepared, batch_size, device):
+    """images/s of the model (and the boxes' mapping back) on prepared inputs, ``batch_size`` per call."""
+    _sync(device)
+    t = time.perf_counter()
+    for i in range(0, len(prepared), batch_size):
+        chunk = prepared[i:i + batch_size]
+        predictor(chunk[0]) if len(chunk) == 1 else predictor.predict_batch(chunk)
+    _sync(device)
+    return len(prepared) / (time.perf_counter() - t)
+
+
+def end_to_end(predictor, files, workers, batch_size, device):
+    """(images/s over the whole pass, loader start-up included; images/s from the first result to the last)."""
+    _sync(device)
+    t = time.perf_counter()
+    stamps = [time.perf_counter() for r in predict_files(predictor, files, workers=workers, batch_size=batch_size)
+              if r["status"] == "predicted"]
+    if len(stamps) != len(files):
+        raise SystemExit(f"only {len(stamps)} of {len(files)} bench images were predicted")
+    steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    return len(files) / (stamps[-1] - t), steady
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config", default="configs/synthetic/d_tl_similarity.yaml")
+    p.add_argument("--config", default="configs/paper/d_tl_similarity.yaml")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--rows", type=int, default=4672)
+    p.add_argument("--cols", type=int, default=2632)
+    p.add_argument("--workers", type=int, default=default_workers())
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data", help="folder for the generated DICOMs (default: a temporary one)")
     p.add_argument("--json")
-    p.add_argument("opts", nargs=argparse.REMAINDER)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     a = p.parse_args()
-    cfg, _ = method_and_vanilla_cfgs(a.config, a.opts)
-    cfg.MODEL.DEVICE = a.device
-    cfg.INPUT.FIXED_SIZE = (a.size, a.size)
-    cfg.INPUT.CROP_TO_BREAST = False
-    # DefaultPredictor resizes by shortest edge: with both sizes = the input size its resize is a no-op
-    cfg.INPUT.MIN_SIZE_TEST = a.size
-    cfg.INPUT.MAX_SIZE_TEST = a.size
-    cfg.MODEL.WEIGHTS = ""
+    cfg = get_mammo_tl_cfg()
+    cfg.merge_from_file(os.path.join(REPO, a.config))
+    cfg.merge_from_list(list(a.opts))
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = a.device, ""
     torch.manual_seed(0)
-    ours = MammoPredictor(cfg, allow_random_init=True)
-    theirs = DefaultPredictor(cfg)
-    theirs.model.load_state_dict(ours.model.state_dict())
-    rng = np.random.default_rng(0)
-    image16 = (rng.random((a.size, a.size)) * 65535).astype(np.float32)
-    lo, hi = image16.min(), image16.max()
-    image8 = np.repeat(((image16 - lo) * 255.0 / (hi - lo)).astype(np.uint8)[:, :, None], 3, axis=2)
-
-    times = {"mammo_tl predict path": [], "detectron2 DefaultPredictor": []}
-    calls = {"mammo_tl predict path": lambda: ours(image16), "detectron2 DefaultPredictor": lambda: theirs(image8)}
-    for i in range(3 + a.iters):
-        for name in (list(calls) if i % 2 == 0 else list(calls)[::-1]):
-            t = timed(calls[name], a.device)
-            if i >= 3:
-                times[name].append(t)
-    res = {k: summary(v) for k, v in times.items()}
-    ratio = res["mammo_tl predict path"]["median_ms"] / res["detectron2 DefaultPredictor"]["median_ms"]
-    out = {"ratio": ratio, **res, "size": a.size, "device": a.device, "config": a.config, "machine": machine()}
-    print(f"inference, {a.size}x{a.size}, ResNet-{cfg.MODEL.RESNETS.DEPTH}, {a.device} ({machine()['gpu']})")
-    print(table(["path", "ms/image (median)", "IQR"],
-                [[k, f"{v['median_ms']:.1f}", f"{v['p25_ms']:.1f}-{v['p75_ms']:.1f}"] for k, v in res.items()]
-                + [["ratio mammo_tl/DefaultPredictor", f"{ratio:.3f}", ""]]))
-    write_json(a.json, out)
+    predictor = MammoPredictor(cfg, allow_random_init=True, amp=a.amp)
+    files = rle_mammograms(a.data or tempfile.mkdtemp(prefix="mammo_tl_bench_inference_"), a.images, a.rows, a.cols)
+    t = time.perf_counter()
+    prepared = [predictor.prepare(describe(f)[0]) for f in files]
+    decode_ms = (time.perf_counter() - t) * 1000 / len(files)
+    model_alone(predictor, prepared[:2], a.batch_size, a.device)  # warm-up: allocator, kernels, caches
+    load_before = os.getloadavg()
+    runs = []
+    for i in range(a.repeats):
+        first_model = i % 2 == 0
+        if first_model:
+            m = model_alone(predictor, prepared, a.batch_size, a.device)
+        e, steady = end_to_end(predictor, files, a.workers, a.batch_size, a.device)
+        if not first_model:
+            m = model_alone(predictor, prepared, a.batch_size, a.device)
+        runs.append({"model_alone_images_per_s": m, "end_to_end_images_per_s": e, "end_to_end_steady_images_per_s":
+                     steady, "ratio": e / m})
+        print(f"repeat {i + 1}: model alone {m:.3f} images/s, end to end {e:.3f} images/s (steady {steady:.3f}), "
+              f"ratio {e / m:.3f}", flush=True)
+    load_after = os.getloadavg()
+    ratios = [r["ratio"] for r in runs]
+    res = {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+           "model_alone_images_per_s_median": statistics.median(r["model_alone_images_per_s"] for r in runs),
+           "end_to_end_images_per_s_median": statistics.median(r["end_to_end_images_per_s"] for r in runs),
+           "decode_and_prepare_ms_per_image_one_process": decode_ms, "runs": runs,
+           "load_average_1min_before_after": [load_before[0], load_after[0]], "images": a.images,
+           "size": [a.rows, a.cols], "workers": a.workers, "batch_size": a.batch_size, "device": a.device,
+           "amp": a.amp, "config": a.config, "machine": machine()}
+    print(f"\ninference, {a.images} RLE DICOMs of {a.rows} x {a.cols}, {a.config} (ResNet-{cfg.MODEL.RESNETS.DEPTH}, "
+          f"{tuple(cfg.INPUT.FIXED_SIZE)}), {a.device}{' AMP' if a.amp else ''} ({machine()['gpu']}), "
+          f"{a.workers} workers, batch {a.batch_size}, {torch.get_num_threads()} torch threads")
+    print(table(["", "median", "min", "max"], [
+        ["model alone, images/s"] + [f"{f(r['model_alone_images_per_s'] for r in runs):.3f}"
+                                     for f in (statistics.median, min, max)],
+        ["end to end, images/s"] + [f"{f(r['end_to_end_images_per_s'] for r in runs):.3f}"
+                                    for f in (statistics.median, min, max)],
+        ["ratio (goal >= 0.9)"] + [f"{v:.3f}" for v in (res["ratio_median"], res["ratio_min"], res["ratio_max"])],
+    ]))
+    print(f"decode + prepare in one process: {decode_ms:.0f} ms/image; load average (1 min) "
+          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    write_json(a.json, res)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,48 @@
 """Detect malignant masses in DICOM or PNG mammograms.
 
     python tools/predict.py --config-file configs/synthetic/d_tl_similarity.yaml \\
-        --input scans/ more.dcm --output out/ [--overlay] MODEL.WEIGHTS output/.../model_final.pth
+        --input scans/ more.dcm --output out/ [--overlay] [--dicom-out out/dicom] \\
+        MODEL.WEIGHTS output/.../model_final.pth
 
 Writes, in OUTPUT: predictions.jsonl as it goes (one line per image), then predictions.json (per image:
-file_name, patient_id, laterality, view, boxes [x1, y1, x2, y2] in the original image's pixels, scores),
-patients.csv (patient_id, score = highest box score), skipped.json (file_name, kind, reason),
-summary.json (counts) and, with --overlay, overlays/<name>_<hash>.png. MODEL.WEIGHTS must be a trained
-model's checkpoint. An image without a patient id is its own patient "unknown:<name>_<hash>".
-An OUTPUT holding a previous run needs --resume (continue it, same config and weights) or --overwrite.
-MODEL.DEVICE cuda or cpu. Exit status 1 with a message on any error, 2 on a bad argument.
+file_name, patient_id, laterality, view, source (where each of those three came from), boxes [x1, y1, x2, y2]
+in the original image's pixels, scores, max_score), patients.csv (patient_id, score = highest box score),
+skipped.json (file_name, kind, reason), summary.json (counts) and, with --overlay,
+overlays/<name>_<hash>.png. MODEL.WEIGHTS must be a trained model's checkpoint.
+
+Reported boxes: every box scoring at least --min-score; the JSON, the overlays and the DICOM outputs all
+show exactly these.
+
+Patient, side and view come from, in this order: --patients CSV (columns file, patient_id and optionally
+laterality, view; file absolute or relative to the CSV's folder), the DICOM header (ImageLaterality,
+Laterality; View Code Sequence, ViewPosition; PatientID, where a CBIS-DDSM id such as
+Mass-Test_P_00820_LEFT_CC gives patient P_00820, side and view), the file name (<patient>_<L|R>_<CC|MLO>, or a
+CBIS-DDSM id). An image without a patient id is its own patient "unknown:<name>_<hash>".
+
+--dicom-out DIR: per DICOM input a Grayscale Softcopy Presentation State (the reported boxes with their
+scores) and per study a TID 1500 measurement report (Comprehensive 3D SR), referencing the source images and
+carrying the source's patient module: these are the only outputs that identify the patient. Inputs that are
+not DICOM or lack the study/series/instance UIDs are predicted and counted in summary.json, without DICOM
+output.
+
+--operating-point NAME: recall decisions at a threshold chosen on validation (tools/operating_points.py),
+read from --operating-points FILE (default: operating_points.json beside MODEL.WEIGHTS, which must be the
+weights it was chosen for). A patient, or a breast (patient and side), is recalled when its highest box score
+is above the threshold; predictions.json and patients.csv then carry the decisions, and overlay boxes above
+the threshold are red, the others amber (without an operating point: above 0.5).
+
+Images are decoded by --workers processes while the model runs on --batch-size images at a time on --device
+(default: MODEL.DEVICE); --amp runs the model in mixed precision (CUDA only).
+An OUTPUT holding a previous run needs --resume (continue it, same config, weights and options) or --overwrite.
+Exit status 1 with a message on any error, 2 on a bad argument.
 """
 import argparse
 import sys
 
-from mammo_tl.engine.checkpoint import WeightsError
-from mammo_tl.engine.predict_command import PredictError, check_max_pixels, check_min_score, run_predict
 from mammo_tl.data.image_io import DEFAULT_MAX_PIXELS
+from mammo_tl.engine.checkpoint import WeightsError
+from mammo_tl.engine.predict_command import (PredictError, check_batch_size, check_max_pixels, check_min_score,
+                                             check_workers, default_workers, run_predict)
 
 
 def _arg(check):
@@ -36,10 +62,22 @@ if __name__ == "__main__":
     p.add_argument("--input", nargs="+", required=True, help="files or folders (searched recursively)")
     p.add_argument("--output", required=True)
     p.add_argument("--overlay", action="store_true", help="also write PNGs with the boxes drawn")
+    p.add_argument("--dicom-out", metavar="DIR",
+                   help="also write DICOM presentation states (per image) and TID 1500 reports (per study)")
+    p.add_argument("--patients", metavar="CSV",
+                   help="who each file shows: columns file, patient_id[, laterality, view]")
     p.add_argument("--min-score", type=_arg(check_min_score), default=0.05,
-                   help="keep boxes scoring at least this (0 to 1)")
+                   help="report boxes scoring at least this (0 to 1)")
     p.add_argument("--max-pixels", type=_arg(check_max_pixels), default=DEFAULT_MAX_PIXELS,
                    help=f"skip images with more pixels than this, before decoding them (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--operating-point", metavar="NAME", help="write recall decisions at this stored operating point")
+    p.add_argument("--operating-points", metavar="FILE",
+                   help="the operating points file (default: operating_points.json beside MODEL.WEIGHTS)")
+    p.add_argument("--workers", type=_arg(check_workers), default=default_workers(),
+                   help=f"processes decoding images beside the model (default min(4, CPUs) = {default_workers()})")
+    p.add_argument("--batch-size", type=_arg(check_batch_size), default=1, help="images per model call (default 1)")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="where the model runs (default: MODEL.DEVICE)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="continue the run in OUTPUT: skip the images in its predictions.jsonl")
@@ -48,6 +86,8 @@ if __name__ == "__main__":
     a = p.parse_args()
     try:
         run_predict(a.config_file, a.input, a.output, a.opts, overlay=a.overlay, min_score=a.min_score,
-                    max_pixels=a.max_pixels, resume=a.resume, overwrite=a.overwrite)
+                    max_pixels=a.max_pixels, resume=a.resume, overwrite=a.overwrite, dicom_out=a.dicom_out,
+                    patients=a.patients, workers=a.workers, batch_size=a.batch_size, device=a.device, amp=a.amp,
+                    operating_point=a.operating_point, operating_points=a.operating_points)
     except (PredictError, WeightsError) as e:
         sys.exit(f"predict.py: error: {e}")

@@ -1,17 +1,22 @@
-"""Inference on stored mammograms (DICOM or PNG) with boxes in the original pixel grid."""
+"""Inference on stored mammograms (DICOM or PNG) with boxes in the original pixel grid, and who, which breast
+and which view each image shows."""
+import csv
 import hashlib
 import logging
 import os
 import re
+from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from detectron2.modeling import build_model
 
+from ..data import dicom_header
 from ..data.dicom import read_mammogram
 from ..data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, is_dicom_path, read_image
 from ..data.mapper import MammogramDatasetMapper
-from ..data.preprocess import preprocess
+from ..data.preprocess import MammoTransform, preprocess
 from .checkpoint import load_model_weights
 
 logger = logging.getLogger(__name__)
@@ -20,6 +25,9 @@ _NAME = re.compile(r"^(?P<patient>.+)_(?P<lat>[LR])_(?P<view>CC|MLO)$", re.IGNOR
 # Smaller images hold no mammogram: the model would see a few pixels blown up to its input size.
 MIN_IMAGE_SIDE = 32
 UNKNOWN_PATIENT_PREFIX = "unknown:"
+# Where a patient id, side or view came from, as predictions.json names it ("dicom:<keyword>" besides).
+SOURCES = ("patients_csv", "cbis_ddsm_patient_id", "file_name", "unknown")
+PATIENTS_CSV_COLUMNS = ("file", "patient_id", "laterality", "view")
 
 
 class SkippedImage(Exception):
@@ -28,6 +36,10 @@ class SkippedImage(Exception):
     def __init__(self, path, kind, reason):
         self.path, self.kind, self.reason = str(path), kind, reason
         super().__init__(f"{path}: {reason}")
+
+
+class PatientsCsvError(ValueError):
+    """A --patients CSV that cannot be used; the message names the file, the row and what was expected."""
 
 
 def list_inputs(paths):
@@ -61,26 +73,114 @@ def image_key(path) -> str:
     return f"{stem}_{digest}"
 
 
-def describe(path, max_pixels=DEFAULT_MAX_PIXELS):
-    """(image, meta) of an input file. DICOM: from its header. Other files: from a name of the form
-    <patient>_<L|R>_<CC|MLO>.png. A missing patient id becomes ``unknown:<image_key>`` (never shared
-    by two files) with ``meta["unknown_patient"]`` True. Raises :class:`SkippedImage` for a file the
-    readers refuse (not a regular file, more than ``max_pixels`` pixels, unreadable), one smaller than
-    MIN_IMAGE_SIDE or a constant one."""
+def read_patients_csv(path):
+    """--patients: {real path of an image: {"patient_id", "laterality", "view", "row"}} from a CSV with the
+    columns file, patient_id and optionally laterality (L/R/LEFT/RIGHT) and view (one of
+    :data:`~mammo_tl.data.dicom_header.VIEWS`). ``file`` is absolute or relative to the CSV's folder; an empty
+    laterality or view leaves it to the image's header or name. Raises :class:`PatientsCsvError` naming the
+    file and row at fault."""
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            unknown = [h for h in header if h not in PATIENTS_CSV_COLUMNS]
+            if unknown:
+                raise PatientsCsvError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; expected "
+                                       f"file, patient_id and optionally laterality, view")
+            missing = [c for c in PATIENTS_CSV_COLUMNS[:2] if c not in header]
+            if missing:
+                raise PatientsCsvError(f"{path}: no {' or '.join(missing)} column (header: "
+                                       f"{', '.join(header) or 'empty file'}); expected file, patient_id and "
+                                       f"optionally laterality, view")
+            reader.fieldnames = header
+            entries, rows = {}, {}
+            for record in reader:
+                row = reader.line_num
+                if None in record:
+                    raise PatientsCsvError(f"{path}: row {row} has more cells than the header's {len(header)}")
+                entry = _patients_csv_entry(path, row, record, base)
+                key = os.path.realpath(entry["path"])
+                if key in rows:
+                    raise PatientsCsvError(f"{path}: rows {rows[key]} and {row} both name {record['file']!r}")
+                rows[key] = row
+                entries[key] = entry
+    except OSError as e:
+        raise PatientsCsvError(f"{path}: cannot be read ({type(e).__name__}: {e.strerror or e})") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise PatientsCsvError(f"{path}: not a UTF-8 CSV file ({type(e).__name__}: {e})") from None
+    if not entries:
+        raise PatientsCsvError(f"{path}: no rows under the header")
+    return entries
+
+
+def _patients_csv_entry(path, row, record, base):
+    values = {k: (record.get(k) or "").strip() for k in PATIENTS_CSV_COLUMNS}
+    if not values["file"]:
+        raise PatientsCsvError(f"{path}: row {row}: file is empty")
+    if not values["patient_id"]:
+        raise PatientsCsvError(f"{path}: row {row} ({values['file']}): patient_id is empty")
+    side = dicom_header.side(values["laterality"])
+    if values["laterality"] and not side:
+        raise PatientsCsvError(f"{path}: row {row} ({values['file']}): laterality {values['laterality']!r}; "
+                               f"expected L, R, LEFT, RIGHT or empty")
+    view = values["view"].upper()
+    if view and view not in dicom_header.VIEWS:
+        raise PatientsCsvError(f"{path}: row {row} ({values['file']}): view {values['view']!r}; expected one of "
+                               f"{', '.join(dicom_header.VIEWS)} or empty")
+    file = values["file"] if os.path.isabs(values["file"]) else os.path.join(base, values["file"])
+    return {"path": file, "patient_id": values["patient_id"], "laterality": side, "view": view, "row": row}
+
+
+def _from_file_name(path):
+    """{"patient_id", "laterality", "view"} from a name <patient>_<L|R>_<CC|MLO> or a CBIS-DDSM PatientID
+    used as the name; {} otherwise."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    cbis = dicom_header.parse_cbis_ddsm_patient_id(stem)
+    if cbis:
+        return cbis
+    m = _NAME.match(stem)
+    return {"patient_id": m["patient"], "laterality": m["lat"].upper(), "view": m["view"].upper()} if m else {}
+
+
+def identify(path, header=None, patient=None):
+    """(patient_id, laterality, view, source) of an input. Each field is taken from the first that gives it:
+    the --patients CSV entry ``patient``, the DICOM ``header`` (its own fields, and a CBIS-DDSM PatientID),
+    the file name; ``source`` says which for each ("patients_csv", "dicom:<keyword>",
+    "cbis_ddsm_patient_id", "file_name" or "unknown")."""
+    candidates = []
+    if patient:
+        candidates.append({k: (patient[k], "patients_csv") for k in ("patient_id", "laterality", "view")})
+    if header is not None:
+        candidates.append(dicom_header.identify(header))
+    candidates.append({k: (v, "file_name") for k, v in _from_file_name(path).items()})
+    values, source = {}, {}
+    for key in ("patient_id", "laterality", "view"):
+        values[key], source[key] = next(((c[key][0], c[key][1]) for c in candidates if c.get(key, ("",))[0]),
+                                        ("", "unknown"))
+    return values["patient_id"], values["laterality"], values["view"], source
+
+
+def describe(path, max_pixels=DEFAULT_MAX_PIXELS, patient=None):
+    """(image, meta) of an input file. meta: patient_id, laterality, view and their ``source`` (see
+    :func:`identify`; ``patient`` is the file's --patients CSV entry, if any). A missing patient id becomes
+    ``unknown:<image_key>`` (never shared by two files) with ``meta["unknown_patient"]`` True. The image
+    may come back in its stored integer type. Raises :class:`SkippedImage` for a file the readers refuse
+    (not a regular file, more than ``max_pixels`` pixels, unreadable), one smaller than MIN_IMAGE_SIDE or a
+    constant one."""
     path = str(path)
+    header = None
     try:
         if is_dicom_path(path):
-            image, meta = read_mammogram(path, max_pixels=max_pixels)
+            image, meta = read_mammogram(path, max_pixels=max_pixels, keep_integers=True)
+            header = dicom_header.read_header(path)
         else:
-            image = read_image(path, max_pixels=max_pixels)
-            stem = os.path.splitext(os.path.basename(path))[0]
-            m = _NAME.match(stem)
-            meta = {"patient_id": m["patient"], "laterality": m["lat"].upper(), "view": m["view"].upper()} if m \
-                else {"patient_id": "", "laterality": "", "view": ""}
+            image, meta = read_image(path, max_pixels=max_pixels, keep_integers=True), {}
     except ImageReadError as e:
         raise SkippedImage(path, e.kind, e.cause) from None
     meta = dict(meta)
-    meta["unknown_patient"] = not meta.get("patient_id")
+    meta["patient_id"], meta["laterality"], meta["view"], meta["source"] = identify(path, header, patient)
+    meta["unknown_patient"] = not meta["patient_id"]
     if meta["unknown_patient"]:
         meta["patient_id"] = UNKNOWN_PATIENT_PREFIX + image_key(path)
     if min(image.shape[:2]) < MIN_IMAGE_SIDE:
@@ -91,34 +191,84 @@ def describe(path, max_pixels=DEFAULT_MAX_PIXELS):
         raise SkippedImage(path, "non_finite", "pixel values that are not finite numbers (NaN or infinity)")
     if not hi > lo:
         raise SkippedImage(path, "constant_image", f"every pixel is {lo:g}: nothing to detect")
+    meta["min"], meta["max"] = lo, hi
     return image, meta
 
 
+@dataclass
+class PreparedImage:
+    """An image ready for the model: ``tensor`` (C, H, W) and the ``transform`` from the stored pixel grid
+    to the grid the model's boxes are given in (``transform.size``)."""
+
+    tensor: torch.Tensor
+    transform: MammoTransform
+
+    def pin_memory(self):
+        """Called by torch's DataLoader (pin_memory=True), so the copy to the GPU can overlap the model."""
+        return PreparedImage(self.tensor.pin_memory(), self.transform)
+
+
+class InputPreparer:
+    """Stored pixel grid -> :class:`PreparedImage`, without the model (so it runs in loader workers): crop and
+    flip per INPUT.CROP_TO_BREAST / INPUT.CANONICAL_FLIP, resize, then the test mapper's windowing.
+
+    With INPUT.RESIZE_MODE "fixed" the crop is area-averaged to INPUT.FIXED_SIZE, as tools/prepare_dataset.py
+    shrinks the training images (bilinear interpolation from thousands of pixels would sample, not average);
+    boxes are mapped back through the crop's own grid."""
+
+    def __init__(self, cfg):
+        self.crop, self.flip = bool(cfg.INPUT.CROP_TO_BREAST), bool(cfg.INPUT.CANONICAL_FLIP)
+        self.size = tuple(int(s) for s in cfg.INPUT.FIXED_SIZE) if cfg.INPUT.RESIZE_MODE == "fixed" else None
+        self.mapper = MammogramDatasetMapper(cfg, is_train=False)
+
+    def __call__(self, image: np.ndarray) -> PreparedImage:
+        cropped, transform = preprocess(image, size=None, crop=self.crop, canonical_flip=self.flip)
+        if self.size is not None and cropped.shape != self.size:
+            cropped = cv2.resize(cropped, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
+        tensor, _ = self.mapper.image_to_tensor(cropped)
+        return PreparedImage(tensor, transform)
+
+
 class MammoPredictor:
-    """Like detectron2's DefaultPredictor, for single-channel mammograms: crop/flip per INPUT.CROP_TO_BREAST
-    and INPUT.CANONICAL_FLIP, the test mapper's windowing and resize, then boxes mapped back to the
-    original pixel grid.
+    """Like detectron2's DefaultPredictor, for single-channel mammograms: :class:`InputPreparer`'s crop,
+    flip, resize and windowing, the model, then boxes mapped back to the original pixel grid.
 
     cfg.MODEL.WEIGHTS must hold every weight of the model (else :class:`~.checkpoint.WeightsError`);
-    ``allow_random_init`` lets an empty MODEL.WEIGHTS through, for timing benchmarks only."""
+    ``allow_random_init`` lets an empty MODEL.WEIGHTS through, for timing benchmarks only. ``amp``: the
+    model runs under CUDA autocast (float16); cfg.MODEL.DEVICE must be a CUDA device."""
 
-    def __init__(self, cfg, *, allow_random_init=False):
+    def __init__(self, cfg, *, allow_random_init=False, amp=False):
         self.cfg = cfg.clone()
+        self.amp = bool(amp)
+        if self.amp and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+            raise ValueError(f"amp (mixed precision) runs on CUDA only; MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
         self.model = build_model(self.cfg)
         self.model.eval()
         if allow_random_init and not cfg.MODEL.WEIGHTS:
             logger.warning("MammoPredictor with random weights (allow_random_init): its boxes are noise")
         else:
             load_model_weights(self.model, self.cfg, purpose="predict")
-        self.mapper = MammogramDatasetMapper(self.cfg, is_train=False)
+        self.prepare = InputPreparer(self.cfg)
+
+    def __call__(self, image):
+        """image: the stored pixel grid (H, W) or a :class:`PreparedImage`. Returns (boxes (n, 4) in
+        original pixels, scores (n,))."""
+        return self.predict_batch([image])[0]
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray):
-        """image: the stored pixel grid (H, W). Returns (boxes (n, 4) in original pixels, scores (n,))."""
-        prepared, transform = preprocess(image, size=None, crop=self.cfg.INPUT.CROP_TO_BREAST,
-                                         canonical_flip=self.cfg.INPUT.CANONICAL_FLIP)
-        tensor, _ = self.mapper.image_to_tensor(prepared)
-        h, w = prepared.shape
-        out = self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"].to("cpu")
-        boxes = transform.inverse_boxes(out.pred_boxes.tensor.numpy())
-        return boxes, out.scores.numpy().astype(np.float64)
+    def predict_batch(self, images):
+        """[(boxes, scores)] for a list of images (pixel grids or :class:`PreparedImage`), run as one batch."""
+        prepared = [im if isinstance(im, PreparedImage) else self.prepare(im) for im in images]
+        inputs = [{"image": p.tensor, "height": p.transform.size[0], "width": p.transform.size[1]}
+                  for p in prepared]
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            outputs = self.model(inputs)
+        results = []
+        for p, out in zip(prepared, outputs):
+            inst = out["instances"].to("cpu")
+            boxes = p.transform.inverse_boxes(inst.pred_boxes.tensor.float().numpy())
+            h, w = p.transform.original_size
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+            results.append((boxes, inst.scores.float().numpy().astype(np.float64)))
+        return results

@@ -1,0 +1,198 @@
+"""DICOM results of a run: per source image a Grayscale Softcopy Presentation State (:mod:`.dicom_pr`), per
+study a TID 1500 measurement report (:mod:`.dicom_sr`), written with highdicom into one folder.
+
+Both reference the source study, series and image by their UIDs and carry the source's patient and study
+modules as the source holds them (Type 2 attributes it lacks are present and empty, as the IODs require).
+"Reported" boxes are those of the prediction record: every box at or above --min-score. Inputs that are
+not DICOM, or whose header lacks a needed UID, are counted and left out here, and still predicted.
+
+UIDs are derived from what the object shows (name-based UUIDs under the 2.25 root): writing the same results
+again, e.g. after --resume, gives the same objects, never a second copy of them in an archive.
+"""
+import hashlib
+import logging
+import os
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .. import __version__
+from ..data.dicom_header import missing_references, quiet, read_header
+from ..data.image_checks import ImageReadError, is_dicom_path
+from . import OutputError
+
+logger = logging.getLogger(__name__)
+NAME = MANUFACTURER = "mammo_tl"
+# Series numbers of the presentation states and reports added to each study: high, to sort after the source's.
+PR_SERIES_NUMBER, SR_SERIES_NUMBER = 9900, 9901
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "mammo_tl")
+# Patient and study attributes the PR and SR IODs require present (Type 2), possibly empty.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """Who made the findings: mammo_tl's version, the config, the weights (sha256), which boxes are reported
+    (score >= ``min_score``) and the operating point (name, threshold), if any."""
+
+    config_name: str
+    weights_sha256: str
+    min_score: float
+    operating_point: Optional[Tuple[str, float]] = None
+    version: str = __version__
+
+    @property
+    def reported(self) -> str:
+        return f"boxes with score >= {self.min_score:g}"
+
+    @property
+    def serial_number(self) -> str:
+        """Device Serial Number: the weights' sha256, shortened; it identifies the trained model."""
+        return (self.weights_sha256 or "unknown")[:16]
+
+    def parameters(self):
+        """The Algorithm Parameters of TID 4019, as text."""
+        out = [f"config: {self.config_name}", f"weights sha256: {self.weights_sha256}",
+               f"reported: {self.reported}"]
+        if self.operating_point:
+            out.append(f"operating point: {self.operating_point[0]}, recall above {self.operating_point[1]:g}")
+        return out
+
+    def key(self):
+        return (self.version, self.config_name, self.weights_sha256, self.min_score, self.operating_point)
+
+
+def derived_uid(*parts) -> str:
+    """A UID that is a function of ``parts``: "2.25." and a name-based (SHA-1) UUID as an integer."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, repr(parts)).int}"
+
+
+def reference_dataset(header):
+    """A copy of the source header that highdicom can take as reference: Type 2 patient and study attributes
+    present (empty when the source has none); nothing else changes."""
+    ref = header.copy()
+    for keyword in _TYPE2:
+        if keyword not in ref:
+            setattr(ref, keyword, "")
+    return ref
+
+
+def closed_rectangle(box):
+    """The (5, 2) (column, row) points of a box [x1, y1, x2, y2] as a closed polyline."""
+    import numpy as np
+
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]])
+
+
+def box_tracking_uid(header, index, box, score, algorithm):
+    """The tracking UID of a reported box, shared by its GSPS rectangle and its SR region."""
+    return derived_uid("box", str(header.SOPInstanceUID), index, tuple(box), score, algorithm.key())
+
+
+def _refused(what, e):
+    # highdicom's message may quote the header value it refused, a name say: only its type is passed on
+    return (f"{what} not made: highdicom refused the source header ({type(e).__name__}); check the source "
+            f"with dcmdump")
+
+
+def _save(ds, path):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise OutputError(f"{path}: cannot be written ({type(e).__name__}: {e})") from None
+
+
+def is_output_file(name) -> bool:
+    """A file name this module writes."""
+    return (name.startswith("PR_") or name.startswith("SR_")) and name.endswith(".dcm")
+
+
+def sr_file_name(study_uid) -> str:
+    return f"SR_{hashlib.sha1(str(study_uid).encode()).hexdigest()[:16]}.dcm"
+
+
+def write_dicom_outputs(folder, items, algorithm):
+    """Write the presentation states and reports of a run into ``folder``.
+
+    ``items``: (prediction record, name) per predicted image in input order; the name is unique to the file
+    (its GSPS is ``PR_<name>.dcm``). Headers are read again here, without pixels. Returns ({file name:
+    {"presentation_state", "report"}, or {"skipped", "reason"} for an image without DICOM output}, counts
+    for summary.json)."""
+    with quiet():
+        return _write_dicom_outputs(folder, items, algorithm)
+
+
+def _write_dicom_outputs(folder, items, algorithm):
+    from .dicom_pr import presentation_state
+    from .dicom_sr import measurement_report
+
+    results, studies = {}, {}
+    for record, name in items:
+        path = record["file_name"]
+        if not is_dicom_path(path):
+            results[path] = {"skipped": "not_dicom", "reason": "not a DICOM file: there is no study to reference"}
+            continue
+        try:
+            header = read_header(path)
+        except ImageReadError as e:
+            results[path] = {"skipped": "header_unreadable", "reason": e.cause}
+            continue
+        missing = missing_references(header)
+        if missing:
+            results[path] = {"skipped": "missing_uids", "reason": f"its header has no {', '.join(missing)}"}
+            continue
+        studies.setdefault(str(header.StudyInstanceUID), []).append((record, header, name))
+
+    written = Counter()
+    for study_uid, members in studies.items():
+        pr_series = derived_uid("PR series", study_uid, algorithm.key())
+        for number, (record, header, name) in enumerate(members, 1):
+            try:
+                ds = presentation_state(header, record, algorithm, pr_series, number)
+            except (ValueError, TypeError, AttributeError, KeyError) as e:  # a header highdicom cannot use
+                reason = _refused("presentation state", e)
+                results[record["file_name"]] = {"skipped": "not_encodable", "reason": reason}
+                logger.warning("%s: %s", record["file_name"], reason)
+                continue
+            _save(ds, os.path.join(folder, f"PR_{name}.dcm"))
+            results[record["file_name"]] = {"presentation_state": f"PR_{name}.dcm"}
+            written["presentation_states"] += 1
+        patients = {str(h.get("PatientID", "")) for _, h, _ in members}
+        if len(patients) > 1:
+            reason = f"its study holds images of {len(patients)} different PatientIDs; no report made"
+            for record, _, _ in members:
+                results[record["file_name"]].setdefault("report_skipped", reason)
+            written["studies_without_report"] += 1
+            logger.warning("%s and %d more image(s): %s", members[0][0]["file_name"], len(members) - 1, reason)
+            continue
+        sr_series = derived_uid("SR series", study_uid, algorithm.key())
+        try:
+            ds = measurement_report([(h, r) for r, h, _ in members], algorithm, sr_series, 1)
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            reason = _refused("report", e)
+            for record, _, _ in members:
+                results[record["file_name"]].setdefault("report_skipped", reason)
+            written["studies_without_report"] += 1
+            logger.warning("%s and %d more image(s) of its study: %s", members[0][0]["file_name"], len(members) - 1,
+                           reason)
+            continue
+        name = sr_file_name(study_uid)
+        _save(ds, os.path.join(folder, name))
+        for record, _, _ in members:
+            results[record["file_name"]]["report"] = name
+        written["reports"] += 1
+        written["images_in_reports"] += len(members)
+    skipped = Counter(v["skipped"] for v in results.values() if "skipped" in v)
+    summary = {"folder": folder, "presentation_states": written["presentation_states"],
+               "reports": written["reports"], "images_in_reports": written["images_in_reports"],
+               "studies_without_report": written["studies_without_report"],
+               "images_without_dicom_output": sum(skipped.values()),
+               "without_dicom_output_by_reason": dict(sorted(skipped.items()))}
+    return results, summary

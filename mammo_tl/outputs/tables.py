@@ -1,0 +1,90 @@
+"""predictions.json, patients.csv, skipped.json and summary.json from the run's prediction records.
+
+Scores: an image's score is its highest box score (``max_score``, 0 when no box is kept), a breast's the
+highest over the patient's images of that side, a patient's the highest over all their images. At an
+operating point a patient or breast is recalled when its score is above the point's threshold, the rule
+the thresholds were chosen with (:mod:`mammo_tl.evaluation.operating_points`).
+"""
+import csv
+import io
+from collections import Counter
+
+RECALL, NO_RECALL = "recall", "no recall"
+SIDES = (("L", "left"), ("R", "right"))
+_RECORD_ONLY = ("status", "unknown_patient")
+
+
+def image_score(record) -> float:
+    """The image's highest box score; records of runs before ``max_score`` existed give it from ``scores``."""
+    return float(record.get("max_score", max(record["scores"], default=0.0)))
+
+
+def decision(score, threshold) -> str:
+    return RECALL if score > threshold else NO_RECALL
+
+
+def build(files, records, threshold=None):
+    """The tables of a run, in input order: {"predictions", "skipped", "patients", "summary"}.
+
+    ``records``: file name -> prediction record (see :mod:`mammo_tl.outputs`). ``patients``: one dict per
+    patient (sorted by id) with ``score`` and, per side seen, ``L``/``R`` scores; with ``threshold``, the
+    predictions and patients also carry the recall decisions."""
+    predictions, skipped, patients = [], [], {}
+    for path in files:
+        r = records[path]
+        if r["status"] == "skipped":
+            skipped.append({k: r[k] for k in ("file_name", "kind", "reason")})
+            continue
+        predictions.append({k: v for k, v in r.items() if k not in _RECORD_ONLY})
+        p = patients.setdefault(r["patient_id"], {"patient_id": r["patient_id"], "score": 0.0})
+        s = image_score(r)
+        p["score"] = max(p["score"], s)
+        if r["laterality"] in ("L", "R"):
+            p[r["laterality"]] = max(p.get(r["laterality"], 0.0), s)
+    if threshold is not None:
+        for p in patients.values():
+            p["decision"] = decision(p["score"], threshold)
+            for side, _ in SIDES:
+                if side in p:
+                    p[f"{side}_decision"] = decision(p[side], threshold)
+        for e in predictions:
+            p = patients[e["patient_id"]]
+            e["patient_decision"] = p["decision"]
+            e["breast_decision"] = p.get(f"{e['laterality']}_decision")  # None: side unknown
+    predicted = [records[p] for p in files if records[p]["status"] == "predicted"]
+    by_reason = Counter(s["kind"] for s in skipped)
+    summary = {
+        "inputs": len(files), "predicted": len(predictions), "skipped": len(skipped),
+        "skipped_by_reason": dict(sorted(by_reason.items())),
+        "unknown_patient": sum(bool(r["unknown_patient"]) for r in predicted),
+        "unknown_laterality": sum(r["laterality"] not in ("L", "R") for r in predicted),
+        "patients": len(patients),
+    }
+    return {"predictions": predictions, "skipped": skipped,
+            "patients": [patients[k] for k in sorted(patients)], "summary": summary}
+
+
+def recall_counts(patients):
+    """{"patients_recalled", "breasts", "breasts_recalled"} of :func:`build`'s patients at a threshold."""
+    breasts = [p[f"{side}_decision"] for p in patients for side, _ in SIDES if f"{side}_decision" in p]
+    return {"patients_recalled": sum(p["decision"] == RECALL for p in patients), "breasts": len(breasts),
+            "breasts_recalled": breasts.count(RECALL)}
+
+
+def patients_csv(patients, with_decisions=False):
+    """patients.csv: patient_id, score; with decisions also decision and, per side, its score and decision
+    (empty when no image of that side was predicted)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if not with_decisions:
+        w.writerow(["patient_id", "score"])
+        w.writerows((p["patient_id"], f"{p['score']:.6f}") for p in patients)
+        return buf.getvalue()
+    w.writerow(["patient_id", "score", "decision"]
+               + [f"{name}_{k}" for _, name in SIDES for k in ("score", "decision")])
+    for p in patients:
+        row = [p["patient_id"], f"{p['score']:.6f}", p["decision"]]
+        for side, _ in SIDES:
+            row += [f"{p[side]:.6f}", p[f"{side}_decision"]] if side in p else ["", ""]
+        w.writerow(row)
+    return buf.getvalue()
