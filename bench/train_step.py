@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Training-step cost of the method against detectron2's vanilla Faster R-CNN on the same two images.
 
-Both models (same backbone, input size and weights) train interleaved in one process, alternating which
-goes first; ms/step is the median over --iters steps after --warmup. torch.profiler then times the
+Both models (same backbone and input size) train interleaved in one process, alternating which goes first,
+each step starting from the same weights (the vanilla model is reset to the method's before every
+iteration, so the two never drift apart); ms/step is the median over --iters steps after --warmup. The
+whole-run cost of real trainings is in tools/report.py's "s/iter" column (from each run's metrics.json). torch.profiler then times the
 method's own parts (record_function labels mammo_tl/...). --memory runs each variant in a fresh
 subprocess and reports its peak RSS (and peak GPU memory) over the steps.
 
@@ -20,6 +22,7 @@ import torch
 from _common import clone_batch, fixed_pair, machine, method_and_vanilla_cfgs, summary, table, timed, write_json
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+
 
 def build(cfg, device, state=None):
     cfg = cfg.clone()
@@ -123,6 +126,9 @@ def main():
     scalers = {"method": scaler(), "vanilla": scaler()}
     with EventStorage():
         for i in range(args.warmup + args.iters):
+            # both variants step from the same weights every iteration (the method's): trained apart on one
+            # pair they drift, and so would their proposals and per-step cost
+            vanilla.load_state_dict(method.state_dict())
             order = ["method", "vanilla"] if i % 2 == 0 else ["vanilla", "method"]
             for name in order:
                 t = step(*runs[name], batch, args.device, scalers[name])

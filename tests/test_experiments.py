@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from detectron2.data import DatasetCatalog
 
 from mammo_tl.data.datasets.common import save_records
@@ -51,3 +52,13 @@ def test_run_ablation_trains_compares_reuses_and_refuses(tiny_datasets, tmp_path
                              text=True, timeout=300)
     assert changed.returncode != 0
     assert "holds a run of another config" in changed.stderr and "MODEL.RPN.TOP_LIKELIHOOD.NUM_ANCHORS" in changed.stderr
+
+
+def test_training_seconds_per_iter_is_the_median_of_logged_times(tmp_path):
+    from mammo_tl.evaluation.report import training_seconds_per_iter
+
+    rows = [{"iteration": 19, "total_loss": 1.0, "time": 0.30}, {"iteration": 19, "patient/auc": 0.5},
+            {"iteration": 39, "total_loss": 0.9, "time": 0.26}, {"iteration": 59, "total_loss": 0.8, "time": 0.28}]
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n{truncated")
+    assert training_seconds_per_iter(str(tmp_path)) == pytest.approx(0.28)
+    assert training_seconds_per_iter(str(tmp_path / "none")) != training_seconds_per_iter(str(tmp_path / "none"))

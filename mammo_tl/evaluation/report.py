@@ -52,8 +52,27 @@ def load_run(run_dir, dataset=None):
             labels[r["patient_id"]] = int(r["label"])
     for k in ("tp", "fp", "tn", "fn", "num_patients"):
         row[k] = int(patient[k])
+    row["s_per_iter"] = training_seconds_per_iter(run_dir)
     return {"row": row, "ci": ci, "scores": scores, "labels": labels, "froc": pm["froc"],
             "threshold": pm.get("threshold", 0.5), "dataset": dataset, "points": _stored_points(run_dir)}
+
+
+def training_seconds_per_iter(run_dir):
+    """Median of the per-iteration times detectron2 logged in the run's metrics.json (NaN without one): the
+    whole run's training cost, comparable between runs of one machine."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(path):
+        return float("nan")
+    times = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "time" in row and "total_loss" in row:
+                times.append(float(row["time"]))
+    return float(np.median(times)) if times else float("nan")
 
 
 def _stored_points(run_dir):
@@ -98,8 +117,12 @@ def make_report(runs, output_dir, baseline=None, bootstrap=1000, seed=0, title="
              os.path.join(output_dir, "roc.png"))
     plot_froc({n: r["froc"] for n, r in loaded.items()}, os.path.join(output_dir, "froc.png"))
 
-    header = ["run"] + [c for _, c in COLUMNS]
-    rows = [[name] + [_fmt(r["row"][k], r["ci"].get(k)) for k, _ in COLUMNS] for name, r in loaded.items()]
+    header = ["run"] + [c for _, c in COLUMNS] + ["training s/iter"]
+    base_time = base["row"]["s_per_iter"]
+    rows = [[name] + [_fmt(r["row"][k], r["ci"].get(k)) for k, _ in COLUMNS]
+            + [_fmt(r["row"]["s_per_iter"]) + (f" ({r['row']['s_per_iter'] / base_time:.3f}x)"
+                                               if name != baseline and np.isfinite(base_time) else "")]
+            for name, r in loaded.items()]
     diff_header = ["difference"] + [c for k, c in COLUMNS if k != "ap50"]
     diff_rows = [[name] + [_fmt(d[k]["diff"], d[k]["ci"]) for k, _ in COLUMNS if k != "ap50"]
                  for name, d in results["differences"].items()]
@@ -107,7 +130,8 @@ def make_report(runs, output_dir, baseline=None, bootstrap=1000, seed=0, title="
     lines = [f"# {title}", "",
              f"Test set: {next(iter(loaded.values()))['dataset']}, {n['num_patients']} patients. Patient-level "
              f"metrics at score threshold {base['threshold']} with 95% bootstrap intervals over patients; "
-             "mAP is COCO AP at IoU 0.5 over boxes.", "",
+             "mAP is COCO AP at IoU 0.5 over boxes; training s/iter is the median per-iteration time of the "
+             "run's metrics.json (x: against the first run; comparable on one machine only).", "",
              _md_table(header, rows), ""]
     if diff_rows:
         lines += ["Paired differences (same patients resampled for both runs):", "", _md_table(diff_header, diff_rows), ""]
