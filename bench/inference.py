@@ -25,7 +25,8 @@ from pydicom.uid import RLELossless
 
 from mammo_tl.config import get_mammo_tl_cfg
 from mammo_tl.engine.predict_command import default_workers, predict_files
-from mammo_tl.engine.predictor import MammoPredictor, describe
+from mammo_tl.data.inputs import describe
+from mammo_tl.engine.predictor import MammoPredictor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

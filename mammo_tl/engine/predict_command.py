@@ -24,8 +24,9 @@ from ..evaluation.operating_points import OperatingPointError, load_operating_po
 from ..files import sha256_file
 from ..outputs import OutputError, tables, write_json, write_text
 from ..outputs.overlay import draw_overlay, overlay_base
-from .predictor import (IMAGE_SUFFIXES, MammoPredictor, PatientsCsvError, SkippedImage, describe, image_key,
-                        list_inputs, read_patients_csv)
+from ..data.inputs import (IMAGE_SUFFIXES, PatientsCsvError, SkippedImage, describe, image_key, list_inputs,
+                           read_patients_csv)
+from .predictor import MammoPredictor
 
 logger = logging.getLogger(__name__)
 JSONL, RUN = "predictions.jsonl", "run.json"

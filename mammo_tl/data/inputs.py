@@ -1,0 +1,188 @@
+"""Input files of tools/predict.py: which files, their pixels, and who, which breast and which view each
+shows (the --patients CSV, the DICOM header, the file name), with where each came from."""
+import csv
+import hashlib
+import logging
+import os
+import re
+
+import numpy as np
+
+from . import dicom_header
+from .dicom import read_mammogram
+from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, is_dicom_path, read_image
+
+logger = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
+_NAME = re.compile(r"^(?P<patient>.+)_(?P<lat>[LR])_(?P<view>CC|MLO)$", re.IGNORECASE)
+# Smaller images hold no mammogram: the model would see a few pixels blown up to its input size.
+MIN_IMAGE_SIDE = 32
+UNKNOWN_PATIENT_PREFIX = "unknown:"
+# Where a patient id, side or view came from, as predictions.json names it ("dicom:<keyword>" besides).
+SOURCES = ("patients_csv", "cbis_ddsm_patient_id", "file_name", "unknown")
+PATIENTS_CSV_COLUMNS = ("file", "patient_id", "laterality", "view")
+
+
+class SkippedImage(Exception):
+    """An input that is not predicted; ``kind`` is a short category for counts, ``reason`` the full text."""
+
+    def __init__(self, path, kind, reason):
+        self.path, self.kind, self.reason = str(path), kind, reason
+        super().__init__(f"{path}: {reason}")
+
+
+class PatientsCsvError(ValueError):
+    """A --patients CSV that cannot be used; the message names the file, the row and what was expected."""
+
+
+def list_inputs(paths):
+    """Files given directly, plus image files found (recursively, sorted) in folders; a file reached twice
+    (a folder and a file in it) is listed once."""
+    files = []
+    for p in paths:
+        if os.path.isdir(p):
+            for root, _, names in sorted(os.walk(p)):
+                files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+        elif os.path.lexists(p):
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"input {p!r} does not exist")
+    seen, unique = set(), []
+    for f in files:
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    if len(unique) < len(files):
+        logger.warning("%d input file(s) given more than once, predicted once", len(files) - len(unique))
+    return unique
+
+
+def image_key(path) -> str:
+    """A name unique to the file, for overlays and unknown patients: its stem and a hash of its full path
+    (a/x.dcm and b/x.dcm differ)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    digest = hashlib.sha1(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{stem}_{digest}"
+
+
+def read_patients_csv(path):
+    """--patients: {real path of an image: {"patient_id", "laterality", "view", "row"}} from a CSV with the
+    columns file, patient_id and optionally laterality (L/R/LEFT/RIGHT) and view (one of
+    :data:`~mammo_tl.data.dicom_header.VIEWS`). ``file`` is absolute or relative to the CSV's folder; an empty
+    laterality or view leaves it to the image's header or name. Raises :class:`PatientsCsvError` naming the
+    file and row at fault."""
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            unknown = [h for h in header if h not in PATIENTS_CSV_COLUMNS]
+            if unknown:
+                raise PatientsCsvError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; expected "
+                                       f"file, patient_id and optionally laterality, view")
+            missing = [c for c in PATIENTS_CSV_COLUMNS[:2] if c not in header]
+            if missing:
+                raise PatientsCsvError(f"{path}: no {' or '.join(missing)} column (header: "
+                                       f"{', '.join(header) or 'empty file'}); expected file, patient_id and "
+                                       f"optionally laterality, view")
+            reader.fieldnames = header
+            entries, rows = {}, {}
+            for record in reader:
+                row = reader.line_num
+                if None in record:
+                    raise PatientsCsvError(f"{path}: row {row} has more cells than the header's {len(header)}")
+                entry = _patients_csv_entry(path, row, record, base)
+                key = os.path.realpath(entry["path"])
+                if key in rows:
+                    raise PatientsCsvError(f"{path}: rows {rows[key]} and {row} both name {record['file']!r}")
+                rows[key] = row
+                entries[key] = entry
+    except OSError as e:
+        raise PatientsCsvError(f"{path}: cannot be read ({type(e).__name__}: {e.strerror or e})") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise PatientsCsvError(f"{path}: not a UTF-8 CSV file ({type(e).__name__}: {e})") from None
+    if not entries:
+        raise PatientsCsvError(f"{path}: no rows under the header")
+    return entries
+
+
+def _patients_csv_entry(path, row, record, base):
+    values = {k: (record.get(k) or "").strip() for k in PATIENTS_CSV_COLUMNS}
+    if not values["file"]:
+        raise PatientsCsvError(f"{path}: row {row}: file is empty")
+    if not values["patient_id"]:
+        raise PatientsCsvError(f"{path}: row {row} ({values['file']}): patient_id is empty")
+    side = dicom_header.side(values["laterality"])
+    if values["laterality"] and not side:
+        raise PatientsCsvError(f"{path}: row {row} ({values['file']}): laterality {values['laterality']!r}; "
+                               f"expected L, R, LEFT, RIGHT or empty")
+    view = values["view"].upper()
+    if view and view not in dicom_header.VIEWS:
+        raise PatientsCsvError(f"{path}: row {row} ({values['file']}): view {values['view']!r}; expected one of "
+                               f"{', '.join(dicom_header.VIEWS)} or empty")
+    file = values["file"] if os.path.isabs(values["file"]) else os.path.join(base, values["file"])
+    return {"path": file, "patient_id": values["patient_id"], "laterality": side, "view": view, "row": row}
+
+
+def _from_file_name(path):
+    """{"patient_id", "laterality", "view"} from a name <patient>_<L|R>_<CC|MLO> or a CBIS-DDSM PatientID
+    used as the name; {} otherwise."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    cbis = dicom_header.parse_cbis_ddsm_patient_id(stem)
+    if cbis:
+        return cbis
+    m = _NAME.match(stem)
+    return {"patient_id": m["patient"], "laterality": m["lat"].upper(), "view": m["view"].upper()} if m else {}
+
+
+def identify(path, header=None, patient=None):
+    """(patient_id, laterality, view, source) of an input. Each field is taken from the first that gives it:
+    the --patients CSV entry ``patient``, the DICOM ``header`` (its own fields, and a CBIS-DDSM PatientID),
+    the file name; ``source`` says which for each ("patients_csv", "dicom:<keyword>",
+    "cbis_ddsm_patient_id", "file_name" or "unknown")."""
+    candidates = []
+    if patient:
+        candidates.append({k: (patient[k], "patients_csv") for k in ("patient_id", "laterality", "view")})
+    if header is not None:
+        candidates.append(dicom_header.identify(header))
+    candidates.append({k: (v, "file_name") for k, v in _from_file_name(path).items()})
+    values, source = {}, {}
+    for key in ("patient_id", "laterality", "view"):
+        values[key], source[key] = next(((c[key][0], c[key][1]) for c in candidates if c.get(key, ("",))[0]),
+                                        ("", "unknown"))
+    return values["patient_id"], values["laterality"], values["view"], source
+
+
+def describe(path, max_pixels=DEFAULT_MAX_PIXELS, patient=None):
+    """(image, meta) of an input file. meta: patient_id, laterality, view and their ``source`` (see
+    :func:`identify`; ``patient`` is the file's --patients CSV entry, if any). A missing patient id becomes
+    ``unknown:<image_key>`` (never shared by two files) with ``meta["unknown_patient"]`` True. The image
+    may come back in its stored integer type. Raises :class:`SkippedImage` for a file the readers refuse
+    (not a regular file, more than ``max_pixels`` pixels, unreadable), one smaller than MIN_IMAGE_SIDE or a
+    constant one."""
+    path = str(path)
+    header = None
+    try:
+        if is_dicom_path(path):
+            image, meta = read_mammogram(path, max_pixels=max_pixels, keep_integers=True)
+            header = dicom_header.read_header(path)
+        else:
+            image, meta = read_image(path, max_pixels=max_pixels, keep_integers=True), {}
+    except ImageReadError as e:
+        raise SkippedImage(path, e.kind, e.cause) from None
+    meta = dict(meta)
+    meta["patient_id"], meta["laterality"], meta["view"], meta["source"] = identify(path, header, patient)
+    meta["unknown_patient"] = not meta["patient_id"]
+    if meta["unknown_patient"]:
+        meta["patient_id"] = UNKNOWN_PATIENT_PREFIX + image_key(path)
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise SkippedImage(path, "too_small", f"{image.shape[1]} x {image.shape[0]} pixels, smaller than "
+                                              f"{MIN_IMAGE_SIDE} pixels on a side: not a mammogram")
+    lo, hi = float(image.min()), float(image.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise SkippedImage(path, "non_finite", "pixel values that are not finite numbers (NaN or infinity)")
+    if not hi > lo:
+        raise SkippedImage(path, "constant_image", f"every pixel is {lo:g}: nothing to detect")
+    meta["min"], meta["max"] = lo, hi
+    return image, meta
