@@ -61,3 +61,16 @@ def ensure_tiny_datasets(root):
 
 def set_threads():
     torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+
+def breast_phantom(h=200, w=160, seed=0):
+    """A bright half-ellipse 'breast' on a dark background with a brighter square: an image worth predicting."""
+    import numpy as np
+
+    img = np.full((h, w), 200, np.uint16)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img[((xx - w + 1) / (0.8 * w)) ** 2 + ((yy - h / 2) / (0.42 * h)) ** 2 <= 1] = 3000
+    r = np.random.default_rng(seed)
+    y, x = int(r.integers(h // 3, h // 2)), int(r.integers(w // 2, w - 30))
+    img[y:y + 15, x:x + 15] = 6000
+    return img

@@ -12,19 +12,10 @@ import torch
 from mammo_tl.engine import predict_command as predict_mod
 from mammo_tl.engine.predict_command import PredictError, check_batch_size, check_workers, run_predict
 from mammo_tl.engine.predictor import InputPreparer, MammoPredictor
+from tests.common import breast_phantom
 from tests.test_weights import tiny_config_file
 
 OPTS = ["MODEL.DEVICE", "cpu"]
-
-
-def _phantom(h=200, w=160, seed=0):
-    img = np.full((h, w), 200, np.uint16)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img[((xx - w + 1) / (0.8 * w)) ** 2 + ((yy - h / 2) / (0.42 * h)) ** 2 <= 1] = 3000
-    r = np.random.default_rng(seed)
-    y, x = int(r.integers(h // 3, h // 2)), int(r.integers(w // 2, w - 30))
-    img[y:y + 15, x:x + 15] = 6000
-    return img
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def inputs(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     for i in range(5):
-        cv2.imwrite(str(src / f"P{i}_L_CC.png"), _phantom(seed=i, h=200 + 8 * i))
+        cv2.imwrite(str(src / f"P{i}_L_CC.png"), breast_phantom(seed=i, h=200 + 8 * i))
     (src / "P1_broken.png").write_bytes(b"not a png")
     cv2.imwrite(str(src / "P3_flat.png"), np.full((64, 64), 9, np.uint16))
     return src

@@ -17,22 +17,13 @@ from mammo_tl import __version__
 from mammo_tl.data.synthetic import write_dicom
 from mammo_tl.engine.predict_command import PredictError, run_predict
 from mammo_tl.outputs.dicom import Algorithm, write_dicom_outputs
+from tests.common import breast_phantom
 from tests.dicom_fixtures import make_dicom
 from tests.test_weights import tiny_config_file, tiny_weights
 
 GSPS_CLASS, SR_CLASS = "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.88.34"
 OPTS = ["MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "3"]
 PATIENT = ("PatientName", "PatientID", "PatientBirthDate")  # what make_dicom's identifying sources hold
-
-
-def _phantom(h=200, w=160, seed=0):
-    img = np.full((h, w), 200, np.uint16)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img[((xx - w + 1) / (0.8 * w)) ** 2 + ((yy - h / 2) / (0.42 * h)) ** 2 <= 1] = 3000
-    r = np.random.default_rng(seed)
-    y, x = int(r.integers(h // 3, h // 2)), int(r.integers(w // 2, w - 30))
-    img[y:y + 15, x:x + 15] = 6000
-    return img
 
 
 def dcmtk(tool):
@@ -62,17 +53,17 @@ def run(tmp_path_factory):
     src.mkdir()
     study_a, series_a, study_b = generate_uid(), generate_uid(), generate_uid()
     sources = {
-        "a_lcc.dcm": make_dicom(src / "a_lcc.dcm", _phantom(seed=1), study_uid=study_a, series_uid=series_a,
+        "a_lcc.dcm": make_dicom(src / "a_lcc.dcm", breast_phantom(seed=1), study_uid=study_a, series_uid=series_a,
                                 window=(3000, 6000)),
-        "a_rcc.dcm": make_dicom(src / "a_rcc.dcm", _phantom(seed=2), study_uid=study_a, series_uid=series_a,
+        "a_rcc.dcm": make_dicom(src / "a_rcc.dcm", breast_phantom(seed=2), study_uid=study_a, series_uid=series_a,
                                 laterality="R", photometric="MONOCHROME1"),
-        "b_rle.dcm": make_dicom(src / "b_rle.dcm", _phantom(seed=3), patient_id="P_00002", study_uid=study_b,
+        "b_rle.dcm": make_dicom(src / "b_rle.dcm", breast_phantom(seed=3), patient_id="P_00002", study_uid=study_b,
                                 syntax=RLELossless),
     }
-    write_dicom(src / "no_uids.dcm", _phantom(seed=4), "P_00003", "L", "MLO")  # no study or series UID
+    write_dicom(src / "no_uids.dcm", breast_phantom(seed=4), "P_00003", "L", "MLO")  # no study or series UID
     import cv2
 
-    cv2.imwrite(str(src / "P_00004_L_CC.png"), _phantom(seed=5))
+    cv2.imwrite(str(src / "P_00004_L_CC.png"), breast_phantom(seed=5))
     out, dicom = root / "out", root / "out" / "dicom"
     preds, _ = run_predict(tiny_config_file(tmp_path_factory), [str(src)], str(out), OPTS, min_score=0.0,
                            dicom_out=str(dicom))
@@ -214,7 +205,7 @@ def test_rerun_writes_the_same_objects_and_a_previous_run_is_not_mixed_in(run, t
 
 
 def _header(path, **kw):
-    make_dicom(path, _phantom(), **kw)
+    make_dicom(path, breast_phantom(), **kw)
     return path
 
 

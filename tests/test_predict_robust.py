@@ -19,7 +19,7 @@ from mammo_tl.engine import predict_command as predict_mod
 from mammo_tl.engine.predict_command import PredictError, check_max_pixels, check_min_score, run_predict
 from mammo_tl.data.inputs import SkippedImage, describe
 from mammo_tl.engine.predictor import MammoPredictor
-from tests.common import REPO, tiny_cfg
+from tests.common import REPO, breast_phantom, tiny_cfg
 from tests.test_weights import tiny_config_file
 
 OPTS = ["MODEL.DEVICE", "cpu"]
@@ -30,20 +30,9 @@ def config(tmp_path_factory):
     return tiny_config_file(tmp_path_factory)
 
 
-def _phantom(h=200, w=160, seed=0):
-    """A bright half-ellipse 'breast' on a dark background with a brighter square: an image worth predicting."""
-    img = np.full((h, w), 200, np.uint16)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img[((xx - w + 1) / (0.8 * w)) ** 2 + ((yy - h / 2) / (0.42 * h)) ** 2 <= 1] = 3000
-    r = np.random.default_rng(seed)
-    y, x = int(r.integers(h // 3, h // 2)), int(r.integers(w // 2, w - 30))
-    img[y:y + 15, x:x + 15] = 6000
-    return img
-
-
 def _png(path, img=None, **kw):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    assert cv2.imwrite(str(path), _phantom(**kw) if img is None else img)
+    assert cv2.imwrite(str(path), breast_phantom(**kw) if img is None else img)
     return str(path)
 
 
@@ -79,8 +68,8 @@ def test_every_input_is_predicted_or_skipped_with_its_reason(tmp_path, config):
     _png(src / "b" / "x.png", seed=2)  # same name as a/x.png: overlays and patients must not collide
     _png(src / "PAT1_L_CC.png", seed=3)
     (src / "c").mkdir()
-    write_dicom(src / "c" / "scan.dcm", _phantom(seed=4), "PAT2", "R", "MLO")
-    _dicom_without_patient_id(src / "d" / "scan.dcm", _phantom(seed=5))
+    write_dicom(src / "c" / "scan.dcm", breast_phantom(seed=4), "PAT2", "R", "MLO")
+    _dicom_without_patient_id(src / "d" / "scan.dcm", breast_phantom(seed=5))
     _png(src / "one_pixel.png", np.full((1, 1), 7, np.uint16))
     _png(src / "flat.png", np.zeros((200, 160), np.uint16))
     os.mkfifo(src / "pipe.png")  # named like an image: reading it would block forever
@@ -274,7 +263,7 @@ def test_write_failures_are_errors(tmp_path, config, monkeypatch):
 
 
 def test_missing_patient_id_never_merges_images(tmp_path):
-    img = _phantom()
+    img = breast_phantom()
     _dicom_without_patient_id(tmp_path / "a" / "x.dcm", img)
     _dicom_without_patient_id(tmp_path / "b" / "x.dcm", img)
     metas = [describe(str(tmp_path / d / "x.dcm"))[1] for d in "ab"]

@@ -244,7 +244,7 @@ def test_preflight_refuses_an_unwritable_output_dir(records_json, tmp_path):
 
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(ConfigError, match="OUTPUT_DIR .* is not a writable folder"):
+    with pytest.raises(ConfigError, match="OUTPUT_DIR .*: not a writable folder"):
         main(_args(blocker / "out", records_json, opts=["SOLVER.MAX_ITER", "1"]))
 
 

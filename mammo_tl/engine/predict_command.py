@@ -21,7 +21,7 @@ from ..config import get_mammo_tl_cfg
 from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..evaluation.operating_points import FILE_NAME as OPERATING_POINTS_FILE
 from ..evaluation.operating_points import OperatingPointError, load_operating_points
-from ..files import sha256_file
+from ..files import sha256_file, writable_folder_problem
 from ..outputs import OutputError, tables, write_json, write_text
 from ..outputs.overlay import draw_overlay, overlay_base
 from ..data.inputs import (IMAGE_SUFFIXES, PatientsCsvError, SkippedImage, describe, image_key, list_inputs,
@@ -181,16 +181,9 @@ def _read_jsonl(path):
 
 
 def _writable_folder(folder, option):
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise PredictError(f"{option} {folder}: exists and is not a folder")
-    probe = os.path.join(folder, f".predict_write_probe.{os.getpid()}")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("probe")
-        os.remove(probe)
-    except OSError as e:
-        raise PredictError(f"{option} {folder}: not a writable folder ({type(e).__name__}: {e})") from None
+    problem = writable_folder_problem(folder)
+    if problem:
+        raise PredictError(f"{option} {folder}: {problem}")
 
 
 class _Output:

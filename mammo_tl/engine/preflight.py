@@ -20,6 +20,8 @@ from collections import Counter
 
 from detectron2.data import DatasetCatalog
 
+from ..files import writable_folder_problem
+
 logger = logging.getLogger(__name__)
 URL_PREFIXES = ("detectron2://", "https://", "http://", "catalog://", "manifold://")
 
@@ -31,14 +33,9 @@ class ConfigError(ValueError):
 def check_output_dir(path):
     if not path:
         raise ConfigError("OUTPUT_DIR is empty: name a folder for checkpoints and results")
-    probe = os.path.join(path, f".mammo_tl_write_test.{os.getpid()}")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"OUTPUT_DIR {path!r} is not a writable folder ({type(e).__name__}: {e})") from None
+    problem = writable_folder_problem(path)
+    if problem:
+        raise ConfigError(f"OUTPUT_DIR {path!r}: {problem}")
 
 
 def check_weights_source(weights, trusted_pickle=False):
