@@ -15,7 +15,7 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 from torch.utils.data import Sampler
 
-from .datasets.common import is_negative
+from .records import is_negative
 from .mapper import MammogramDatasetMapper, PairedDatasetMapper
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .datasets.common import is_negative
+from .records import is_negative
 from .image_io import read_image, to_model_input
 
 

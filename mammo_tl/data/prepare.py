@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..files import sha256_file
-from .datasets.common import box_annotation, save_records
+from .records import box_annotation, save_records
 from .image_io import ImageReadError, check_regular_file, read_image
 from .preprocess import MammoTransform, preprocess
 

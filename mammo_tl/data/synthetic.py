@@ -22,6 +22,8 @@ from typing import Dict, List, Optional
 import cv2
 import numpy as np
 
+from .records import box_annotation, export_coco, validate_records
+
 logger = logging.getLogger(__name__)
 
 # Bump when the generator's output changes for the same spec, so cached sets are regenerated.
@@ -200,7 +202,6 @@ def generate(root: str, spec: Optional[SyntheticSpec] = None, progress: bool = T
     """
     from tqdm import tqdm
 
-    from .datasets.common import box_annotation, export_coco
 
     spec = spec or SyntheticSpec()
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
@@ -279,6 +280,4 @@ def load_synthetic(root: str) -> List[dict]:
             image_id=im["id"], patient_id=im["patient_id"], laterality=im["laterality"], view=im["view"],
             annotations=by_image.get(im["id"], []),
         ))
-    from .datasets.common import validate_records
-
     return validate_records(records, ann_path)

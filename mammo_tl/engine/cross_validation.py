@@ -23,7 +23,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
-from ..data.datasets.common import load_records
+from ..data.records import load_records
 from ..files import atomic_write_json, sha256_file
 from ..evaluation.evaluators import PatientEvaluator
 from .experiments import TRAIN_COMMAND, config_differences, expected_config

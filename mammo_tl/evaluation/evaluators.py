@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from ..data.datasets.common import is_negative
+from ..data.records import is_negative
 from .metrics import froc, patient_metrics
 from .operating_points import metrics_at_points
 from .plots import plot_froc, plot_roc

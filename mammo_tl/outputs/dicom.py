@@ -12,86 +12,14 @@ again, e.g. after --resume, gives the same objects, never a second copy of them 
 import hashlib
 import logging
 import os
-import uuid
 from collections import Counter
-from dataclasses import dataclass
-from typing import Optional, Tuple
 
-from .. import __version__
 from ..data.dicom_header import missing_references, quiet, read_header
 from ..data.image_checks import ImageReadError, is_dicom_path
 from . import OutputError
+from .dicom_common import Algorithm, derived_uid  # noqa: F401  (Algorithm: part of this module's API)
 
 logger = logging.getLogger(__name__)
-NAME = MANUFACTURER = "mammo_tl"
-# Series numbers of the presentation states and reports added to each study: high, to sort after the source's.
-PR_SERIES_NUMBER, SR_SERIES_NUMBER = 9900, 9901
-_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "mammo_tl")
-# Patient and study attributes the PR and SR IODs require present (Type 2), possibly empty.
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-          "ReferringPhysicianName", "StudyID", "AccessionNumber")
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    """Who made the findings: mammo_tl's version, the config, the weights (sha256), which boxes are reported
-    (score >= ``min_score``) and the operating point (name, threshold), if any."""
-
-    config_name: str
-    weights_sha256: str
-    min_score: float
-    operating_point: Optional[Tuple[str, float]] = None
-    version: str = __version__
-
-    @property
-    def reported(self) -> str:
-        return f"boxes with score >= {self.min_score:g}"
-
-    @property
-    def serial_number(self) -> str:
-        """Device Serial Number: the weights' sha256, shortened; it identifies the trained model."""
-        return (self.weights_sha256 or "unknown")[:16]
-
-    def parameters(self):
-        """The Algorithm Parameters of TID 4019, as text."""
-        out = [f"config: {self.config_name}", f"weights sha256: {self.weights_sha256}",
-               f"reported: {self.reported}"]
-        if self.operating_point:
-            out.append(f"operating point: {self.operating_point[0]}, recall above {self.operating_point[1]:g}")
-        return out
-
-    def key(self):
-        return (self.version, self.config_name, self.weights_sha256, self.min_score, self.operating_point)
-
-
-def derived_uid(*parts) -> str:
-    """A UID that is a function of ``parts``: "2.25." and a name-based (SHA-1) UUID as an integer."""
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, repr(parts)).int}"
-
-
-def reference_dataset(header):
-    """A copy of the source header that highdicom can take as reference: Type 2 patient and study attributes
-    present (empty when the source has none); nothing else changes."""
-    ref = header.copy()
-    for keyword in _TYPE2:
-        if keyword not in ref:
-            setattr(ref, keyword, "")
-    return ref
-
-
-def closed_rectangle(box):
-    """The (5, 2) (column, row) points of a box [x1, y1, x2, y2] as a closed polyline."""
-    import numpy as np
-
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]])
-
-
-def box_tracking_uid(header, index, box, score, algorithm):
-    """The tracking UID of a reported box, shared by its GSPS rectangle and its SR region."""
-    return derived_uid("box", str(header.SOPInstanceUID), index, tuple(box), score, algorithm.key())
-
-
 def _refused(what, e):
     # highdicom's message may quote the header value it refused, a name say: only its type is passed on
     return (f"{what} not made: highdicom refused the source header ({type(e).__name__}); check the source "

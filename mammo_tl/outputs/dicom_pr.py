@@ -11,7 +11,7 @@ import json
 import highdicom as hd
 import numpy as np
 
-from .dicom import (MANUFACTURER, NAME, PR_SERIES_NUMBER, box_tracking_uid, closed_rectangle, derived_uid,
+from .dicom_common import (MANUFACTURER, NAME, PR_SERIES_NUMBER, box_tracking_uid, closed_rectangle, derived_uid,
                     reference_dataset)
 
 LAYER, RECALL_LAYER, BELOW_LAYER = "MAMMO_TL", "MAMMO_TL_RECALL", "MAMMO_TL_BELOW"

@@ -14,7 +14,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.sr.codedict import codes
 
-from .dicom import (MANUFACTURER, NAME, SR_SERIES_NUMBER, box_tracking_uid, closed_rectangle, derived_uid,
+from .dicom_common import (MANUFACTURER, NAME, SR_SERIES_NUMBER, box_tracking_uid, closed_rectangle, derived_uid,
                     reference_dataset)
 
 SCORE = codes.DCM.CertaintyOfFinding
