@@ -50,18 +50,15 @@ def choose_operating_points(scores: Mapping, labels: Mapping, sensitivities: Seq
     cands = _candidates(s)
     table = [(float(t), _point_metrics(y, s, float(t))) for t in cands]
     points, unreachable = {"paper_0.5": (0.5, _point_metrics(y, s, 0.5))}, {}
-    for target in sensitivities:
-        ok = [(t, m) for t, m in table if m["sensitivity"] >= target - 1e-12]
-        if ok:
-            points[f"sensitivity_{target:g}"] = max(ok, key=lambda tm: tm[0])
-        else:
-            unreachable[f"sensitivity_{target:g}"] = "no threshold reaches it"
-    for target in specificities:
-        ok = [(t, m) for t, m in table if m["specificity"] >= target - 1e-12]
-        if ok:
-            points[f"specificity_{target:g}"] = min(ok, key=lambda tm: tm[0])
-        else:
-            unreachable[f"specificity_{target:g}"] = "no threshold reaches it"
+    # the most specific threshold reaching a sensitivity is the highest, the most sensitive reaching a
+    # specificity the lowest
+    for metric, targets, pick in (("sensitivity", sensitivities, max), ("specificity", specificities, min)):
+        for target in targets:
+            ok = [(t, m) for t, m in table if m[metric] >= target - 1e-12]
+            if ok:
+                points[f"{metric}_{target:g}"] = pick(ok, key=lambda tm: tm[0])
+            else:
+                unreachable[f"{metric}_{target:g}"] = "no threshold reaches it"
     best = max(m["sensitivity"] + m["specificity"] - 1.0 for _, m in table)
     points["youden"] = max(((t, m) for t, m in table if m["sensitivity"] + m["specificity"] - 1.0 >= best - 1e-12),
                            key=lambda tm: tm[0])
