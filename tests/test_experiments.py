@@ -53,6 +53,12 @@ def test_run_ablation_trains_compares_reuses_and_refuses(tiny_datasets, tmp_path
     assert changed.returncode != 0
     assert "holds a run of another config" in changed.stderr and "MODEL.RPN.TOP_LIKELIHOOD.NUM_ANCHORS" in changed.stderr
 
+    # the same config on other test records (one image fewer): refused, never reused
+    records = json.load(open(paths["test"]))
+    json.dump(records[1:], open(paths["test"], "w"))
+    other_data = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert other_data.returncode != 0 and "on other records" in other_data.stderr, other_data.stderr[-2000:]
+
 
 def test_training_seconds_per_iter_is_the_median_of_logged_times(tmp_path):
     from mammo_tl.evaluation.report import training_seconds_per_iter

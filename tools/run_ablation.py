@@ -6,8 +6,9 @@
     python tools/run_ablation.py --output output/paper --num-gpus 8 --configs ... --opts SOLVER.IMS_PER_BATCH 16
 
 Each config trains into OUTPUT/<config name> (tools/train_net.py); rerunning resumes an interrupted run and
-reuses a finished one, but refuses a folder that holds a run of another config. Then OUTPUT/report.md,
-report.html, results.json, roc.png and froc.png compare the runs, the first config as the baseline.
+reuses a finished one, but refuses a folder that holds a run of another config or of other records. Then
+OUTPUT/report.md, report.html, results.json, roc.png and froc.png compare the runs, the first config as the
+baseline.
 """
 import argparse
 

@@ -4,14 +4,19 @@ data set (tools/run_ablation.py) and the demo (tools/demo.py).
 Each config trains in its own process (tools/train_net.py's command line) into OUTPUT/<config name>. A run that finished
 (model_final.pth and inference/eval_results.json) is reused, and an interrupted one resumed, only while its
 saved config (OUTPUT/<name>/config.yaml) equals the one asked for; otherwise the run is refused, naming the
-first differing keys, so a report never mixes results of other settings.
+first differing keys, and only while the records of its DATASETS.TRAIN and TEST sets are those it was
+trained on (a digest in OUTPUT/<name>/run_inputs.json), so a report never mixes results of other settings
+or other data.
 """
+import hashlib
+import json
 import os
 import subprocess
 import sys
 import time
 
 from ..config import get_mammo_tl_cfg
+from ..files import atomic_write_json
 from ..evaluation.report import make_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,6 +57,40 @@ def config_differences(saved_yaml, cfg):
     return sorted(k for k in a.keys() | b.keys() if _norm(a.get(k)) != _norm(b.get(k)))
 
 
+INPUTS_FILE = "run_inputs.json"
+
+
+def inputs_digest(cfg):
+    """SHA-256 of the records of every DATASETS.TRAIN and DATASETS.TEST set of ``cfg``, as train_net loads them."""
+    from detectron2.data import DatasetCatalog
+
+    from ..data.datasets.common import register_json_datasets
+
+    register_json_datasets(cfg.DATASETS.REGISTER_JSON)
+    h = hashlib.sha256()
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        h.update(json.dumps([name, DatasetCatalog.get(name)], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _check_inputs(out, digest, finished):
+    """Refuse a run folder made from other records; record the digest for a run about to (re)start."""
+    path = os.path.join(out, INPUTS_FILE)
+    recorded = None
+    if os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f).get("records_sha256")
+    if recorded is not None and recorded != digest:
+        raise RunMismatch(f"{out} holds a run trained or evaluated on other records of its DATASETS.TRAIN/TEST sets "
+                          f"({path}): choose another --output or remove {out}")
+    if recorded is None and finished:
+        raise RunMismatch(f"{out} holds a finished run without a record of the data it was made from ({path}): "
+                          f"choose another --output or remove {out}")
+    if recorded is None:
+        os.makedirs(out, exist_ok=True)
+        atomic_write_json({"records_sha256": digest}, path)
+
+
 def run_rows(configs, output, extra_opts=(), bootstrap=1000, title="mammo_tl results", num_gpus=1, tag="rows",
              after_training=None):
     """Train and evaluate each config file into ``output/<name>``, then write the comparison report
@@ -72,8 +111,10 @@ def run_rows(configs, output, extra_opts=(), bootstrap=1000, title="mammo_tl res
             if diff:
                 raise RunMismatch(f"{out} holds a run of another config (differing keys: {diff[:8]}"
                                   f"{' ...' if len(diff) > 8 else ''}): choose another --output or remove {out}")
-        if os.path.exists(os.path.join(out, "inference", "eval_results.json")) and \
-                os.path.exists(os.path.join(out, "model_final.pth")):
+        finished = os.path.exists(os.path.join(out, "inference", "eval_results.json")) and \
+            os.path.exists(os.path.join(out, "model_final.pth"))
+        _check_inputs(out, inputs_digest(cfg), finished)
+        if finished:
             print(f"[{tag}] {name}: already trained and evaluated in {out} with this config, reusing it", flush=True)
         else:
             cmd = [*TRAIN_COMMAND, "--config-file", config_file, "--num-gpus", str(num_gpus)]
