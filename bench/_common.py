@@ -8,6 +8,8 @@ import sys
 import tempfile
 import time
 
+import cv2
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -87,3 +89,21 @@ def write_json(path, obj):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             json.dump(obj, f, indent=1)
+
+
+def mammogram_like(rng, rows, cols, right=False):
+    """A 16-bit MONOCHROME2 full-field image that compresses like a mammogram: constant background, a
+    half-elliptic breast against one edge whose tissue varies smoothly (a few hundred grey levels over
+    tens of pixels), +-12 levels of noise inside the breast only, and a bright film label."""
+    sh, sw = rows // 16, cols // 16
+    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    depth, half = sw * rng.uniform(0.65, 0.8), sh * rng.uniform(0.38, 0.45)
+    r = (xx / depth) ** 2 + ((yy - sh * rng.uniform(0.45, 0.55)) / half) ** 2
+    texture = cv2.GaussianBlur(rng.standard_normal((sh, sw)).astype(np.float32), (0, 0), 2.5)
+    small = np.where(r <= 1, 30000 + 9000 * np.sqrt(np.clip(1 - r, 0, 1)) + 2500 * texture, 0)
+    big = cv2.resize(small.astype(np.float32), (cols, rows), interpolation=cv2.INTER_CUBIC)
+    breast = big > 15000
+    img = np.full((rows, cols), 1200, np.uint16)
+    img[breast] = np.clip(big[breast] + rng.integers(-12, 13, int(breast.sum())), 0, 65535).astype(np.uint16)
+    img[rows // 20: rows // 20 + rows // 30, cols - cols // 5: cols - cols // 20] = 60000  # film label
+    return img[:, ::-1].copy() if right else img

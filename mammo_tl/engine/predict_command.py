@@ -7,6 +7,7 @@ run goes: one line per input in ``predictions.jsonl`` (flushed), so a killed run
 the DICOM outputs (``dicom_out``) are written at the end from the .jsonl. ``run.json`` records the config,
 the weights' SHA-256 and the options, which ``--resume`` must match.
 """
+import itertools
 import json
 import logging
 import math
@@ -435,13 +436,14 @@ class _Inputs(torch.utils.data.Dataset):
                 "overlay_base": base}
 
 
-def _as_list(items):
-    return items
+def _as_is(item):
+    return item
 
 
 # Loader workers run at a lower priority: where they share cores with the model (CPU inference), the model's
 # threads come first and decoding fills the gaps between its parallel regions; with cores to spare (GPU
-# inference) it changes nothing.
+# inference) it changes nothing. (OpenCV's thread count is left alone in the workers: changing it in a process
+# forked after the parent used OpenCV's thread pool hung every worker on a 16-core machine.)
 WORKER_NICENESS = 10
 
 
@@ -452,24 +454,42 @@ def _lower_priority(worker_id):
         pass
 
 
+def prepared_inputs(predictor, files, *, max_pixels=DEFAULT_MAX_PIXELS, workers=0, patients=None, overlay=False):
+    """Yield the inputs decoded and prepared for the model (see :class:`_Inputs`), in order. Each of the
+    ``workers`` DataLoader processes decodes one image at a time, so the first results arrive after one
+    image's decoding; predict_files forms the batches from consecutive images in the main process."""
+    dataset = _Inputs(files, predictor.prepare, max_pixels, patients or {}, overlay)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                         collate_fn=_as_is, worker_init_fn=_lower_priority,
+                                         pin_memory=str(predictor.cfg.MODEL.DEVICE).startswith("cuda"))
+    try:
+        yield from loader
+    except RuntimeError as e:
+        if not _worker_died(e):
+            raise
+        raise _worker_stopped(e, workers) from None
+
+
 def predict_files(predictor, files, *, max_pixels=DEFAULT_MAX_PIXELS, min_score=0.05, workers=0, batch_size=1,
                   patients=None, output=None, threshold=None):
     """Yield the prediction record of every file (see :mod:`mammo_tl.outputs`), in order. ``workers``
     DataLoader processes decode and prepare the images while the model runs on ``batch_size`` of them at a
     time. ``patients``: file -> --patients CSV entry. ``output``: write overlays in output/overlays/ (colours
     split at ``threshold``). Raises PredictError naming the file at fault, or the worker that stopped."""
-    dataset = _Inputs(files, predictor.prepare, max_pixels, patients or {}, output is not None)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=_as_list, worker_init_fn=_lower_priority,
-                                         pin_memory=str(predictor.cfg.MODEL.DEVICE).startswith("cuda"))
-    try:
-        for batch in loader:
+    items = prepared_inputs(predictor, files, max_pixels=max_pixels, workers=workers, patients=patients,
+                            overlay=output is not None)
+    while batch := list(itertools.islice(items, batch_size)):
+        try:
             yield from _predict_batch(predictor, batch, output, min_score, threshold)
-    except RuntimeError as e:
-        if not _worker_died(e):
-            raise
-        raise PredictError(f"a worker decoding images stopped ({e}); with large images, fewer --workers "
-                           f"(now {workers}) need less memory") from None
+        except RuntimeError as e:
+            if not _worker_died(e):
+                raise
+            raise _worker_stopped(e, workers) from None
+
+
+def _worker_stopped(e, workers):
+    return PredictError(f"a worker decoding images stopped ({e}); with large images, fewer --workers "
+                        f"(now {workers}) need less memory")
 
 
 def _worker_died(e) -> bool:
