@@ -27,9 +27,14 @@ def _first(ds, keywords, default=""):
 
 
 def read_mammogram(path, apply_voi: bool = True, max_pixels=None, keep_integers: bool = False):
+    """``(image, meta)`` of a mammogram DICOM: :func:`read_dicom` without the header."""
+    return read_dicom(path, apply_voi, max_pixels, keep_integers)[:2]
+
+
+def read_dicom(path, apply_voi: bool = True, max_pixels=None, keep_integers: bool = False):
     """Read a mammogram DICOM.
 
-    Returns ``(image, meta)``: ``image`` is the stored pixel grid (rows x columns) as float32 with
+    Returns ``(image, meta, header)``: ``image`` is the stored pixel grid (rows x columns) as float32 with
     brighter = denser tissue (MONOCHROME1 is inverted), after Rescale Slope/Intercept and, when
     ``apply_voi`` and the file has one, its VOI LUT or window centre/width. ``meta`` holds patient_id,
     laterality, view, rows, columns, photometric_interpretation, bits_stored, transfer_syntax.
@@ -38,7 +43,8 @@ def read_mammogram(path, apply_voi: bool = True, max_pixels=None, keep_integers:
     ``keep_integers``: when no rescale or window applies, return the decoded 8/16-bit integer array
     instead (MONOCHROME1 inverted in place; every value equal to the float32 image's), saving a
     float32 copy for callers that take any dtype, such as :func:`~mammo_tl.data.preprocess.preprocess`.
-    Any failure raises :class:`DicomReadError` naming the file and the cause.
+    ``header`` is the pydicom dataset without its pixel data (every field of the source, identifying ones
+    included: never write it to logs or JSON). Any failure raises :class:`DicomReadError` naming the file and the cause.
     """
     path = str(path)
     # pydicom's warnings about malformed elements quote raw header bytes, names included: never shown
@@ -102,7 +108,7 @@ def _read_mammogram(path, apply_voi, max_pixels, keep_integers):
         "transfer_syntax": syntax,
         "voi_applied": bool(apply_voi and has_voi),
     }
-    return image, meta
+    return image, meta, ds
 
 
 def _linear_window(ds):

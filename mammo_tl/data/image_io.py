@@ -1,11 +1,18 @@
 """Reading stored mammograms (16-bit PNG, DICOM via dicom.py) and mapping them to the model's input range.
-The checks every reader makes before decoding, and ImageReadError, live in image_checks.py (re-exported here)."""
+
+:func:`read_stored_image` is the one reader: pixels, metadata and (DICOM) header of any input file, used by
+the training mapper and tools/prepare_dataset.py (through :func:`read_image`, its pixels) and by
+tools/predict.py (:func:`mammo_tl.data.inputs.describe`). :func:`image_size` reads only the header, for the
+data set converters. The checks every reader makes before decoding, and ImageReadError, live in
+image_checks.py (re-exported here)."""
 import warnings
+from typing import NamedTuple, Optional
 
 import cv2
 import numpy as np
 
-from .dicom import read_mammogram
+from .dicom import read_dicom
+from .dicom_header import read_header
 from .image_checks import (DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, ImageReadError, check_pixel_budget,  # noqa: F401
                            check_regular_file, is_dicom_path)
 
@@ -39,10 +46,20 @@ def _header_size(path, max_pixels):
         raise ImageReadError(path, f"not a readable image ({type(e).__name__}: {e})") from None
 
 
-def read_image(path, max_pixels=None, keep_integers=False) -> np.ndarray:
-    """The stored pixel grid (rows x columns) as float32, brighter = denser tissue.
+class StoredImage(NamedTuple):
+    """What :func:`read_stored_image` returns."""
 
-    PNG/TIFF/JPEG are read unchanged (16-bit kept); DICOM through :func:`mammo_tl.data.dicom.read_mammogram`.
+    pixels: np.ndarray
+    # DICOM: :func:`~mammo_tl.data.dicom.read_dicom`'s meta; other formats: rows, columns
+    meta: dict
+    # DICOM: the pydicom dataset without its pixel data (identifying fields included); other formats: None
+    header: Optional[object]
+
+
+def read_stored_image(path, max_pixels=None, keep_integers=False) -> StoredImage:
+    """The stored pixel grid (rows x columns) as float32, brighter = denser tissue, with its metadata.
+
+    PNG/TIFF/JPEG are read unchanged (16-bit kept); DICOM through :func:`mammo_tl.data.dicom.read_dicom`.
     A file with more than ``max_pixels`` pixels (None: :data:`DEFAULT_MAX_PIXELS`), judged from its header,
     raises :class:`ImageReadError` before decoding, as does anything but a regular file.
     ``keep_integers``: a grayscale 8/16-bit image comes back in its integer dtype when its values equal
@@ -50,7 +67,7 @@ def read_image(path, max_pixels=None, keep_integers=False) -> np.ndarray:
     """
     path = str(path)
     if is_dicom_path(path):
-        return read_mammogram(path, max_pixels=max_pixels, keep_integers=keep_integers)[0]
+        return StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers))
     check_regular_file(path)
     size = _header_size(path, max_pixels)
     if size is not None:
@@ -61,9 +78,31 @@ def read_image(path, max_pixels=None, keep_integers=False) -> np.ndarray:
         raise ImageReadError(path, "not a readable image (OpenCV could not decode it)")
     if img.ndim == 3:
         img = img[..., :3].mean(axis=2) if img.shape[2] >= 3 else img[..., 0]
-    if keep_integers and img.dtype in (np.uint8, np.uint16):
-        return img
-    return img.astype(np.float32)
+    if not (keep_integers and img.dtype in (np.uint8, np.uint16)):
+        img = img.astype(np.float32)
+    return StoredImage(img, {"rows": int(img.shape[0]), "columns": int(img.shape[1])}, None)
+
+
+def read_image(path, max_pixels=None, keep_integers=False) -> np.ndarray:
+    """The pixels of :func:`read_stored_image`."""
+    return read_stored_image(path, max_pixels=max_pixels, keep_integers=keep_integers).pixels
+
+
+def image_size(path) -> tuple:
+    """(height, width) of a stored image from its header, without decoding its pixels (DICOM Rows and
+    Columns; the PNG/TIFF/JPEG header). Raises :class:`ImageReadError` naming the file."""
+    path = str(path)
+    if is_dicom_path(path):
+        ds = read_header(path)
+        try:
+            return int(ds.Rows), int(ds.Columns)
+        except (AttributeError, TypeError, ValueError):
+            raise ImageReadError(path, "no Rows/Columns in the DICOM header: not an image") from None
+    check_regular_file(path)
+    size = _header_size(path, None)
+    if size is None:  # beyond Pillow's own limit: decode to know
+        return tuple(read_image(path).shape[:2])
+    return size[1], size[0]
 
 
 def to_model_input(image: np.ndarray, percentiles=(0.0, 100.0)) -> np.ndarray:

@@ -9,8 +9,7 @@ import re
 import numpy as np
 
 from . import dicom_header
-from .dicom import read_mammogram
-from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, is_dicom_path, read_image
+from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_stored_image
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
@@ -162,13 +161,8 @@ def describe(path, max_pixels=DEFAULT_MAX_PIXELS, patient=None):
     (not a regular file, more than ``max_pixels`` pixels, unreadable), one smaller than MIN_IMAGE_SIDE or a
     constant one."""
     path = str(path)
-    header = None
     try:
-        if is_dicom_path(path):
-            image, meta = read_mammogram(path, max_pixels=max_pixels, keep_integers=True)
-            header = dicom_header.read_header(path)
-        else:
-            image, meta = read_image(path, max_pixels=max_pixels, keep_integers=True), {}
+        image, meta, header = read_stored_image(path, max_pixels=max_pixels, keep_integers=True)
     except ImageReadError as e:
         raise SkippedImage(path, e.kind, e.cause) from None
     meta = dict(meta)

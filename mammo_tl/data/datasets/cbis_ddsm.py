@@ -23,7 +23,8 @@ from collections import OrderedDict, defaultdict
 import numpy as np
 from tqdm import tqdm
 
-from .common import (DatasetError, SkipReport, box_annotation, cache_key, clip_box, dicom_size, file_key,
+from ..image_io import image_size
+from .common import (DatasetError, SkipReport, box_annotation, cache_key, clip_box, file_key,
                      laterality, load_records, register_records, save_records, validate_records)
 
 logger = logging.getLogger(__name__)
@@ -105,12 +106,13 @@ class SeriesIndex:
 
 
 def _read_pixels(path):
+    """A ROI mask's stored values as they are (no rescale, window or inversion: 0 is outside the lesion)."""
     import pydicom
 
     return pydicom.dcmread(path).pixel_array
 
 
-def mask_box(files, image_size, report, what):
+def mask_box(files, full_shape, report, what):
     """Box [x1, y1, x2, y2] in full-image pixels from the ROI mask among ``files`` (told by content)."""
     masks, empty = [], []
     for f in files:
@@ -129,7 +131,7 @@ def mask_box(files, image_size, report, what):
     f, px = masks[0]
     ys, xs = np.nonzero(px)
     box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-    h, w = image_size
+    h, w = full_shape
     if px.shape != (h, w):
         sx, sy = w / px.shape[1], h / px.shape[0]
         box = [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
@@ -173,7 +175,7 @@ def load_cbis_ddsm(root, csv_files, strict=False, report=None, progress=True):
                         f"{len(files)} files in the full-mammogram series, expected 1")
             continue
         try:
-            height, width = dicom_size(files[0])
+            height, width = image_size(files[0])
         except Exception as e:
             report.skip(files[0], f"unreadable DICOM header: {e}")
             continue

@@ -81,14 +81,6 @@ def register_records(name, loader, **metadata):
     MetadataCatalog.get(name).set(thing_classes=[CLASS_NAME], evaluator_type="coco", **metadata)
 
 
-def dicom_size(path):
-    """(height, width) from a DICOM header without decoding pixels."""
-    import pydicom
-
-    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    return int(ds.Rows), int(ds.Columns)
-
-
 def register_json_datasets(entries):
     """Register each "name=path/records.json" (config key DATASETS.REGISTER_JSON). A name already
     registered for the same file is left alone; for another file it is an error (never a silent reuse).

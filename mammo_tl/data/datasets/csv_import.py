@@ -8,17 +8,11 @@ pixels, several separated by ``;`` (required when label is 1, empty when 0). A r
 """
 import os
 
-from ..image_io import is_dicom_path, read_image
-from .common import (DatasetError, SkipReport, box_annotation, dicom_size, laterality, read_csv_rows,
+from ..image_io import image_size
+from .common import (DatasetError, SkipReport, box_annotation, laterality, read_csv_rows,
                      register_records, validate_records)
 
 REQUIRED = ["patient_id", "path", "laterality", "view", "label"]
-
-
-def _image_size(path):
-    if is_dicom_path(path):
-        return dicom_size(path)
-    return read_image(path).shape
 
 
 def parse_boxes(text, where):
@@ -60,7 +54,7 @@ def load_csv_dataset(csv_file, strict=False, report=None):
             report.skip(f"{where} ({path})", "file not found")
             continue
         try:
-            height, width = _image_size(path)
+            height, width = image_size(path)
         except Exception as e:
             report.skip(f"{where} ({path})", f"unreadable image: {e}")
             continue

@@ -13,7 +13,8 @@ import os
 import plistlib
 import re
 
-from .common import (DatasetError, SkipReport, box_annotation, clip_box, dicom_size, laterality,
+from ..image_io import image_size
+from .common import (DatasetError, SkipReport, box_annotation, clip_box, laterality,
                      read_csv_rows, register_records, validate_records)
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def load_inbreast(root, target_names=("Mass",), min_positive_birads=4, negative_
             continue
         path, patient = dicoms[row["File Name"]]
         try:
-            height, width = dicom_size(path)
+            height, width = image_size(path)
         except Exception as e:
             report.skip(path, f"unreadable DICOM header: {e}")
             continue
