@@ -1,23 +1,33 @@
 #!/usr/bin/env python
-"""Write a synthetic mammogram set (16-bit PNG, optional DICOM, annotations.json, patients.csv).
+"""Write a synthetic mammogram set (16-bit PNG, optional DICOM, annotations.json, patients.csv), or a picture
+of the phantom (docs/phantom.md).
 
     python tools/make_synthetic.py --output datasets/synthetic/train --positive 100 --negative 100 --seed 0
+    python tools/make_synthetic.py --contact-sheet docs/images/phantom.png
 """
 import argparse
 
-from mammo_tl.data.synthetic import SyntheticSpec, generate
+from mammo_tl.data.synthetic import SyntheticSpec, contact_sheet, generate
 
 if __name__ == "__main__":
     d = SyntheticSpec()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", help="folder of the set")
     p.add_argument("--positive", type=int, default=d.num_positive_patients, help="patients with cancer")
     p.add_argument("--negative", type=int, default=d.num_negative_patients, help="healthy patients")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--height", type=int, default=d.height)
     p.add_argument("--width", type=int, default=d.width)
     p.add_argument("--dicom", action="store_true", help="also write each image as DICOM (modality MG)")
+    p.add_argument("--contact-sheet", metavar="PATH",
+                   help="write a picture of the phantom (each density category, every lesion kind) to PATH")
     a = p.parse_args()
-    paths = generate(a.output, SyntheticSpec(num_positive_patients=a.positive, num_negative_patients=a.negative,
-                                             seed=a.seed, height=a.height, width=a.width, write_dicom=a.dicom))
-    print(f"wrote {paths['annotations']} and {paths['patients']}")
+    if not (a.output or a.contact_sheet):
+        p.error("give --output (a data set) and/or --contact-sheet (a picture)")
+    spec = SyntheticSpec(num_positive_patients=a.positive, num_negative_patients=a.negative, seed=a.seed,
+                         height=a.height, width=a.width, write_dicom=a.dicom)
+    if a.output:
+        paths = generate(a.output, spec)
+        print(f"wrote {paths['annotations']} and {paths['patients']}")
+    if a.contact_sheet:
+        print(f"wrote {contact_sheet(a.contact_sheet, spec, seed=a.seed)}")

@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""How hard the synthetic phantom is: train the baseline, config (a) Faster R-CNN on positive images only, on
+the built-in synthetic sets at the demo's budget, and report the patient ROC AUC and the lesion sensitivity
+at 1 false positive per image (FROC), with a breakdown by margin, density and look-alike kind
+(docs/phantom.md). Writes OUTPUT/difficulty.json beside the run (a finished run is reused).
+
+    MAMMO_TL_DATASETS=/tmp/phantom_ds python tools/phantom_difficulty.py --output output/phantom_difficulty
+"""
+import argparse
+import json
+
+from detectron2.utils.logger import setup_logger
+
+from mammo_tl.data.phantom_difficulty import FP_RATE, baseline_config, format_summary, measure_difficulty, \
+    phantom_statistics
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--output", default="output/phantom_difficulty")
+    p.add_argument("--config-file", default=None, help=f"default: {baseline_config()}")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--fp-rate", type=float, default=FP_RATE, help="false positives per image (default 1)")
+    p.add_argument("--stats-only", metavar="ROOT", default=None,
+                   help="only the lesions' contrast-to-noise ratios of the synthetic set in ROOT (no training)")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides (KEY VALUE ...)")
+    a = p.parse_args()
+    if a.stats_only:
+        print(json.dumps(phantom_statistics(a.stats_only), indent=1))
+    else:
+        setup_logger(name="mammo_tl")
+        result = measure_difficulty(a.output, a.config_file, a.opts, a.bootstrap, a.fp_rate)
+        print(format_summary(result))
+        print(f"written: {a.output}/difficulty.json")
