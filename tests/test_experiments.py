@@ -1,6 +1,7 @@
 """tools/run_ablation.py as a user types it: rows trained in sequence, compared, reused and refused."""
 import copy
 import json
+import re
 import subprocess
 import sys
 
@@ -43,7 +44,15 @@ def test_run_ablation_trains_compares_reuses_and_refuses(tiny_datasets, tmp_path
     for name in results["runs"]:
         assert results["runs"][name]["num_patients"] == 6  # the tiny test set: 3 + 3 patients
         assert (out / name / "model_final.pth").exists()
-    assert (out / "report.md").read_text().count("| c_top_likelihood |") == 1
+    md = (out / "report.md").read_text()
+    assert md.count("\n| c_top_likelihood |") == 1  # one row of the results table
+    # without --seeds the layout is one folder per config, and the report has its gallery (images.json from
+    # PatientEvaluator, boxes from COCOEvaluator's results), every panel it references written beside it
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["a_positives_only", "c_top_likelihood", "gallery"]
+    assert (out / "a_positives_only" / "inference" / "abl_test" / "images.json").exists()
+    panels = re.findall(r"\]\((gallery/[^)]+\.png)\)", md)
+    assert "## Gallery" in md and len(panels) == 2 * 6  # 3 healthy + 3 cancer patients, under both runs
+    assert all((out / p).is_file() for p in panels)
 
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("reusing it") == 2, again.stderr[-2000:]

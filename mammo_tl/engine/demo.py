@@ -3,13 +3,23 @@
 Trains config (a) Faster R-CNN on positives only and config (d) top likelihood + similarity loss, evaluates
 both on the same held-out test patients, chooses each model's operating points on separate validation
 patients, and writes results.json and a report with the paper's threshold 0.5 and the validation-chosen rows.
+
+With ``seeds`` (tools/demo.py --seeds 0 1 2) every config is trained once per training seed (config SEED) into
+OUTPUT/seed_<s>/<config name>, each seed's report goes to OUTPUT/seed_<s>/ and the aggregate over seeds to
+OUTPUT/report.md (.html, results.json). The synthetic data sets are generated from their own fixed seeds and
+stay the same for every training seed. The paper's rows (a)-(d) over three seeds, in one command:
+
+    python tools/demo.py --output output/ablation_synthetic --seeds 0 1 2 \\
+        --configs configs/synthetic/a_positives_only.yaml configs/synthetic/b_with_negatives.yaml \\
+        configs/synthetic/c_top_likelihood.yaml configs/synthetic/d_tl_similarity.yaml
 """
+import functools
 import logging
 import os
 
 from detectron2.data import DatasetCatalog
 
-from .experiments import REPO, run_rows
+from .experiments import REPO, expected_config, run_rows
 
 logger = logging.getLogger(__name__)
 DEMO_CONFIGS = tuple(os.path.join(REPO, "configs", "synthetic", f"{n}.yaml")
@@ -17,9 +27,11 @@ DEMO_CONFIGS = tuple(os.path.join(REPO, "configs", "synthetic", f"{n}.yaml")
 
 
 VALIDATION_SET = "mammo_synth_val"
+SEEDS_NOTE = ("The synthetic training, validation and test sets are generated from their own fixed seeds and are "
+              "the same for every training seed: the spread over seeds is that of training alone.")
 
 
-def choose_demo_points(config_file, opts, run_dir):
+def choose_demo_points(config_file, opts, run_dir, validation_set=VALIDATION_SET):
     """Operating points of a trained demo row, chosen on the validation patients (reused while they belong
     to the row's model_final.pth)."""
     from ..evaluation.operating_points import FILE_NAME, OperatingPointError, load_operating_points
@@ -33,13 +45,21 @@ def choose_demo_points(config_file, opts, run_dir):
             return
         except OperatingPointError:
             pass  # chosen for earlier weights: choose again
-    choose_points(build_cfg(config_file, [*opts, "MODEL.WEIGHTS", weights]), VALIDATION_SET)
-    print(f"[demo] {os.path.basename(run_dir)}: operating points chosen on {VALIDATION_SET} -> {path}", flush=True)
+    choose_points(build_cfg(config_file, [*opts, "MODEL.WEIGHTS", weights]), validation_set)
+    print(f"[demo] {os.path.basename(run_dir)}: operating points chosen on {validation_set} -> {path}", flush=True)
 
 
-def run_demo(output, configs=DEMO_CONFIGS, extra_opts=(), bootstrap=1000):
-    for name in ("mammo_synth_train", "mammo_synth_test", VALIDATION_SET):
-        n = len(DatasetCatalog.get(name))  # generates the set on first use, with a progress bar
+def run_demo(output, configs=DEMO_CONFIGS, extra_opts=(), bootstrap=1000, seeds=None, validation_set=VALIDATION_SET):
+    """Train, evaluate and compare ``configs`` (once, or once per training seed in ``seeds``) on the data sets
+    they name (the built-in synthetic ones unless ``extra_opts`` say otherwise); operating points chosen on
+    ``validation_set``."""
+    from ..data.datasets.common import register_json_datasets
+
+    cfg = expected_config(configs[0], extra_opts)
+    register_json_datasets(cfg.DATASETS.REGISTER_JSON)
+    for name in dict.fromkeys((*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST, validation_set)):
+        n = len(DatasetCatalog.get(name))  # generates a built-in set on first use, with a progress bar
         print(f"[demo] {name}: {n} images", flush=True)
     return run_rows(configs, output, extra_opts, bootstrap, title="mammo_tl demo: synthetic mammograms", tag="demo",
-                    after_training=choose_demo_points)
+                    after_training=functools.partial(choose_demo_points, validation_set=validation_set),
+                    seeds=seeds, note=SEEDS_NOTE)

@@ -7,6 +7,19 @@ saved config (OUTPUT/<name>/config.yaml) equals the one asked for; otherwise the
 first differing keys, and only while the records of its DATASETS.TRAIN and TEST sets are those it was
 trained on (a digest in OUTPUT/<name>/run_inputs.json), so a report never mixes results of other settings
 or other data.
+
+With ``seeds`` every config is trained once per training seed (config SEED) into OUTPUT/seed_<s>/<config name>,
+under the same guarantees (a folder of another seed is a run of another config), each seed's report is written
+to OUTPUT/seed_<s>/ and the aggregate over seeds (mammo_tl/evaluation/aggregate.py) to OUTPUT/. The data sets
+are whatever the configs name, the same for every seed. The paper's rows (a)-(d) in miniature, over three seeds,
+on the built-in synthetic mammograms (CPU, about 6 minutes per run here, so 12 runs; the demo's form also
+chooses each run's operating points on mammo_synth_val):
+
+    python tools/demo.py --output output/ablation_synthetic --seeds 0 1 2 \\
+        --configs configs/synthetic/a_positives_only.yaml configs/synthetic/b_with_negatives.yaml \\
+        configs/synthetic/c_top_likelihood.yaml configs/synthetic/d_tl_similarity.yaml
+
+(``tools/run_ablation.py`` with the same arguments runs the same rows without the operating points.)
 """
 import hashlib
 import json
@@ -17,6 +30,7 @@ import time
 
 from ..config import get_mammo_tl_cfg
 from ..files import atomic_write_json
+from ..evaluation.aggregate import write_aggregate_report
 from ..evaluation.report import make_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -91,16 +105,72 @@ def _check_inputs(out, digest, finished):
         atomic_write_json({"records_sha256": digest}, path)
 
 
+def config_name(config_file):
+    return os.path.splitext(os.path.basename(config_file))[0]
+
+
+SEED_DIR = "seed_{}"
+
+
+def check_rows(configs, output, extra_opts, seeds):
+    """Refuse what would mix layouts or seeds: two configs of one name, SEED in the opts together with
+    ``seeds``, repeated or negative seeds, and an ``output`` that holds the other layout's runs."""
+    names = [config_name(c) for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"configs with the same file name would share a run folder: {names}")
+    if seeds is None:
+        held = sorted(d for d in (os.listdir(output) if os.path.isdir(output) else [])
+                      if d.startswith("seed_") and os.path.isdir(os.path.join(output, d)))
+        if held:
+            raise RunMismatch(f"{output} holds runs over seeds ({', '.join(held)}): run with the same --seeds, or "
+                              "choose another --output for a single run per config")
+        return
+    if "SEED" in list(extra_opts)[0::2]:
+        raise ValueError("give the training seeds with --seeds, not as SEED in the config overrides")
+    if not seeds or len(set(seeds)) != len(seeds) or any(int(s) < 0 for s in seeds):
+        raise ValueError(f"--seeds must be distinct non-negative integers, got {list(seeds)}")
+    for name in names:
+        if os.path.exists(os.path.join(output, name, "config.yaml")):
+            raise RunMismatch(f"{os.path.join(output, name)} holds a run made without --seeds; runs over seeds go "
+                              f"to {os.path.join(output, SEED_DIR.format('<s>'), name)}: choose another --output")
+
+
 def run_rows(configs, output, extra_opts=(), bootstrap=1000, title="mammo_tl results", num_gpus=1, tag="rows",
-             after_training=None):
+             after_training=None, seeds=None, note=None):
     """Train and evaluate each config file into ``output/<name>``, then write the comparison report
     (tools/report.py's layout, the first config as baseline) to ``output``. ``after_training(config_file,
     opts, run_dir)`` runs for each row once it is trained (e.g. to choose its operating points). Returns the
-    report's results."""
+    report's results.
+
+    With ``seeds`` (a list of training seeds): each seed's rows into ``output/seed_<s>/<name>`` (config SEED
+    set to s) with that seed's report in ``output/seed_<s>/``, then the aggregate over seeds (``note``: a
+    sentence on the runs for it) in ``output``; returns the aggregate's results."""
+    check_rows(configs, output, extra_opts, seeds)
+    if seeds is None:
+        return _run_configs(configs, output, extra_opts, bootstrap, title, num_gpus, tag, after_training)
+    start = time.time()
+    for s in seeds:
+        print(f"[{tag}] training seed {s}: {len(configs)} config(s) into "
+              f"{os.path.join(output, SEED_DIR.format(s))}", flush=True)
+        _run_configs(configs, os.path.join(output, SEED_DIR.format(s)), [*extra_opts, "SEED", str(int(s))],
+                     bootstrap, f"{title}, training seed {s}", num_gpus, tag, after_training)
+    runs = {config_name(c): [os.path.join(output, SEED_DIR.format(s), config_name(c)) for s in seeds]
+            for c in configs}
+    results, md = write_aggregate_report(runs, output, bootstrap=bootstrap, title=f"{title}, over training seeds",
+                                         per_seed_reports=[(s, f"{SEED_DIR.format(s)}/report.md") for s in seeds],
+                                         note=note)
+    print("\n" + md)
+    print(f"[{tag}] aggregate over seeds {list(seeds)}: {os.path.join(output, 'report.md')} (and .html, "
+          f"results.json); each seed's report in {os.path.join(output, SEED_DIR.format('<s>'))}/; "
+          f"total {(time.time() - start) / 60:.1f} min", flush=True)
+    return results
+
+
+def _run_configs(configs, output, extra_opts, bootstrap, title, num_gpus, tag, after_training):
     start = time.time()
     runs = {}
     for config_file in configs:
-        name = os.path.splitext(os.path.basename(config_file))[0]
+        name = config_name(config_file)
         out = os.path.join(output, name)
         runs[name] = out
         opts = ["OUTPUT_DIR", out, "TEST.PATIENT.BOOTSTRAP", str(bootstrap), *extra_opts]

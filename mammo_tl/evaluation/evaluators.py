@@ -48,10 +48,11 @@ class PatientEvaluator(DatasetEvaluator):
     A patient's score is its highest box score over all its images (0 when none); it is predicted
     positive when that score is above ``threshold`` (paper: 0.5). Labels come from the dataset records:
     a patient is positive when any of its images has a box. Gathers predictions from all ranks; rank 0
-    computes and writes ``patients.csv``, ``roc.png/csv``, ``froc.png/csv`` and ``patient_metrics.json``
-    to ``output_dir``. With ``operating_points`` (name -> {"threshold": t, ...}, chosen on a validation set by
-    tools/operating_points.py) the patient metrics at each are reported too, as ``patient@<name>``. After
-    evaluate(), ``patient_scores`` and ``patient_labels`` hold what the patient metrics were computed from.
+    computes and writes ``patients.csv``, ``roc.png/csv``, ``froc.png/csv``, ``patient_metrics.json`` and
+    ``images.json`` (image -> patient, file, size, ground-truth boxes) to ``output_dir``. With
+    ``operating_points`` (name -> {"threshold": t, ...}, chosen on a validation set by tools/operating_points.py)
+    the patient metrics at each are reported too, as ``patient@<name>``. After evaluate(), ``patient_scores``
+    and ``patient_labels`` hold what the patient metrics were computed from.
     """
 
     def __init__(self, dataset_name, output_dir=None, threshold=0.5, bootstrap=1000, seed=0, operating_points=None):
@@ -113,7 +114,17 @@ class PatientEvaluator(DatasetEvaluator):
                     r[f"{k}_ci_low"], r[f"{k}_ci_high"] = lo, hi
         if self.output_dir:
             self._write(patient_labels, patient_scores, fr, results)
+            self._write_images(records, gt)
         return results
+
+    def _write_images(self, records, gt):
+        """``images.json``: each test image's patient, file (absolute, as the loader opened it), size and
+        ground-truth boxes (xyxy), so a report can draw a run's boxes (COCOEvaluator's
+        coco_instances_results.json) on the images of chosen patients."""
+        with open(os.path.join(self.output_dir, "images.json"), "w") as f:
+            json.dump([{"image_id": r["image_id"], "patient_id": r["patient_id"],
+                        "file_name": os.path.abspath(r["file_name"]), "height": r.get("height"),
+                        "width": r.get("width"), "boxes": gt[r["image_id"]].tolist()} for r in records], f, default=str)
 
     def _write(self, labels, scores, fr, results):
         os.makedirs(self.output_dir, exist_ok=True)

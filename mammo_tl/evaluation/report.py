@@ -1,4 +1,6 @@
-"""Several runs side by side in the layout of the paper's Table 1, with intervals, ROC and FROC plots."""
+"""Several runs side by side in the layout of the paper's Table 1, with intervals, ROC and FROC plots and a
+gallery of chosen test images under every run (gallery.py). Runs of one configuration over several training
+seeds are summarised by aggregate.py."""
 import csv
 import html
 import json
@@ -7,6 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .gallery import GalleryUnavailable, gallery_html, gallery_markdown, make_gallery
 from .plots import plot_froc, plot_roc
 from .metrics import paired_difference
 from .operating_points import FILE_NAME as OP_FILE_NAME
@@ -54,7 +57,8 @@ def load_run(run_dir, dataset=None):
         row[k] = int(patient[k])
     row["s_per_iter"] = training_seconds_per_iter(run_dir)
     return {"row": row, "ci": ci, "scores": scores, "labels": labels, "froc": pm["froc"],
-            "threshold": pm.get("threshold", 0.5), "dataset": dataset, "points": _stored_points(run_dir)}
+            "threshold": pm.get("threshold", 0.5), "dataset": dataset, "points": _stored_points(run_dir),
+            "run_dir": run_dir, "eval_dir": eval_dir}
 
 
 def training_seconds_per_iter(run_dir):
@@ -92,9 +96,27 @@ def _fmt(v, ci=None):
     return s
 
 
-def make_report(runs, output_dir, baseline=None, bootstrap=1000, seed=0, title="mammo_tl results"):
+def add_gallery(loaded, output_dir, k, results):
+    """The gallery section (Markdown lines, HTML parts) of runs loaded by :func:`load_run` (first: baseline,
+    last: method), its panels written to output_dir/gallery/; a note instead when a file it needs is missing.
+    Stores the chosen patients in ``results["gallery"]``."""
+    if not k:
+        return [], []
+    try:
+        g = make_gallery(loaded, output_dir, k)
+    except GalleryUnavailable as e:
+        print(f"[report] no gallery: {e}", flush=True)
+        results["gallery"] = {"unavailable": str(e)}
+        note = f"Gallery not drawn: {e}"
+        return ["## Gallery", "", note, ""], ["<h2>Gallery</h2>", f"<p>{html.escape(note)}</p>"]
+    results["gallery"] = g
+    return gallery_markdown(g), gallery_html(g)
+
+
+def make_report(runs, output_dir, baseline=None, bootstrap=1000, seed=0, title="mammo_tl results", gallery=3):
     """runs: name -> run dir (all evaluated on the same test set). Writes report.md, report.html,
-    roc.png, froc.png and results.json to output_dir; returns the results dict."""
+    roc.png, froc.png, results.json and (``gallery`` > 0: that many healthy and that many cancer patients;
+    see gallery.py) gallery/*.png to output_dir; returns (results dict, Markdown)."""
     os.makedirs(output_dir, exist_ok=True)
     loaded = OrderedDict((name, load_run(d)) for name, d in runs.items())
     baseline = baseline or next(iter(loaded))
@@ -158,11 +180,13 @@ def make_report(runs, output_dir, baseline=None, bootstrap=1000, seed=0, title="
         lines += [f"Test figures at operating points chosen on the validation set ({', '.join(val)}; "
                   "tools/operating_points.py), never on the test patients:", "", _md_table(point_header, point_rows), ""]
     lines += ["![ROC](roc.png) ![FROC](froc.png)", ""]
+    gallery_md, gallery_parts = add_gallery(loaded, output_dir, gallery, results)
+    lines += gallery_md
     md = "\n".join(lines)
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(md)
     with open(os.path.join(output_dir, "report.html"), "w") as f:
-        f.write(_html(title, header, rows, diff_header, diff_rows, point_header, point_rows))
+        f.write(_html(title, header, rows, diff_header, diff_rows, point_header, point_rows, gallery_parts))
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     return results, md
@@ -174,17 +198,19 @@ def _md_table(header, rows):
     return "\n".join(out)
 
 
-def _html(title, header, rows, diff_header, diff_rows, point_header=(), point_rows=()):
-    def table(h, rs):
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in h)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rs)
-        return f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"
+def html_table(h, rs):
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in h)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rs)
+    return f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"
 
+
+def _html(title, header, rows, diff_header, diff_rows, point_header=(), point_rows=(), extra=()):
+    table = html_table
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
              f"<h1>{html.escape(title)}</h1>", table(header, rows)]
     if diff_rows:
         parts += ["<h2>Paired differences</h2>", table(diff_header, diff_rows)]
     if point_rows:
         parts += ["<h2>Operating points chosen on validation (test figures)</h2>", table(point_header, point_rows)]
-    parts += ["<p><img src='roc.png'> <img src='froc.png'></p></body></html>"]
+    parts += ["<p><img src='roc.png'> <img src='froc.png'></p>", *extra, "</body></html>"]
     return "\n".join(parts)
