@@ -88,3 +88,22 @@ def get_mammo_tl_cfg():
     from detectron2.config import get_cfg
 
     return add_mammo_tl_config(get_cfg())
+
+
+def flatten_config(node, prefix=""):
+    """A config (CfgNode or nested dicts, as config.yaml holds it) as {"KEY.SUB": value}."""
+    out = {}
+    for k, v in (node or {}).items():
+        key = f"{prefix}{k}"
+        out.update(flatten_config(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _plain(v):
+    """YAML writes tuples as lists."""
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def differing_keys(a, b, ignore=()):
+    """Keys (other than ``ignore``) whose values differ between two flattened configs."""
+    return sorted(k for k in a.keys() | b.keys() if k not in ignore and _plain(a.get(k)) != _plain(b.get(k)))

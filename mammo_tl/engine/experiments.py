@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from ..config import get_mammo_tl_cfg
+from ..config import differing_keys, flatten_config, get_mammo_tl_cfg
 from ..files import atomic_write_json
 from ..evaluation.aggregate import write_aggregate_report
 from ..evaluation.report import make_report
@@ -41,14 +41,6 @@ class RunMismatch(RuntimeError):
     """An output folder holds a run made with another config."""
 
 
-def _flatten(node, prefix=""):
-    out = {}
-    for k, v in node.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def expected_config(config_file, opts):
     """The config train_net.py builds from ``config_file`` and ``opts`` (as plain nested dicts)."""
     cfg = get_mammo_tl_cfg()
@@ -57,18 +49,12 @@ def expected_config(config_file, opts):
     return cfg
 
 
-def _norm(v):
-    """YAML writes tuples as lists."""
-    return [_norm(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-
 def config_differences(saved_yaml, cfg):
     """Keys whose values differ between a run's saved config.yaml and ``cfg`` (both as train_net saw them)."""
     saved = get_mammo_tl_cfg()
     saved.set_new_allowed(True)
     saved.merge_from_file(saved_yaml)
-    a, b = _flatten(saved), _flatten(cfg)
-    return sorted(k for k in a.keys() | b.keys() if _norm(a.get(k)) != _norm(b.get(k)))
+    return differing_keys(flatten_config(saved), flatten_config(cfg))
 
 
 INPUTS_FILE = "run_inputs.json"

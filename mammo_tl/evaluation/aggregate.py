@@ -17,12 +17,13 @@ and get the mean difference and the seeds' signs, no interval). The report also 
 share the sign of the pooled one.
 """
 import html
-import json
 import os
 from collections import OrderedDict
 
 import numpy as np
 
+from ..config import differing_keys, flatten_config
+from ..files import atomic_write_json
 from .metrics import _interval, _point_metrics
 from .report import _md_table, add_gallery, html_table, load_run
 
@@ -36,18 +37,6 @@ class AggregateError(ValueError):
     """Runs that cannot be aggregated or compared; the message names the folder."""
 
 
-def _flatten(node, prefix=""):
-    out = {}
-    for k, v in (node or {}).items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _norm(v):
-    return [_norm(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-
 def read_run_config(run_dir):
     """A run's saved config.yaml, flattened (KEY.SUB -> value)."""
     import yaml
@@ -57,12 +46,12 @@ def read_run_config(run_dir):
         raise AggregateError(f"{run_dir}: no config.yaml (not a training run folder): runs are aggregated over "
                              "seeds only when their configs can be checked to differ in SEED alone")
     with open(path) as f:
-        return _flatten(yaml.safe_load(f))
+        return flatten_config(yaml.safe_load(f))
 
 
 def config_differences(a, b, ignore=SEED_KEYS):
     """Keys (other than ``ignore``) whose values differ between two flattened configs."""
-    return sorted(k for k in a.keys() | b.keys() if k not in ignore and _norm(a.get(k)) != _norm(b.get(k)))
+    return differing_keys(a, b, ignore)
 
 
 def check_runs(configs):
@@ -370,6 +359,5 @@ def write_aggregate_report(configs, output_dir, bootstrap=1000, seed=0, title="m
     parts += ["</body></html>"]
     with open(os.path.join(output_dir, "report.html"), "w") as f:
         f.write("\n".join(parts))
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, default=float)
+    atomic_write_json(results, os.path.join(output_dir, "results.json"), indent=1, default=float)
     return results, md

@@ -12,6 +12,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from ..data.records import is_negative
+from ..files import atomic_write_json
 from .metrics import froc, patient_metrics
 from .operating_points import metrics_at_points
 from .plots import plot_froc, plot_roc
@@ -121,10 +122,10 @@ class PatientEvaluator(DatasetEvaluator):
         """``images.json``: each test image's patient, file (absolute, as the loader opened it), size and
         ground-truth boxes (xyxy), so a report can draw a run's boxes (COCOEvaluator's
         coco_instances_results.json) on the images of chosen patients."""
-        with open(os.path.join(self.output_dir, "images.json"), "w") as f:
-            json.dump([{"image_id": r["image_id"], "patient_id": r["patient_id"],
-                        "file_name": os.path.abspath(r["file_name"]), "height": r.get("height"),
-                        "width": r.get("width"), "boxes": gt[r["image_id"]].tolist()} for r in records], f, default=str)
+        atomic_write_json([{"image_id": r["image_id"], "patient_id": r["patient_id"],
+                            "file_name": os.path.abspath(r["file_name"]), "height": r.get("height"),
+                            "width": r.get("width"), "boxes": gt[r["image_id"]].tolist()} for r in records],
+                          os.path.join(self.output_dir, "images.json"), default=str)
 
     def _write(self, labels, scores, fr, results):
         os.makedirs(self.output_dir, exist_ok=True)
