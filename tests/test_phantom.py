@@ -3,8 +3,10 @@
 import csv
 import dataclasses
 import json
+import math
 import os
 import runpy
+import subprocess
 import sys
 from collections import Counter
 
@@ -13,7 +15,8 @@ import numpy as np
 import pytest
 
 from mammo_tl.data import synthetic as S
-from mammo_tl.data.phantom_difficulty import lesion_breakdown, lesion_cnr, lookalike_cost, operating_point, run_figures
+from mammo_tl.data.phantom_difficulty import (format_summary, lesion_breakdown, lesion_cnr, lookalike_cost,
+                                              operating_point, run_figures)
 from mammo_tl.data.records import validate_records
 from mammo_tl.evaluation.metrics import froc, patient_metrics
 
@@ -297,6 +300,16 @@ def test_run_figures_read_an_evaluated_run(tmp_path):
     assert fig["lesion_sensitivity"] == 0.5 and fig["operating_threshold"] == 0.9
     assert fig["num_lesions"] == 2 and fig["num_images"] == 3
     assert fig["patient_auc_ci"][0] <= 0.75 <= fig["patient_auc_ci"][1]
+    # evaluated without a bootstrap (TEST.PATIENT.BOOTSTRAP 0): no interval, NaN, and the summary says so
+    for k in list(patient):
+        if k.endswith(("_ci_low", "_ci_high")):
+            patient[k] = None
+    with open(eval_dir / "patient_metrics.json", "w") as f:
+        json.dump({"results": {"patient": patient}, "froc": froc(*_froc_by_hand()), "threshold": 0.5}, f)
+    fig = run_figures(str(tmp_path / "run"))
+    assert fig["patient_auc"] == 0.75 and all(math.isnan(v) for v in fig["patient_auc_ci"])
+    text = format_summary({"figures": fig, "config": "a.yaml", "wall_seconds": 1.0})
+    assert "patient ROC AUC                         0.750 [no bootstrap interval]" in text
 
 
 def test_lesion_breakdown_by_hand():
@@ -356,3 +369,86 @@ def test_contact_sheet_from_the_command(tmp_path, monkeypatch):
     b, g, r = (sheet[..., k].astype(int) for k in range(3))
     assert np.sum((r > 200) & (g < 80) & (b < 80)) > 50  # malignant boxes
     assert np.sum((b > 200) & (g > 150) & (r < 80)) > 50  # look-alike ellipses
+
+
+def _make_set(root, positive, negative, seed):
+    """tools/make_synthetic.py as typed, at the tiny size; returns the set's records saved as a records JSON."""
+    from mammo_tl.data.datasets.common import save_records
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "tools/make_synthetic.py", "--output", str(root), "--positive", str(positive),
+           "--negative", str(negative), "--seed", str(seed), "--height", "192", "--width", "160"]
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    path = f"{root}.json"
+    save_records(S.load_synthetic(str(root)), path)
+    return path
+
+
+def test_phantom_difficulty_as_typed(tmp_path):
+    """tools/phantom_difficulty.py on a set written by tools/make_synthetic.py and registered by
+    DATASETS.REGISTER_JSON: the patient AUC is the one scikit-learn gives for the run's own detections
+    (patient score: its highest box), and the breakdown counts every mass and look-alike of the test set."""
+    from sklearn.metrics import roc_auc_score
+
+    from tests.test_records import TRAIN_OPTS
+
+    train = _make_set(tmp_path / "train", 2, 1, seed=5)
+    test = _make_set(tmp_path / "test", 2, 2, seed=6)
+    out = tmp_path / "out"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    opts = [v for i, v in enumerate(TRAIN_OPTS) if "BOOTSTRAP" not in v and "BOOTSTRAP" not in TRAIN_OPTS[i - 1]]
+    cmd = [sys.executable, "tools/phantom_difficulty.py", "--output", str(out), "--bootstrap", "20", "--opts",
+           *opts, "SOLVER.MAX_ITER", "2", "DATASETS.REGISTER_JSON", f"['pd_train={train}', 'pd_test={test}']",
+           "DATASETS.TRAIN", "('pd_train',)", "DATASETS.TEST", "('pd_test',)"]
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.load(open(out / "difficulty.json"))
+    fig = result["figures"]
+    assert fig["dataset"] == "pd_test" and fig["num_patients"] == 4 and fig["num_positive_patients"] == 2
+    lo, hi = fig["patient_auc_ci"]  # --bootstrap 20 reached the evaluator
+    assert 0.0 <= lo <= hi <= 1.0
+
+    with open(tmp_path / "test" / "annotations.json") as f:
+        coco = json.load(f)
+    patient_of = {im["id"]: im["patient_id"] for im in coco["images"]}
+    masses = [les for im in coco["images"] for les in im["lesions"] if les["class"] == "malignant"]
+    benign = [les for im in coco["images"] for les in im["lesions"] if les["class"] == "benign"]
+    detections = json.load(open(out / "a_positives_only" / "inference" / "pd_test" / "coco_instances_results.json"))
+    score = {p: 0.0 for p in patient_of.values()}
+    for d in detections:
+        score[patient_of[d["image_id"]]] = max(score[patient_of[d["image_id"]]], d["score"])
+    label = {p: 0 for p in patient_of.values()}
+    for a in coco["annotations"]:
+        label[patient_of[a["image_id"]]] = 1
+    patients = sorted(score)
+    assert fig["patient_auc"] == pytest.approx(roc_auc_score([label[p] for p in patients],
+                                                             [score[p] for p in patients]))
+    b = result["breakdown"]
+    assert sum(v["n"] for v in b["malignant_by_margin"].values()) == len(masses) == fig["num_lesions"]
+    assert {k: v["n"] for k, v in b["lookalike_flagged_by_kind"].items()} == dict(Counter(les["kind"] for les in benign))
+    assert result["phantom"]["generator_version"] == S.GENERATOR_VERSION
+    assert result["phantom"]["spec"]["seed"] == 6 and result["phantom"]["spec"]["height"] == 192
+    assert result["phantom"]["root"] == str(tmp_path / "test")
+    assert f"patient ROC AUC                         {fig['patient_auc']:.3f}" in done.stdout
+    assert "masses found by margin" in done.stdout
+
+
+def test_phantom_root_from_the_records(small_set, tmp_path):
+    """The set behind a data set's records: found for a synthetic set, none for other images, an error for
+    records whose ids point at other images of the set."""
+    from detectron2.data import DatasetCatalog
+
+    from mammo_tl.data.phantom_difficulty import phantom_root
+
+    records = S.load_synthetic(small_set)
+    DatasetCatalog.register("pr_synthetic", lambda: [dict(r) for r in records[:3]])
+    root, info = phantom_root("pr_synthetic")
+    assert root == os.path.abspath(small_set) and info["generator_version"] == S.GENERATOR_VERSION
+    other = [dict(r, file_name=str(tmp_path / "images" / os.path.basename(r["file_name"]))) for r in records[:2]]
+    DatasetCatalog.register("pr_other", lambda: other)
+    assert phantom_root("pr_other") == (None, None)
+    swapped = [dict(records[0], image_id=records[1]["image_id"])]
+    DatasetCatalog.register("pr_swapped", lambda: swapped)
+    with pytest.raises(ValueError, match="not of that synthetic set"):
+        phantom_root("pr_swapped")

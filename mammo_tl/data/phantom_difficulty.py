@@ -16,12 +16,11 @@ import json
 import os
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import asdict
 from typing import Dict, Mapping, Sequence
 
 import numpy as np
 
-from .synthetic import GENERATOR_VERSION, load_phantom_truth
+from .synthetic import load_phantom_truth
 
 FP_RATE = 1.0  # false positives per image at which lesion sensitivity is read
 IOU_THRESHOLD = 0.5  # as the FROC of mammo_tl.evaluation.metrics
@@ -61,7 +60,8 @@ def run_figures(run_dir: str, dataset: str = None, rate: float = FP_RATE) -> Dic
     return OrderedDict(
         dataset=run["dataset"], num_patients=int(row["num_patients"]),
         num_positive_patients=int(sum(run["labels"].values())),
-        patient_auc=float(row["auc"]), patient_auc_ci=[float(v) for v in run["ci"]["auc"]],
+        patient_auc=float(row["auc"]),
+        patient_auc_ci=[float("nan") if v is None else float(v) for v in run["ci"].get("auc") or (None, None)],
         fp_rate=rate, lesion_sensitivity=point["sensitivity"], operating_fppi=point["fppi"],
         operating_threshold=point["threshold"], froc_cpm=float(run["froc"]["cpm"]),
         num_lesions=int(run["froc"]["num_lesions"]), num_images=int(run["froc"]["num_images"]))
@@ -193,8 +193,9 @@ def lesion_cnr(image: np.ndarray, box: Sequence[float], exclude: np.ndarray) -> 
     return float((img[core].mean() - img[ring].mean()) / (img[ring].std() + 1e-9))
 
 
-def phantom_statistics(root: str) -> Dict:
-    """Contrast-to-noise ratio of every mass and look-alike of a synthetic set (:func:`lesion_cnr`, on the
+def phantom_statistics(root: str, image_ids=None) -> Dict:
+    """Contrast-to-noise ratio of every mass and look-alike of a synthetic set (of its images ``image_ids``;
+    all when None) (:func:`lesion_cnr`, on the
     image scaled to [0, 1], other findings excluded from the ring), summarised (n, mean, 10th/50th/90th
     percentile) by class, by class and kind, and by class and density category."""
     import cv2
@@ -203,6 +204,8 @@ def phantom_statistics(root: str) -> Dict:
         files = {im["id"]: im["file_name"] for im in json.load(f)["images"]}
     groups = defaultdict(list)
     for image_id, t in load_phantom_truth(root).items():
+        if image_ids is not None and image_id not in image_ids:
+            continue
         image = cv2.imread(os.path.join(root, files[image_id]), cv2.IMREAD_UNCHANGED).astype(np.float32) / 65535.0
         exclude = np.zeros(image.shape, bool)
         for x1, y1, x2, y2 in [les["box"] for les in t["lesions"]] + list(t["calcification_boxes"]):
@@ -221,10 +224,34 @@ def phantom_statistics(root: str) -> Dict:
     return OrderedDict((k, summary(groups[k])) for k in sorted(groups))
 
 
-def _synthetic_root(dataset):
-    from .datasets.synthetic import BUILTIN_SYNTHETIC, synthetic_root
+def phantom_root(dataset: str):
+    """(root, annotations info) of the synthetic set whose images ``dataset``'s records are, or (None, None)
+    for a set of other images. Found from the records themselves (ROOT/images/<file> with ROOT/annotations.json
+    written by mammo_tl.data.synthetic.generate), so the built-in sets, a set written by tools/make_synthetic.py
+    and registered through DATASETS.REGISTER_JSON, or any part of one, all get their breakdown. Every record's
+    image must be the image of that id in the set's annotations.json."""
+    from detectron2.data import DatasetCatalog
 
-    return (synthetic_root(dataset), BUILTIN_SYNTHETIC[dataset]) if dataset in BUILTIN_SYNTHETIC else (None, None)
+    records = DatasetCatalog.get(dataset)
+    roots = {os.path.dirname(os.path.dirname(os.path.abspath(r["file_name"]))) for r in records}
+    if len(roots) != 1:
+        return None, None
+    root = roots.pop()
+    try:
+        with open(os.path.join(root, "annotations.json")) as f:
+            coco = json.load(f)
+    except (OSError, ValueError):
+        return None, None
+    info = coco.get("info", {})
+    if "generator_version" not in info:
+        return None, None
+    files = {im["id"]: os.path.join(root, im["file_name"]) for im in coco["images"]}
+    for r in records:
+        if files.get(r["image_id"]) != os.path.abspath(r["file_name"]):
+            raise ValueError(f"{dataset}: image {r['image_id']} is {r['file_name']} in the records but "
+                             f"{files.get(r['image_id'])} in {root}/annotations.json: the records are not of that "
+                             "synthetic set")
+    return root, info
 
 
 def measure_difficulty(output: str, config_file: str = None, extra_opts: Sequence[str] = (), bootstrap: int = 1000,
@@ -235,6 +262,8 @@ def measure_difficulty(output: str, config_file: str = None, extra_opts: Sequenc
     (:func:`lesion_breakdown`), what the benign findings cost the patient AUC (:func:`lookalike_cost`), the
     test set's contrast-to-noise ratios (:func:`phantom_statistics`), spec and generator version, and the
     wall time. Returns what it writes."""
+    from detectron2.data import DatasetCatalog
+
     from ..engine.experiments import run_rows
     from ..evaluation.report import find_eval_dir
     from ..files import atomic_write_json
@@ -246,15 +275,20 @@ def measure_difficulty(output: str, config_file: str = None, extra_opts: Sequenc
     run_dir = os.path.join(output, os.path.splitext(os.path.basename(config_file))[0])
     figures = run_figures(run_dir, rate=rate)
     result = OrderedDict(figures=figures, config=config_file, opts=list(extra_opts), run_dir=run_dir)
-    root, spec = _synthetic_root(figures["dataset"])
+    root, info = phantom_root(figures["dataset"])
     if root is not None:
         eval_dir, _ = find_eval_dir(run_dir, figures["dataset"])
-        truth = load_phantom_truth(root)
+        ids = {r["image_id"] for r in DatasetCatalog.get(figures["dataset"])}
+        truth = {i: t for i, t in load_phantom_truth(root).items() if i in ids}
         predictions = load_predictions(eval_dir)
         result["breakdown"] = lesion_breakdown(predictions, truth, figures["operating_threshold"])
         result["lookalike_cost"] = lookalike_cost(predictions, truth)
-        result["phantom"] = OrderedDict(root=root, generator_version=GENERATOR_VERSION, spec=asdict(spec),
-                                        cnr=phantom_statistics(root))
+        result["phantom"] = OrderedDict(root=root, generator_version=info["generator_version"],
+                                        spec=info.get("spec"), cnr=phantom_statistics(root, ids))
+    else:
+        result["breakdown_skipped"] = (f"{figures['dataset']} is not a set written by the synthetic generator "
+                                       "(ROOT/images/ beside ROOT/annotations.json): no phantom truth to break "
+                                       "the figures down by")
     result["wall_seconds"] = time.time() - start
     atomic_write_json(result, os.path.join(output, RESULTS_FILE), indent=1)
     return result
@@ -264,9 +298,10 @@ def format_summary(result: Mapping) -> str:
     """The figures and the breakdown as text."""
     f = result["figures"]
     lo, hi = f["patient_auc_ci"]
+    ci = f"95% CI {lo:.3f}, {hi:.3f}" if np.isfinite([lo, hi]).all() else "no bootstrap interval"
     lines = [f"baseline {os.path.basename(result['config'])} on {f['dataset']} ({f['num_patients']} patients, "
              f"{f['num_positive_patients']} with cancer; {f['num_images']} images, {f['num_lesions']} masses)",
-             f"  patient ROC AUC                         {f['patient_auc']:.3f} [95% CI {lo:.3f}, {hi:.3f}]",
+             f"  patient ROC AUC                         {f['patient_auc']:.3f} [{ci}]",
              f"  lesion sensitivity at {f['fp_rate']:g} FP/image       {f['lesion_sensitivity']:.3f} "
              f"(score >= {f['operating_threshold']:.3f}, {f['operating_fppi']:.2f} FP/image)",
              f"  FROC CPM (0.125-8 FP/image)             {f['froc_cpm']:.3f}"]
@@ -281,6 +316,8 @@ def format_summary(result: Mapping) -> str:
                   f"(n={b['calcifications_flagged']['n']})",
                   f"                 false positives/image  {b['false_positives']['per_image']:.2f}, "
                   f"{b['false_positives']['share_on_benign_finding']:.0%} of them on a benign finding"]
+    if result.get("breakdown_skipped"):
+        lines.append(f"  no breakdown: {result['breakdown_skipped']}")
     cost = result.get("lookalike_cost")
     if cost:
         lines.append(f"  patient AUC with the boxes on benign findings removed: "
