@@ -12,7 +12,7 @@ With ``seeds`` every config is trained once per training seed (config SEED) into
 under the same guarantees (a folder of another seed is a run of another config), each seed's report is written
 to OUTPUT/seed_<s>/ and the aggregate over seeds (mammo_tl/evaluation/aggregate.py) to OUTPUT/. The data sets
 are whatever the configs name, the same for every seed. The paper's rows (a)-(d) in miniature, over three seeds,
-on the built-in synthetic mammograms (CPU, about 6 minutes per run here, so 12 runs; the demo's form also
+on the built-in synthetic mammograms (12 runs of about 7 minutes on a 2-core CPU, 3 on a GPU; the demo's form also
 chooses each run's operating points on mammo_synth_val):
 
     python tools/demo.py --output output/ablation_synthetic --seeds 0 1 2 \\
