@@ -372,17 +372,21 @@ def test_contact_sheet_from_the_command(tmp_path, monkeypatch):
 
 
 def _make_set(root, positive, negative, seed):
-    """tools/make_synthetic.py as typed, at the tiny size; returns the set's records saved as a records JSON."""
-    from mammo_tl.data.datasets.common import save_records
+    """tools/make_synthetic.py as typed, at the tiny size; returns the records.json it writes, which holds the
+    set's records with paths relative to the set (the set's folder can move)."""
+    from mammo_tl.data.records import load_records
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "tools/make_synthetic.py", "--output", str(root), "--positive", str(positive),
            "--negative", str(negative), "--seed", str(seed), "--height", "192", "--width", "160"]
     done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    path = f"{root}.json"
-    save_records(S.load_synthetic(str(root)), path)
-    return path
+    path = root / "records.json"
+    assert f"and {path}" in done.stdout
+    stored = json.load(open(path))
+    assert all(not os.path.isabs(r["file_name"]) and r["file_name"].startswith("images") for r in stored)
+    assert load_records(str(path)) == S.load_synthetic(str(root))
+    return str(path)
 
 
 def test_phantom_difficulty_as_typed(tmp_path):
@@ -437,18 +441,14 @@ def test_phantom_difficulty_as_typed(tmp_path):
 def test_phantom_root_from_the_records(small_set, tmp_path):
     """The set behind a data set's records: found for a synthetic set, none for other images, an error for
     records whose ids point at other images of the set."""
-    from detectron2.data import DatasetCatalog
-
     from mammo_tl.data.phantom_difficulty import phantom_root
 
     records = S.load_synthetic(small_set)
-    DatasetCatalog.register("pr_synthetic", lambda: [dict(r) for r in records[:3]])
-    root, info = phantom_root("pr_synthetic")
+    root, info = phantom_root(records[:3], "part")
     assert root == os.path.abspath(small_set) and info["generator_version"] == S.GENERATOR_VERSION
+    assert info["spec"]["seed"] == 3 and info["spec"]["calcification_prob"] == 0.5
     other = [dict(r, file_name=str(tmp_path / "images" / os.path.basename(r["file_name"]))) for r in records[:2]]
-    DatasetCatalog.register("pr_other", lambda: other)
-    assert phantom_root("pr_other") == (None, None)
+    assert phantom_root(other, "other") == (None, None)
     swapped = [dict(records[0], image_id=records[1]["image_id"])]
-    DatasetCatalog.register("pr_swapped", lambda: swapped)
-    with pytest.raises(ValueError, match="not of that synthetic set"):
-        phantom_root("pr_swapped")
+    with pytest.raises(ValueError, match="swapped: image .* not of that synthetic set"):
+        phantom_root(swapped, "swapped")

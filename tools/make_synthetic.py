@@ -1,13 +1,18 @@
 #!/usr/bin/env python
-"""Write a synthetic mammogram set (16-bit PNG, optional DICOM, annotations.json, patients.csv), or a picture
-of the phantom (docs/phantom.md).
+"""Write a synthetic mammogram set (16-bit PNG, optional DICOM, annotations.json, patients.csv and
+records.json), or a picture of the phantom (docs/phantom.md).
 
-    python tools/make_synthetic.py --output datasets/synthetic/train --positive 100 --negative 100 --seed 0
+    python tools/make_synthetic.py --output datasets/synthetic/mine --positive 100 --negative 100 --seed 7
     python tools/make_synthetic.py --contact-sheet docs/images/phantom.png
+
+OUTPUT/records.json holds the set's records (image paths relative to OUTPUT), so a config can name the set:
+DATASETS.REGISTER_JSON: ["mine=datasets/synthetic/mine/records.json"].
 """
+import os
 import argparse
 
-from mammo_tl.data.synthetic import SyntheticSpec, contact_sheet, generate
+from mammo_tl.data.records import save_records
+from mammo_tl.data.synthetic import SyntheticSpec, contact_sheet, generate, load_synthetic
 
 if __name__ == "__main__":
     d = SyntheticSpec()
@@ -28,6 +33,8 @@ if __name__ == "__main__":
                          height=a.height, width=a.width, write_dicom=a.dicom)
     if a.output:
         paths = generate(a.output, spec)
-        print(f"wrote {paths['annotations']} and {paths['patients']}")
+        records = os.path.join(a.output, "records.json")
+        save_records(load_synthetic(a.output), records)
+        print(f"wrote {paths['annotations']}, {paths['patients']} and {records}")
     if a.contact_sheet:
         print(f"wrote {contact_sheet(a.contact_sheet, spec, seed=a.seed)}")

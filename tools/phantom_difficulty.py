@@ -5,6 +5,15 @@ at 1 false positive per image (FROC), with a breakdown by margin, density and lo
 (docs/phantom.md). Writes OUTPUT/difficulty.json beside the run (a finished run is reused).
 
     MAMMO_TL_DATASETS=/tmp/phantom_ds python tools/phantom_difficulty.py --output output/phantom_difficulty
+
+Any set written by tools/make_synthetic.py gets the same breakdown (the phantom's truth is found from the
+test records), registered by the records.json the tool writes beside it:
+
+    python tools/make_synthetic.py --output datasets/synthetic/mine_train --positive 100 --negative 100 --seed 7
+    python tools/make_synthetic.py --output datasets/synthetic/mine_test --positive 50 --negative 100 --seed 8
+    python tools/phantom_difficulty.py --output output/pd_mine --opts DATASETS.REGISTER_JSON \\
+        "['mine_train=datasets/synthetic/mine_train/records.json', 'mine_test=datasets/synthetic/mine_test/records.json']" \\
+        DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_test',)"
 """
 import argparse
 import json

@@ -224,15 +224,12 @@ def phantom_statistics(root: str, image_ids=None) -> Dict:
     return OrderedDict((k, summary(groups[k])) for k in sorted(groups))
 
 
-def phantom_root(dataset: str):
-    """(root, annotations info) of the synthetic set whose images ``dataset``'s records are, or (None, None)
-    for a set of other images. Found from the records themselves (ROOT/images/<file> with ROOT/annotations.json
+def phantom_root(records: Sequence[Mapping], dataset: str):
+    """(root, annotations info) of the synthetic set whose images the ``records`` (of ``dataset``) are, or
+    (None, None) for a set of other images. Found from the records themselves (ROOT/images/<file> with ROOT/annotations.json
     written by mammo_tl.data.synthetic.generate), so the built-in sets, a set written by tools/make_synthetic.py
     and registered through DATASETS.REGISTER_JSON, or any part of one, all get their breakdown. Every record's
     image must be the image of that id in the set's annotations.json."""
-    from detectron2.data import DatasetCatalog
-
-    records = DatasetCatalog.get(dataset)
     roots = {os.path.dirname(os.path.dirname(os.path.abspath(r["file_name"]))) for r in records}
     if len(roots) != 1:
         return None, None
@@ -275,10 +272,11 @@ def measure_difficulty(output: str, config_file: str = None, extra_opts: Sequenc
     run_dir = os.path.join(output, os.path.splitext(os.path.basename(config_file))[0])
     figures = run_figures(run_dir, rate=rate)
     result = OrderedDict(figures=figures, config=config_file, opts=list(extra_opts), run_dir=run_dir)
-    root, info = phantom_root(figures["dataset"])
+    records = DatasetCatalog.get(figures["dataset"])
+    root, info = phantom_root(records, figures["dataset"])
     if root is not None:
         eval_dir, _ = find_eval_dir(run_dir, figures["dataset"])
-        ids = {r["image_id"] for r in DatasetCatalog.get(figures["dataset"])}
+        ids = {r["image_id"] for r in records}
         truth = {i: t for i, t in load_phantom_truth(root).items() if i in ids}
         predictions = load_predictions(eval_dir)
         result["breakdown"] = lesion_breakdown(predictions, truth, figures["operating_threshold"])
