@@ -9,7 +9,8 @@ and the aggregate over seeds (mean, min-max, pooled paired differences) to OUTPU
 
     python tools/demo.py --output output/demo_seeds --seeds 0 1 2
 
-The paper's rows (a)-(d) in miniature over three seeds (12 runs, about 7 minutes each on a 2-core CPU, 3 on a GPU with --opts MODEL.DEVICE cuda):
+The paper's rows (a)-(d) in miniature over three seeds (12 runs, about 7 minutes each on a 2-core CPU, 3 on a
+GPU with --opts MODEL.DEVICE cuda):
 
     python tools/demo.py --output output/ablation_synthetic --seeds 0 1 2 \\
         --configs configs/synthetic/a_positives_only.yaml configs/synthetic/b_with_negatives.yaml \\

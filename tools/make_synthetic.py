@@ -8,8 +8,8 @@ records.json), or a picture of the phantom (docs/phantom.md).
 OUTPUT/records.json holds the set's records (image paths relative to OUTPUT), so a config can name the set:
 DATASETS.REGISTER_JSON: ["mine=datasets/synthetic/mine/records.json"].
 """
-import os
 import argparse
+import os
 
 from mammo_tl.data.records import save_records
 from mammo_tl.data.synthetic import SyntheticSpec, contact_sheet, generate, load_synthetic

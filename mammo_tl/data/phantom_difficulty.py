@@ -194,10 +194,9 @@ def lesion_cnr(image: np.ndarray, box: Sequence[float], exclude: np.ndarray) -> 
 
 
 def phantom_statistics(root: str, image_ids=None) -> Dict:
-    """Contrast-to-noise ratio of every mass and look-alike of a synthetic set (of its images ``image_ids``;
-    all when None) (:func:`lesion_cnr`, on the
-    image scaled to [0, 1], other findings excluded from the ring), summarised (n, mean, 10th/50th/90th
-    percentile) by class, by class and kind, and by class and density category."""
+    """Contrast-to-noise ratio of every mass and look-alike of a synthetic set, or of its images ``image_ids``
+    (:func:`lesion_cnr`, on the image scaled to [0, 1], other findings excluded from the ring), summarised
+    (n, mean, 10th/50th/90th percentile) by class, by class and kind, and by class and density category."""
     import cv2
 
     with open(os.path.join(root, "annotations.json")) as f:
@@ -226,10 +225,10 @@ def phantom_statistics(root: str, image_ids=None) -> Dict:
 
 def phantom_root(records: Sequence[Mapping], dataset: str):
     """(root, annotations info) of the synthetic set whose images the ``records`` (of ``dataset``) are, or
-    (None, None) for a set of other images. Found from the records themselves (ROOT/images/<file> with ROOT/annotations.json
-    written by mammo_tl.data.synthetic.generate), so the built-in sets, a set written by tools/make_synthetic.py
-    and registered through DATASETS.REGISTER_JSON, or any part of one, all get their breakdown. Every record's
-    image must be the image of that id in the set's annotations.json."""
+    (None, None) for a set of other images. Found from the records themselves (ROOT/images/<file> beside
+    ROOT/annotations.json, as mammo_tl.data.synthetic.generate writes them), so the built-in sets, a set
+    written by tools/make_synthetic.py and registered through DATASETS.REGISTER_JSON, or any part of one, all
+    get their breakdown. Every record's image must be the image of that id in the set's annotations.json."""
     roots = {os.path.dirname(os.path.dirname(os.path.abspath(r["file_name"]))) for r in records}
     if len(roots) != 1:
         return None, None
