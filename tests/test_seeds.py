@@ -244,3 +244,18 @@ def test_demo_over_seeds_as_typed(tiny_datasets, tmp_path):
     for ref in [r for r in md.split("](")[1:]]:
         path = ref.split(")")[0]
         assert not path.startswith(("/", "http")) and (out / path).exists(), path
+
+    # tools/phantom_difficulty.py --run on seed 0's baseline (docs/phantom.md): its figures, the seed's files untouched
+    seed_dir = out / "seed_0"
+    before = {p: p.read_bytes() for p in seed_dir.rglob("*") if p.is_file()}
+    cmd = [sys.executable, "tools/phantom_difficulty.py", "--run", str(seed_dir / "a_positives_only"),
+           "--output", str(tmp_path / "pd")]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.load(open(tmp_path / "pd" / "difficulty.json"))
+    assert result["run_dir"] == str(seed_dir / "a_positives_only")
+    assert result["figures"]["patient_auc"] == pytest.approx(per_seed[0]["auc"], nan_ok=True)
+    assert result["figures"]["num_patients"] == 2 and "breakdown" in result  # the tiny sets are synthetic
+    assert {p: p.read_bytes() for p in seed_dir.rglob("*") if p.is_file()} == before
+    refused = subprocess.run(cmd + ["--opts", "SEED", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "do not apply" in refused.stderr

@@ -6,6 +6,10 @@ at 1 false positive per image (FROC), with a breakdown by margin, density and lo
 
     MAMMO_TL_DATASETS=/tmp/phantom_ds python tools/phantom_difficulty.py --output output/phantom_difficulty
 
+An evaluated run as it is, e.g. the baseline of a demo over seeds (nothing trained, the seeds' reports untouched):
+
+    python tools/phantom_difficulty.py --run output/demo_seeds/seed_0/a_positives_only --output output/pd_seed0
+
 Any set written by tools/make_synthetic.py gets the same breakdown (the phantom's truth is found from the
 test records), registered by the records.json the tool writes beside it:
 
@@ -27,6 +31,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--output", default="output/phantom_difficulty")
     p.add_argument("--config-file", default=None, help=f"default: {baseline_config()}")
+    p.add_argument("--run", metavar="RUN_DIR", default=None,
+                   help="measure this evaluated run as it is (no training; e.g. one run of tools/demo.py --seeds)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--fp-rate", type=float, default=FP_RATE, help="false positives per image (default 1)")
     p.add_argument("--stats-only", metavar="ROOT", default=None,
@@ -37,6 +43,8 @@ if __name__ == "__main__":
         print(json.dumps(phantom_statistics(a.stats_only), indent=1))
     else:
         setup_logger(name="mammo_tl")
-        result = measure_difficulty(a.output, a.config_file, a.opts, a.bootstrap, a.fp_rate)
+        if a.run and (a.config_file or a.opts):
+            p.error("--run measures a finished run as it is: --config-file and --opts do not apply")
+        result = measure_difficulty(a.output, a.config_file, a.opts, a.bootstrap, a.fp_rate, run_dir=a.run)
         print(format_summary(result))
         print(f"written: {a.output}/difficulty.json")

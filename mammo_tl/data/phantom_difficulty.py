@@ -251,10 +251,11 @@ def phantom_root(records: Sequence[Mapping], dataset: str):
 
 
 def measure_difficulty(output: str, config_file: str = None, extra_opts: Sequence[str] = (), bootstrap: int = 1000,
-                       rate: float = FP_RATE) -> Dict:
+                       rate: float = FP_RATE, run_dir: str = None) -> Dict:
     """Train and evaluate the baseline (config (a) unless ``config_file``) into ``output/<config name>``
-    with run_rows (a finished run with this config and these records is reused), then write
-    ``output/difficulty.json``: the figures (:func:`run_figures`), the breakdown against the phantom's truth
+    with run_rows (a finished run with this config and these records is reused), or, with ``run_dir``, take
+    that evaluated run as it is (nothing trained, nothing written beside it: e.g. one run of a seeds folder,
+    whose reports stay untouched); then write ``output/difficulty.json``: the figures (:func:`run_figures`), the breakdown against the phantom's truth
     (:func:`lesion_breakdown`), what the benign findings cost the patient AUC (:func:`lookalike_cost`), the
     test set's contrast-to-noise ratios (:func:`phantom_statistics`), spec and generator version, and the
     wall time. Returns what it writes."""
@@ -265,10 +266,19 @@ def measure_difficulty(output: str, config_file: str = None, extra_opts: Sequenc
     from ..files import atomic_write_json
 
     start = time.time()
-    config_file = config_file or baseline_config()
-    run_rows([config_file], output, list(extra_opts), bootstrap, title="phantom difficulty: the baseline",
-             tag="difficulty")
-    run_dir = os.path.join(output, os.path.splitext(os.path.basename(config_file))[0])
+    if run_dir is None:
+        config_file = config_file or baseline_config()
+        run_rows([config_file], output, list(extra_opts), bootstrap, title="phantom difficulty: the baseline",
+                 tag="difficulty")
+        run_dir = os.path.join(output, os.path.splitext(os.path.basename(config_file))[0])
+    else:  # the run's own data sets, as it was trained and evaluated
+        from ..engine.experiments import load_saved_config
+        from .datasets.common import register_json_datasets
+
+        config_file = os.path.join(run_dir, "config.yaml")
+        if not os.path.exists(config_file):
+            raise FileNotFoundError(f"{run_dir}: no config.yaml; give the OUTPUT_DIR of a trained and evaluated run")
+        register_json_datasets(load_saved_config(config_file).DATASETS.REGISTER_JSON)
     figures = run_figures(run_dir, rate=rate)
     result = OrderedDict(figures=figures, config=config_file, opts=list(extra_opts), run_dir=run_dir)
     records = DatasetCatalog.get(figures["dataset"])

@@ -49,12 +49,17 @@ def expected_config(config_file, opts):
     return cfg
 
 
-def config_differences(saved_yaml, cfg):
-    """Keys whose values differ between a run's saved config.yaml and ``cfg`` (both as train_net saw them)."""
+def load_saved_config(saved_yaml):
+    """A run's saved config.yaml as a config (keys this version does not know are kept, not refused)."""
     saved = get_mammo_tl_cfg()
     saved.set_new_allowed(True)
     saved.merge_from_file(saved_yaml)
-    return differing_keys(flatten_config(saved), flatten_config(cfg))
+    return saved
+
+
+def config_differences(saved_yaml, cfg):
+    """Keys whose values differ between a run's saved config.yaml and ``cfg`` (both as train_net saw them)."""
+    return differing_keys(flatten_config(load_saved_config(saved_yaml)), flatten_config(cfg))
 
 
 INPUTS_FILE = "run_inputs.json"
