@@ -1,6 +1,7 @@
 # mammo_tl: everything a fresh machine needs goes through `make install`.
 #   make demo    the paper in miniature on built-in synthetic mammograms (CPU, minutes)
-#   make test    the test suite (CPU)
+#   make test    the linter, then the test suite (CPU)
+#   make lint    ruff (rules in ruff.toml)
 #   make bench   benchmark tables (bench/)
 # GPU users: make install TORCH_VERSION=... TORCHVISION_VERSION=... [TORCH_INDEX_URL=...]
 # Official detectron2 from GitHub instead of the PyPI wheel: make install DETECTRON2_SOURCE=git
@@ -19,7 +20,7 @@ CONSTRAINTS := $(VENV)/constraints.txt
 STAMP := $(VENV)/.mammo_tl-installed
 INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench clean
 
 install: $(STAMP)
 
@@ -38,11 +39,14 @@ $(STAMP): setup.py constraints.txt tools/install_detectron2.py Makefile
 demo: install
 	$(PY) tools/demo.py --output output/demo
 
-test: install
+lint: install
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/run_all.py --output output/bench
 
 clean:
-	rm -rf output build *.egg-info
+	rm -rf output build *.egg-info .ruff_cache

@@ -37,6 +37,7 @@ setup(
         "Pillow",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-xdist", "hypothesis"],
+        # `make lint` (run first by `make test`) runs ruff, whose rules change between minor versions: a range
+        "dev": ["pytest>=7", "pytest-xdist", "hypothesis", "ruff>=0.17,<0.18"],
     },
 )

@@ -14,8 +14,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import mammo_tl  # noqa: E402,F401
-from mammo_tl.config import get_mammo_tl_cfg  # noqa: E402
+import mammo_tl  # noqa: F401
+from mammo_tl.config import get_mammo_tl_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,7 +80,10 @@ def summary(times_s):
 
 def table(header, rows):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
+
+    def line(r):
+        return "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"
+
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
 
 

@@ -4,9 +4,9 @@
 Both models (same backbone and input size) train interleaved in one process, alternating which goes first,
 each step starting from the same weights (the vanilla model is reset to the method's before every
 iteration, so the two never drift apart); ms/step is the median over --iters steps after --warmup. The
-whole-run cost of real trainings is in tools/report.py's "s/iter" column (from each run's metrics.json). torch.profiler then times the
-method's own parts (record_function labels mammo_tl/...). --memory runs each variant in a fresh
-subprocess and reports its peak RSS (and peak GPU memory) over the steps.
+whole-run cost of real trainings is in tools/report.py's "s/iter" column (from each run's metrics.json).
+torch.profiler then times the method's own parts (record_function labels mammo_tl/...). --memory runs each
+variant in a fresh subprocess and reports its peak RSS (and peak GPU memory) over the steps.
 
     python bench/train_step.py --json output/bench/train_step.json
     python bench/train_step.py --config configs/paper/d_tl_similarity.yaml --device cuda   # the paper's setting
@@ -55,7 +55,9 @@ def step(model, opt, batch, device, scaler=None):
 
 def profile(model, opt, batch, device, steps=3):
     """(ms/step of each mammo_tl/ label, self CPU ms/step of every op)."""
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=acts) as prof:
         for _ in range(steps):
             step(model, opt, batch, device)
@@ -113,7 +115,8 @@ def main():
     if args.amp and not args.device.startswith("cuda"):
         p.error("--amp needs --device cuda (detectron2's AMPTrainer is CUDA-only)")
     if args.only:
-        return memory_child(args)
+        memory_child(args)
+        return
 
     method_cfg, vanilla_cfg = method_and_vanilla_cfgs(args.config, args.opts)
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ with known_warnings_quiet():  # detectron2's modules are imported here, and warn
 __version__ = "0.1.0"
 
 
-def check_install():
+def check_install() -> None:
     """Used by `make install`: the package imports and its components are registered."""
     from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
 

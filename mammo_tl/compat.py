@@ -10,11 +10,14 @@ The context managers below concern every detectron2 build: :func:`cpu_ddp` (mult
 and :func:`known_warnings_quiet` (a torch deprecation warning detectron2 triggers on import). Neither changes
 anything outside its ``with`` block.
 """
+from __future__ import annotations
+
 import contextlib
 import warnings
+from collections.abc import Iterator
 
 
-def check_detectron2():
+def check_detectron2() -> None:
     """Raise ImportError with an actionable message when detectron2 cannot build models."""
     try:
         import detectron2  # noqa: F401
@@ -27,7 +30,7 @@ def check_detectron2():
 
 
 @contextlib.contextmanager
-def known_warnings_quiet():
+def known_warnings_quiet() -> Iterator[None]:
     """Within the block, torch's deprecation warning for torch.jit.script (torch >= 2.10 warns on every call,
     and detectron2 calls it while its modules are imported) is not shown; filters are restored after."""
     with warnings.catch_warnings():
@@ -37,7 +40,7 @@ def known_warnings_quiet():
 
 
 @contextlib.contextmanager
-def cpu_ddp():
+def cpu_ddp() -> Iterator[None]:
     """Within the block, detectron2's trainers can run multi-process on CPU (gloo).
 
     Every detectron2 build's ``create_ddp_model`` passes ``device_ids=[local_rank]`` to

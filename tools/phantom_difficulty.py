@@ -18,13 +18,13 @@ test records), registered by the records.json the tool writes beside it:
     python tools/phantom_difficulty.py --output output/pd_mine --opts DATASETS.REGISTER_JSON \\
         "['mine_train=datasets/synthetic/mine_train/records.json', 'mine_test=datasets/synthetic/mine_test/records.json']" \\
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_test',)"
-"""
+"""  # noqa: E501  (a command as typed: its quoted list does not break)
 import argparse
 import json
 
 from detectron2.utils.logger import setup_logger
 
-from mammo_tl.data.phantom_difficulty import FP_RATE, baseline_config, format_summary, measure_difficulty, \
+from mammo_tl.engine.phantom_difficulty import FP_RATE, baseline_config, format_summary, measure_difficulty, \
     phantom_statistics
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@ with its own seed), zipped pair by pair, so a batch can never hold only one kind
 ``launch`` each TrainingSampler yields a disjoint slice of its stream to every rank, so each rank gets
 its own pairs; within a rank, dataloader workers take whole pairs in turn.
 """
+from __future__ import annotations
+
 import logging
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.data import DatasetFromList, get_detection_dataset_dicts
 from detectron2.data.build import worker_init_reset_seed
 from detectron2.data.common import ToIterableDataset
@@ -15,13 +19,13 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 from torch.utils.data import Sampler
 
-from .records import is_negative
 from .mapper import MammogramDatasetMapper, PairedDatasetMapper
+from .records import is_negative
 
 logger = logging.getLogger(__name__)
 
 
-def split_positive_negative(records):
+def split_positive_negative(records: Iterable[dict]) -> tuple[list[dict], list[dict]]:
     """(positives, negatives) of a list of dataset records, by whether ``annotations`` is empty."""
     positives, negatives = [], []
     for r in records:
@@ -32,11 +36,12 @@ def split_positive_negative(records):
 class PairSampler(Sampler):
     """Yields (positive index, negative index) forever from two independent TrainingSamplers."""
 
-    def __init__(self, num_positives, num_negatives, positive_seed=None, negative_seed=None):
+    def __init__(self, num_positives: int, num_negatives: int, positive_seed: int | None = None,
+                 negative_seed: int | None = None) -> None:
         self.positives = TrainingSampler(num_positives, shuffle=True, seed=positive_seed)
         self.negatives = TrainingSampler(num_negatives, shuffle=True, seed=negative_seed)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         yield from zip(self.positives, self.negatives)
 
 
@@ -56,7 +61,7 @@ def _collate_pairs(batch):
     return [p for p, _ in batch] + [n for _, n in batch]
 
 
-def pairs_per_rank(cfg):
+def pairs_per_rank(cfg: CfgNode) -> int:
     world = comm.get_world_size()
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % (2 * world) != 0:
@@ -65,7 +70,8 @@ def pairs_per_rank(cfg):
     return total // world // 2
 
 
-def build_paired_train_loader(cfg, mapper=None):
+def build_paired_train_loader(cfg: CfgNode,
+                              mapper: Callable[[dict], dict] | None = None) -> torch.utils.data.DataLoader:
     """A loader of lists [N positives..., N negatives...] from the records of cfg.DATASETS.TRAIN."""
     records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
     positives, negatives = split_positive_negative(records)

@@ -1,9 +1,16 @@
 """DICOM mammograms -> float32 pixel grid and de-identified metadata."""
+from __future__ import annotations
+
+import os
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .image_checks import ImageReadError, check_pixel_budget, check_regular_file
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 # The only fields copied into `meta`: nothing that identifies a person beyond the data set's patient id.
 _META_FIELDS = {
@@ -26,12 +33,14 @@ def _first(ds, keywords, default=""):
     return default
 
 
-def read_mammogram(path, apply_voi: bool = True, max_pixels=None, keep_integers: bool = False):
+def read_mammogram(path: str | os.PathLike, apply_voi: bool = True, max_pixels: int | None = None,
+                   keep_integers: bool = False) -> tuple[np.ndarray, dict]:
     """``(image, meta)`` of a mammogram DICOM: :func:`read_dicom` without the header."""
     return read_dicom(path, apply_voi, max_pixels, keep_integers)[:2]
 
 
-def read_dicom(path, apply_voi: bool = True, max_pixels=None, keep_integers: bool = False):
+def read_dicom(path: str | os.PathLike, apply_voi: bool = True, max_pixels: int | None = None,
+               keep_integers: bool = False) -> tuple[np.ndarray, dict, Dataset]:
     """Read a mammogram DICOM.
 
     Returns ``(image, meta, header)``: ``image`` is the stored pixel grid (rows x columns) as float32 with

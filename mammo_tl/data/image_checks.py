@@ -1,5 +1,7 @@
 """What every image reader checks before decoding, and its error: a leaf module, imported by the readers
 (image_io.py, dicom.py, dicom_header.py) so they need not import each other."""
+from __future__ import annotations
+
 import os
 import stat
 
@@ -20,11 +22,11 @@ class ImageReadError(Exception):
         super().__init__(f"{path}: {cause}")
 
 
-def is_dicom_path(path) -> bool:
+def is_dicom_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(DICOM_SUFFIXES)
 
 
-def check_regular_file(path, error=ImageReadError):
+def check_regular_file(path: str | os.PathLike, error: type[ImageReadError] = ImageReadError) -> os.stat_result:
     """os.stat of ``path``; raises ``error`` for a missing file or anything but a regular file (a FIFO would
     block the reader forever, a device never ends)."""
     try:
@@ -41,7 +43,8 @@ def check_regular_file(path, error=ImageReadError):
     return st
 
 
-def check_pixel_budget(path, pixels, shape_text, max_pixels, error=ImageReadError):
+def check_pixel_budget(path: str | os.PathLike, pixels: int, shape_text: str, max_pixels: int | None,
+                       error: type[ImageReadError] = ImageReadError) -> None:
     """Raise ``error`` when ``pixels`` exceeds ``max_pixels`` (None: :data:`DEFAULT_MAX_PIXELS`)."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if pixels > limit:

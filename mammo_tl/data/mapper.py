@@ -1,18 +1,21 @@
 """DatasetMappers for mammograms: 16-bit/DICOM reading, fixed-size resize, positive/negative pairs."""
+from __future__ import annotations
+
 import copy
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .records import is_negative
 from .image_io import read_image, to_model_input
+from .records import is_negative
 
 
-def build_mammo_augmentation(cfg, is_train):
+def build_mammo_augmentation(cfg: CfgNode, is_train: bool) -> list[T.Augmentation]:
     """INPUT.RESIZE_MODE "fixed": resize to INPUT.FIXED_SIZE (the paper's 512 x 512); "shortest_edge":
     detectron2's own resizing. Plus INPUT.RANDOM_FLIP in training."""
     mode = cfg.INPUT.RESIZE_MODE
@@ -37,24 +40,24 @@ class MammogramDatasetMapper(DatasetMapper):
     """
 
     @configurable
-    def __init__(self, is_train: bool, *, intensity_percentiles=(0.0, 100.0), **kwargs):
+    def __init__(self, is_train: bool, *, intensity_percentiles: Sequence[float] = (0.0, 100.0), **kwargs) -> None:
         super().__init__(is_train, **kwargs)
         self.intensity_percentiles = tuple(float(p) for p in intensity_percentiles)
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True):
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict:
         ret = super().from_config(cfg, is_train)
         ret["augmentations"] = build_mammo_augmentation(cfg, is_train)
         ret["intensity_percentiles"] = cfg.INPUT.INTENSITY_PERCENTILES
         return ret
 
-    def image_to_tensor(self, image: np.ndarray):
+    def image_to_tensor(self, image: np.ndarray) -> tuple[torch.Tensor, T.TransformList]:
         """A single-channel stored image -> (C, H, W) float tensor for the model, and the transforms."""
         aug_input = T.AugInput(to_model_input(image, self.intensity_percentiles))
         transforms = self.augmentations(aug_input)
         return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))), transforms
 
-    def __call__(self, dataset_dict):
+    def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image(dataset_dict["file_name"])
         utils.check_image_size(dataset_dict, image)
@@ -74,10 +77,10 @@ class PairedDatasetMapper:
     Refuses a pair whose first record has no box or whose second has one, naming the file.
     """
 
-    def __init__(self, image_mapper):
+    def __init__(self, image_mapper: Callable[[dict], dict]) -> None:
         self.image_mapper = image_mapper
 
-    def __call__(self, pair):
+    def __call__(self, pair: tuple[dict, dict]) -> tuple[dict, dict]:
         positive, negative = pair
         if is_negative(positive):
             raise ValueError(f"{positive['file_name']}: expected a positive image (annotated), got no boxes")

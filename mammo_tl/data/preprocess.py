@@ -1,31 +1,34 @@
 """Mammogram preprocessing with a recorded, invertible transform: crop to the breast, optional flip to
 one canonical side, resize. Any box predicted on the preprocessed image maps back to the original
 (DICOM) pixel grid with :meth:`MammoTransform.inverse_boxes`."""
+from __future__ import annotations
+
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass
 class MammoTransform:
     """original (H, W) -> crop [x1, y1, x2, y2) -> optional horizontal flip -> resize to (h, w)."""
 
-    original_size: Tuple[int, int]  # (height, width) of the stored pixel grid
-    crop: Tuple[int, int, int, int]  # x1, y1, x2, y2 in original pixels (x2, y2 exclusive)
+    original_size: tuple[int, int]  # (height, width) of the stored pixel grid
+    crop: tuple[int, int, int, int]  # x1, y1, x2, y2 in original pixels (x2, y2 exclusive)
     flip: bool
-    size: Tuple[int, int]  # (height, width) after resizing
+    size: tuple[int, int]  # (height, width) after resizing
 
     @property
-    def scale(self):
+    def scale(self) -> tuple[float, float]:
         x1, y1, x2, y2 = self.crop
         return self.size[1] / (x2 - x1), self.size[0] / (y2 - y1)
 
-    def apply_boxes(self, boxes):
+    def apply_boxes(self, boxes: ArrayLike) -> np.ndarray:
         """(n, 4) xyxy boxes in original pixels -> preprocessed image pixels."""
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
-        x1, y1, x2, y2 = self.crop
+        x1, y1, x2, _ = self.crop
         b[:, [0, 2]] -= x1
         b[:, [1, 3]] -= y1
         if self.flip:
@@ -36,13 +39,13 @@ class MammoTransform:
         b[:, [1, 3]] *= sy
         return b
 
-    def inverse_boxes(self, boxes):
+    def inverse_boxes(self, boxes: ArrayLike) -> np.ndarray:
         """(n, 4) xyxy boxes in preprocessed pixels -> original pixels."""
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
         sx, sy = self.scale
         b[:, [0, 2]] /= sx
         b[:, [1, 3]] /= sy
-        x1, y1, x2, y2 = self.crop
+        x1, y1, x2, _ = self.crop
         if self.flip:
             w = x2 - x1
             b[:, [0, 2]] = w - b[:, [2, 0]]
@@ -50,15 +53,15 @@ class MammoTransform:
         b[:, [1, 3]] += y1
         return b
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Mapping) -> MammoTransform:
         return cls(tuple(d["original_size"]), tuple(d["crop"]), bool(d["flip"]), tuple(d["size"]))
 
 
-def breast_bbox(image: np.ndarray, margin: float = 0.01) -> Tuple[int, int, int, int]:
+def breast_bbox(image: np.ndarray, margin: float = 0.01) -> tuple[int, int, int, int]:
     """Bounding box [x1, y1, x2, y2) of the breast: the largest bright connected region (Otsu threshold on
     a downsampled copy), so film labels and markers outside the breast are dropped."""
     h, w = image.shape
@@ -70,7 +73,7 @@ def breast_bbox(image: np.ndarray, margin: float = 0.01) -> Tuple[int, int, int,
     u8 = ((small - lo) * (255.0 / (hi - lo))).astype(np.uint8)
     u8 = cv2.GaussianBlur(u8, (5, 5), 0)
     _, mask = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
         return 0, 0, w, h
     k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
@@ -113,8 +116,8 @@ def _block_mean(region: np.ndarray, ky: int, kx: int) -> np.ndarray:
     return acc
 
 
-def preprocess(image: np.ndarray, size: Optional[Tuple[int, int]] = None, crop: bool = True,
-               canonical_flip: bool = False):
+def preprocess(image: np.ndarray, size: tuple[int, int] | None = None, crop: bool = True,
+               canonical_flip: bool = False) -> tuple[np.ndarray, MammoTransform]:
     """Returns (preprocessed float32 image, MammoTransform).
 
     crop: crop to :func:`breast_bbox`. canonical_flip: mirror images whose chest wall is on the right so

@@ -1,10 +1,14 @@
 """Dataset records, the one shape every data set takes in mammo_tl (converters, records JSON, synthetic
 sets): the rule for negative images, the one validation, records JSON and COCO files. A leaf of mammo_tl.data:
 it imports nothing of the data sets, so the synthetic generator and the converters can both use it."""
+from __future__ import annotations
+
 import json
 import logging
 import math
 import os
+from collections.abc import Iterable
+from typing import Any
 
 from detectron2.structures import BoxMode
 
@@ -20,7 +24,7 @@ class DatasetError(Exception):
     """Bad input to a converter; the message names the file (and row or key) and what was expected."""
 
 
-def is_negative(record) -> bool:
+def is_negative(record: dict) -> bool:
     """The one rule for records: a negative image has ``annotations: []``, a positive one at least one box.
     (The model's rule for a batch is mammo_tl.modeling.negatives.negative_images: no ground-truth box.)"""
     if "annotations" not in record:
@@ -29,19 +33,19 @@ def is_negative(record) -> bool:
     return len(record["annotations"]) == 0
 
 
-def laterality(value, where):
+def laterality(value: Any, where: str) -> str:
     v = LATERALITY.get(str(value).strip().upper())
     if v is None:
         raise DatasetError(f"{where}: laterality {value!r} is not one of L, R, LEFT, RIGHT")
     return v
 
 
-def clip_box(box, width, height):
+def clip_box(box: Iterable[float], width: float, height: float) -> list[float]:
     x1, y1, x2, y2 = (float(v) for v in box)
     return [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
 
 
-def box_annotation(box):
+def box_annotation(box: Iterable[float]) -> dict:
     return {"bbox": [float(v) for v in box], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}
 
 
@@ -52,13 +56,14 @@ def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def validate_records(records, source, report=None, check_files=False):
+def validate_records(records: list[dict], source: str, report: Any = None, check_files: bool = False) -> list[dict]:
     """The one check of dataset records wherever they enter (converters, records JSON, synthetic sets).
 
     Refuses, naming ``source`` and the record: a missing key of :data:`RECORD_KEYS`, an empty patient_id,
     laterality other than L/R, a non-positive size, duplicate image_id or file_name, and any box that is not
     4 finite numbers with x1 < x2 and y1 < y2 overlapping its image. A box that extends past the image is
-    clipped and counted (in ``report`` when given, else in the log). XYWH_ABS boxes become XYXY_ABS;
+    clipped and counted (in ``report``, a :class:`~mammo_tl.data.datasets.common.SkipReport`, when given, else
+    in the log). XYWH_ABS boxes become XYXY_ABS;
     ``category_id`` must be 0 (the one class). With ``check_files`` every ``file_name`` must exist.
     Returns ``records`` (modified in place).
     """
@@ -106,7 +111,8 @@ def validate_records(records, source, report=None, check_files=False):
             try:
                 mode = BoxMode(a.get("bbox_mode", BoxMode.XYXY_ABS))
             except ValueError:
-                raise DatasetError(f"{where}: annotation {j} bbox_mode {a.get('bbox_mode')!r} is not a BoxMode") from None
+                raise DatasetError(f"{where}: annotation {j} bbox_mode {a.get('bbox_mode')!r} is not a "
+                                   "BoxMode") from None
             if mode not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):
                 raise DatasetError(f"{where}: annotation {j} bbox_mode {mode.name} is not XYXY_ABS or XYWH_ABS")
             if not all(math.isfinite(v) for v in box):
@@ -137,7 +143,7 @@ def validate_records(records, source, report=None, check_files=False):
     return records
 
 
-def export_coco(records, path, category=CLASS_NAME, info=None):
+def export_coco(records: Iterable[dict], path: str, category: str = CLASS_NAME, info: dict | None = None) -> str:
     """Write records as COCO JSON (boxes as XYWH, atomically); per image also source_image_id, patient_id,
     laterality, view and, where records have them, lookalike_boxes (the synthetic sets' look-alikes)."""
     images, annotations = [], []
@@ -158,14 +164,14 @@ def export_coco(records, path, category=CLASS_NAME, info=None):
 PATH_KEYS = ("file_name", "original_file_name")
 
 
-def save_records(records, path):
+def save_records(records: Iterable[dict], path: str) -> None:
     """Dataset dicts to JSON (BoxMode as its integer), written atomically. Image paths inside the JSON's
     folder are stored relative to it (the tree can move); others absolute (never relative to the working
     directory, which changes between commands)."""
     base = os.path.dirname(os.path.abspath(path))
     out = []
-    for r in records:
-        r = dict(r)
+    for record in records:
+        r = dict(record)
         for key in PATH_KEYS:
             if isinstance(r.get(key), str):
                 p = os.path.abspath(r[key])
@@ -174,7 +180,7 @@ def save_records(records, path):
     atomic_write_json(out, path, default=int)
 
 
-def load_records(path, check_files=True, report=None):
+def load_records(path: str, check_files: bool = True, report: Any = None) -> list[dict]:
     """Records JSON -> dataset dicts, validated (:func:`validate_records`); relative image paths are
     resolved against the JSON's folder. Errors name the file and the record."""
     try:

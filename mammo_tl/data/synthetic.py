@@ -26,19 +26,25 @@ and ``lesions``) and ``patients.csv``. Loaded (:func:`load_synthetic`), its reco
 converter's records have (validated by the same ``validate_records``), so training and evaluation take one
 path for both; the phantom's truth is read with :func:`load_phantom_truth`.
 """
+from __future__ import annotations
+
 import csv
 import json
 import logging
 import math
 import os
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .records import box_annotation, export_coco, validate_records
+
+if TYPE_CHECKING:
+    from pydicom.dataset import FileDataset
 
 logger = logging.getLogger(__name__)
 
@@ -128,23 +134,24 @@ def _grid(h, w):
     return yy, xx
 
 
-def power_law_noise(rng, shape, beta, anisotropy=1.0, angle=0.0, pad=32):
+def power_law_noise(rng: np.random.Generator, shape: tuple[int, int], beta: float, anisotropy: float = 1.0,
+                    angle: float = 0.0, pad: int = 32) -> np.ndarray:
     """Gaussian noise with power spectrum ~ 1/f^beta (f: radial frequency, stretched by ``anisotropy`` < 1
     along direction ``angle``: elongated structures), zero mean, unit standard deviation. Drawn on a grid
     larger by ``pad`` on each side and cropped, so opposite edges are not correlated."""
     h, w = shape
-    H, W = h + 2 * pad, w + 2 * pad
-    fy = np.fft.fftfreq(H).astype(np.float32)[:, None]
-    fx = np.fft.rfftfreq(W).astype(np.float32)[None, :]
+    hp, wp = h + 2 * pad, w + 2 * pad
+    fy = np.fft.fftfreq(hp).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(wp).astype(np.float32)[None, :]
     c, s = math.cos(angle), math.sin(angle)
     u, v = fx * c + fy * s, -fx * s + fy * c
     f = np.sqrt((u / anisotropy) ** 2 + v ** 2)
     f[0, 0] = 1.0
-    amp = np.maximum(f, 1.0 / max(H, W)) ** (-beta / 2.0)
+    amp = np.maximum(f, 1.0 / max(hp, wp)) ** (-beta / 2.0)
     amp[0, 0] = 0.0
     coeffs = (rng.standard_normal(amp.shape, dtype=np.float32)
               + 1j * rng.standard_normal(amp.shape, dtype=np.float32)) * amp
-    noise = np.fft.irfft2(coeffs, s=(H, W))[pad:pad + h, pad:pad + w].astype(np.float32)
+    noise = np.fft.irfft2(coeffs, s=(hp, wp))[pad:pad + h, pad:pad + w].astype(np.float32)
     noise -= noise.mean()
     return noise / (noise.std() + 1e-12)
 
@@ -166,7 +173,7 @@ def _anatomy(rng, h, w, view):
     inside = (xx / (depth * wobble)) ** 2 + ((yy - cy) / half_height) ** 2 <= 1.0
     # nipple: a small bump in profile at the front of the breast
     ny = cy + rng.uniform(-0.06, 0.06) * half_height
-    row = inside[int(round(ny))]
+    row = inside[round(ny)]
     nx = float(np.nonzero(row)[0].max()) if row.any() else depth
     nr = rng.uniform(3.0, 5.5)
     nipple = (xx - nx) ** 2 + (yy - ny) ** 2 <= nr ** 2
@@ -203,7 +210,7 @@ def _parenchyma(rng, field_, prior, dist, pectoral, glandular_fraction):
 # ----------------------------------------------------------------------------------------------- lesions
 
 
-def draw_lesion(rng, spec: SyntheticSpec, malignant: bool, kind: Optional[str] = None) -> dict:
+def draw_lesion(rng: np.random.Generator, spec: SyntheticSpec, malignant: bool, kind: str | None = None) -> dict:
     """A lesion's kind, BI-RADS shape and margin, size and contrast, and the seed of its outline (the same
     outline in every view of the breast). ``kind`` forces one (a malignant margin or a look-alike kind)."""
     if kind is None:
@@ -272,7 +279,7 @@ def _lesion_patch(les, params, cx, cy, rot, scale, h, w):
     """A lesion's intensity profile on a patch around (cx, cy): (y0, x0, profile, body) with body the mass
     itself in [0, 1] (its box: body > 0.25) and profile body, spicules, halo and hilum together."""
     r = les["radius"] * scale
-    half = int(math.ceil(2.7 * r)) + 3
+    half = math.ceil(2.7 * r) + 3
     x0, y0 = max(int(cx) - half, 0), max(int(cy) - half, 0)
     x1, y1 = min(int(cx) + half + 1, w), min(int(cy) + half + 1, h)
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
@@ -342,25 +349,26 @@ class Rendered:
     """One synthetic mammogram and its truth (boxes as [x1, y1, x2, y2] in pixels)."""
 
     image: np.ndarray  # uint16
-    masses: List[dict]  # per malignant mass: its draw_lesion dict plus box, centre
-    lookalikes: List[dict]  # per look-alike: the same
-    calcification_boxes: List[list]
+    masses: list[dict]  # per malignant mass: its draw_lesion dict plus box, centre
+    lookalikes: list[dict]  # per look-alike: the same
+    calcification_boxes: list[list]
     density: str
     glandular_fraction: float
     beta: float
 
     @property
-    def mass_boxes(self):
+    def mass_boxes(self) -> list[list[float]]:
         return [m["box"] for m in self.masses]
 
     @property
-    def lookalike_boxes(self):
+    def lookalike_boxes(self) -> list[list[float]]:
         return [m["box"] for m in self.lookalikes]
 
 
-def render_image(rng, spec: SyntheticSpec, laterality: str, view: str, masses: Sequence[dict] = (),
-                 lookalikes: Sequence[dict] = (), calcifications: int = 0, density: str = "B",
-                 glandular_fraction: Optional[float] = None, beta: float = 3.0, draw_lesions: bool = True) -> Rendered:
+def render_image(rng: np.random.Generator, spec: SyntheticSpec, laterality: str, view: str,
+                 masses: Sequence[dict] = (), lookalikes: Sequence[dict] = (), calcifications: int = 0,
+                 density: str = "B", glandular_fraction: float | None = None, beta: float = 3.0,
+                 draw_lesions: bool = True) -> Rendered:
     """One synthetic mammogram holding ``masses`` and ``lookalikes`` (dicts of :func:`draw_lesion`) and
     ``calcifications`` speck clusters. With ``draw_lesions`` False everything is drawn (the same random
     numbers) but the lesions are left out of the pixels: the tissue alone, for tests."""
@@ -434,12 +442,13 @@ def render_image(rng, spec: SyntheticSpec, laterality: str, view: str, masses: S
                     float(beta))
 
 
-def write_dicom(path, image: np.ndarray, patient_id: str, laterality: str, view: str):
+def write_dicom(path: str | os.PathLike, image: np.ndarray, patient_id: str, laterality: str, view: str) -> None:
     """Minimal uncompressed MONOCHROME2 mammogram DICOM (modality MG) with pydicom."""
     mammogram_dataset(path, image, patient_id, laterality, view).save_as(str(path), enforce_file_format=True)
 
 
-def mammogram_dataset(path, image: np.ndarray, patient_id: str, laterality: str, view: str):
+def mammogram_dataset(path: str | os.PathLike, image: np.ndarray, patient_id: str, laterality: str,
+                      view: str) -> FileDataset:
     """The pydicom dataset :func:`write_dicom` saves: 16-bit MONOCHROME2, explicit VR little endian."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -475,7 +484,8 @@ def _patient_views(rng):
     return [v for i, v in enumerate(VIEWS) if i != drop]
 
 
-def draw_patient(rng, spec: SyntheticSpec, label: int):
+def draw_patient(rng: np.random.Generator, spec: SyntheticSpec,
+                 label: int) -> tuple[list[tuple[str, str]], str, float, float, dict[str, dict]]:
     """A patient's views, density category, glandular fraction, power-law exponent and, per imaged breast,
     its lesions: ``(views, density, glandular_fraction, beta, breasts)`` with breasts: laterality ->
     dict(masses, lookalikes, calcifications)."""
@@ -496,7 +506,7 @@ def draw_patient(rng, spec: SyntheticSpec, label: int):
 LESION_KEYS = ("class", "kind", "shape", "margin", "radius", "contrast", "box", "center")
 
 
-def generate(root: str, spec: Optional[SyntheticSpec] = None, progress: bool = True) -> Dict[str, str]:
+def generate(root: str, spec: SyntheticSpec | None = None, progress: bool = True) -> dict[str, str]:
     """Write a synthetic data set under ``root``; returns the paths of annotations.json and patients.csv.
 
     Deterministic: the same spec gives byte-identical images and annotations.
@@ -582,7 +592,7 @@ def _read_annotations(root):
         return ann_path, json.load(f)
 
 
-def load_synthetic(root: str) -> List[dict]:
+def load_synthetic(root: str) -> list[dict]:
     """detectron2 dataset dicts of a set written by :func:`generate` (boxes in XYXY_ABS). The phantom's
     truth (density, look-alikes, lesion kinds) is left out, as for every data set: :func:`load_phantom_truth`."""
     from detectron2.structures import BoxMode
@@ -593,13 +603,10 @@ def load_synthetic(root: str) -> List[dict]:
         x, y, bw, bh = a["bbox"]
         by_image.setdefault(a["image_id"], []).append(
             {"bbox": [x, y, x + bw, y + bh], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0})
-    records = []
-    for im in coco["images"]:
-        records.append(dict(
-            file_name=os.path.join(root, im["file_name"]), height=im["height"], width=im["width"],
-            image_id=im["id"], patient_id=im["patient_id"], laterality=im["laterality"], view=im["view"],
-            annotations=by_image.get(im["id"], []),
-        ))
+    records = [dict(file_name=os.path.join(root, im["file_name"]), height=im["height"], width=im["width"],
+                    image_id=im["id"], patient_id=im["patient_id"], laterality=im["laterality"], view=im["view"],
+                    annotations=by_image.get(im["id"], []))
+               for im in coco["images"]]
     return validate_records(records, ann_path)
 
 
@@ -607,7 +614,7 @@ TRUTH_KEYS = ("density", "glandular_fraction", "beta", "mass_margins", "lookalik
               "calcification_boxes", "lesions")
 
 
-def load_phantom_truth(root: str) -> Dict[int, dict]:
+def load_phantom_truth(root: str) -> dict[int, dict]:
     """image_id (as :func:`load_synthetic` gives it) -> the phantom's truth for that image: patient_id,
     density, glandular_fraction, beta, mass_margins, lookalike_boxes, lookalike_kinds, calcification_boxes and
     lesions (class, kind, shape, margin, radius, contrast, box, center per mass and look-alike)."""
@@ -632,7 +639,7 @@ CALCIFICATION_COLOR = (40, 210, 240)  # yellow
 DISPLAY_WINDOW = (0.5 * FAT_LEVEL, GLAND_LEVEL + 0.15)
 
 
-def to_display(image: np.ndarray, window=DISPLAY_WINDOW) -> np.ndarray:
+def to_display(image: np.ndarray, window: tuple[float, float] = DISPLAY_WINDOW) -> np.ndarray:
     """A 16-bit phantom as 8-bit BGR for looking at, through one fixed window (fractions of the 16-bit
     range) for every image, so that density categories look as different as they are."""
     lo, hi = window[0] * MAX_VALUE, window[1] * MAX_VALUE
@@ -660,7 +667,7 @@ def _marked(out: Rendered) -> np.ndarray:
     return img
 
 
-def contact_sheet(path: str, spec: Optional[SyntheticSpec] = None, seed: int = 0) -> str:
+def contact_sheet(path: str, spec: SyntheticSpec | None = None, seed: int = 0) -> str:
     """A picture of the phantom (docs/images/phantom.png): per density category A-D a positive CC view
     (malignant masses boxed in red; two margins) and a negative MLO view (look-alikes circled in blue,
     speck clusters in yellow), then close-ups of every malignant margin and look-alike kind, unmarked, all
@@ -689,7 +696,7 @@ def contact_sheet(path: str, spec: Optional[SyntheticSpec] = None, seed: int = 0
             tiles.append(img)
     rows = [np.hstack(tiles[0::2]), np.hstack(tiles[1::2])]
     # close-ups: each kind once, on fatty (A) tissue, 2.4x
-    crops, size = [], 2 * int(round(2.6 * spec.max_radius))
+    crops, size = [], 2 * round(2.6 * spec.max_radius)
     gallery = [(True, m) for m in MALIGNANT_MARGINS] + [(False, kd) for kd in LOOKALIKE_KINDS] + [(None, "specks")]
     for malignant, kind in gallery:
         lesions = [] if malignant is None else [draw_lesion(rng, spec, malignant, kind)]

@@ -13,9 +13,12 @@ stay the same for every training seed. The paper's rows (a)-(d) over three seeds
         --configs configs/synthetic/a_positives_only.yaml configs/synthetic/b_with_negatives.yaml \\
         configs/synthetic/c_top_likelihood.yaml configs/synthetic/d_tl_similarity.yaml
 """
+from __future__ import annotations
+
 import functools
 import logging
 import os
+from collections.abc import Sequence
 
 from detectron2.data import DatasetCatalog
 
@@ -31,7 +34,8 @@ SEEDS_NOTE = ("The synthetic training, validation and test sets are generated fr
               "the same for every training seed: the spread over seeds is that of training alone.")
 
 
-def choose_demo_points(config_file, opts, run_dir, validation_set=VALIDATION_SET):
+def choose_demo_points(config_file: str, opts: Sequence[str], run_dir: str,
+                       validation_set: str = VALIDATION_SET) -> None:
     """Operating points of a trained demo row, chosen on the validation patients (reused while they belong
     to the row's model_final.pth)."""
     from ..evaluation.operating_points import FILE_NAME, OperatingPointError, load_operating_points
@@ -49,7 +53,9 @@ def choose_demo_points(config_file, opts, run_dir, validation_set=VALIDATION_SET
     print(f"[demo] {os.path.basename(run_dir)}: operating points chosen on {validation_set} -> {path}", flush=True)
 
 
-def run_demo(output, configs=DEMO_CONFIGS, extra_opts=(), bootstrap=1000, seeds=None, validation_set=VALIDATION_SET):
+def run_demo(output: str, configs: Sequence[str] = DEMO_CONFIGS, extra_opts: Sequence[str] = (),
+             bootstrap: int = 1000, seeds: Sequence[int] | None = None,
+             validation_set: str = VALIDATION_SET) -> dict:
     """Train, evaluate and compare ``configs`` (once, or once per training seed in ``seeds``) on the data sets
     they name (the built-in synthetic ones unless ``extra_opts`` say otherwise); operating points chosen on
     ``validation_set``."""

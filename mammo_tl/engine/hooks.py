@@ -1,11 +1,15 @@
 """BestCheckpointHook: keep the checkpoint with the best patient-level metric; survives --resume."""
+from __future__ import annotations
+
 import json
 import logging
 import math
 import os
+from collections.abc import Mapping
 
 from detectron2.engine import HookBase
 from detectron2.utils import comm
+from fvcore.common.checkpoint import Checkpointer
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +23,8 @@ class BestCheckpointHook(HookBase):
     resumed run never overwrites a better model with a worse one.
     """
 
-    def __init__(self, eval_period, checkpointer, metric="patient/auc", mode="max", file_prefix="model_best"):
+    def __init__(self, eval_period: int, checkpointer: Checkpointer, metric: str = "patient/auc", mode: str = "max",
+                 file_prefix: str = "model_best") -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.eval_period = eval_period
@@ -62,19 +67,19 @@ class BestCheckpointHook(HookBase):
             logger.info("New best %s = %.4f at iteration %d: saved %s.pth", self.metric, self.best_value,
                         self.best_iter, self.file_prefix)
 
-    def after_step(self):
+    def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
         if self.eval_period > 0 and next_iter % self.eval_period == 0 and next_iter != self.trainer.max_iter:
             self._check()
 
-    def after_train(self):
+    def after_train(self) -> None:
         if self.trainer.iter + 1 >= self.trainer.max_iter:
             self._check()
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"best_value": self.best_value, "best_iter": self.best_iter, "metric": self.metric}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping) -> None:
         if state.get("metric", self.metric) == self.metric:
             self.best_value, self.best_iter = state.get("best_value"), state.get("best_iter")
         if os.path.exists(self._record_path):  # the best model file on disk wins: it may be newer

@@ -1,10 +1,14 @@
 """PatientEvaluator: per-patient and per-breast metrics, ROC and FROC curves, per-patient CSV."""
+from __future__ import annotations
+
 import csv
 import itertools
 import json
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from detectron2.data import DatasetCatalog
@@ -20,7 +24,8 @@ from .plots import plot_froc, plot_roc
 logger = logging.getLogger(__name__)
 
 
-def labels_from_records(records, key=("patient_id",)):
+def labels_from_records(records: Iterable[Mapping],
+                        key: Sequence[str] = ("patient_id",)) -> tuple[dict[str, int], dict[Any, str]]:
     """Group id -> 1 when any of its images has a box, else 0; also image id -> group id."""
     labels, group_of = {}, {}
     for r in records:
@@ -34,9 +39,10 @@ def labels_from_records(records, key=("patient_id",)):
     return labels, group_of
 
 
-def group_scores(image_scores, group_of, groups):
+def group_scores(image_scores: Mapping[Any, float], group_of: Mapping[Any, str],
+                 groups: Iterable[str]) -> dict[str, float]:
     """Highest image score per group; 0 for a group none of whose images has a box."""
-    out = {g: 0.0 for g in groups}
+    out = dict.fromkeys(groups, 0.0)
     for image_id, s in image_scores.items():
         g = group_of[image_id]
         out[g] = max(out[g], s)
@@ -56,7 +62,8 @@ class PatientEvaluator(DatasetEvaluator):
     and ``patient_labels`` hold what the patient metrics were computed from.
     """
 
-    def __init__(self, dataset_name, output_dir=None, threshold=0.5, bootstrap=1000, seed=0, operating_points=None):
+    def __init__(self, dataset_name: str, output_dir: str | None = None, threshold: float = 0.5,
+                 bootstrap: int = 1000, seed: int = 0, operating_points: Mapping[str, dict] | None = None) -> None:
         self.dataset_name = dataset_name
         self.operating_points = dict(operating_points or {})
         self.patient_scores, self.patient_labels = None, None
@@ -66,10 +73,10 @@ class PatientEvaluator(DatasetEvaluator):
         self.seed = seed
         self._predictions = []
 
-    def reset(self):
+    def reset(self) -> None:
         self._predictions = []
 
-    def process(self, inputs, outputs):
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for inp, out in zip(inputs, outputs):
             inst = out["instances"].to("cpu")
             self._predictions.append({
@@ -78,7 +85,7 @@ class PatientEvaluator(DatasetEvaluator):
                 "scores": inst.scores.numpy().astype(np.float64),
             })
 
-    def evaluate(self):
+    def evaluate(self) -> dict:
         predictions = comm.gather(self._predictions, dst=0)
         if not comm.is_main_process():
             return {}

@@ -5,7 +5,7 @@ patients -- the look-alikes it flags -- and the last run's (the method's) ``k`` 
 -- the cancers it is most likely to miss (ties: patient id). For each, the image shown is the one holding the
 patient's highest box score under the run that selected it (no box at all: its first image with a lesion, else
 its first image), drawn under every run: that run's ``MAX_BOXES`` highest-scoring boxes on the image with their
-scores (red above the run's threshold, amber below: mammo_tl/outputs/overlay.py), the ground-truth lesions in
+scores (red above the run's threshold, amber below: mammo_tl/drawing.py), the ground-truth lesions in
 green.
 
 Per-image boxes come from each run's inference/<dataset>/coco_instances_results.json (detectron2's
@@ -14,11 +14,15 @@ it (written by PatientEvaluator; a run evaluated before it existed gets a note i
 evaluated again). Images are written as PNG files to OUTPUT/gallery/ and referenced by relative
 paths, so the report folder opens anywhere without a network.
 """
+from __future__ import annotations
+
 import json
 import os
 import re
+from collections.abc import Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GALLERY_DIR = "gallery"
@@ -37,7 +41,8 @@ def _key(image_id):
     return str(image_id)
 
 
-def select_patients(baseline_scores, method_scores, labels, k=3):
+def select_patients(baseline_scores: Mapping[str, float], method_scores: Mapping[str, float],
+                    labels: Mapping[str, int], k: int = 3) -> tuple[list[str], list[str]]:
     """(healthy, cancers): the ``k`` healthy patients with the highest ``baseline_scores`` and the ``k`` cancer
     patients with the lowest ``method_scores``; ties broken by patient id (as a string)."""
     healthy = sorted((p for p, y in labels.items() if int(y) == 0), key=lambda p: (-baseline_scores[p], str(p)))
@@ -45,7 +50,7 @@ def select_patients(baseline_scores, method_scores, labels, k=3):
     return healthy[:k], cancers[:k]
 
 
-def load_predictions(eval_dir):
+def load_predictions(eval_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """image id (str) -> (boxes xyxy (n, 4), scores (n,)) from COCOEvaluator's coco_instances_results.json."""
     path = os.path.join(eval_dir, "coco_instances_results.json")
     if not os.path.exists(path):
@@ -60,7 +65,7 @@ def load_predictions(eval_dir):
             for i, v in out.items()}
 
 
-def load_image_index(run_dir, eval_dir):
+def load_image_index(run_dir: str, eval_dir: str) -> dict[str, dict]:
     """image id (str) -> {"patient_id", "file_name", "size", "boxes" (ground truth, xyxy)} of a run's test set,
     from the images.json its PatientEvaluator wrote (never from the data set now registered under that name,
     which may have been regenerated since)."""
@@ -75,7 +80,8 @@ def load_image_index(run_dir, eval_dir):
                                   "boxes": np.array(r["boxes"], dtype=np.float64).reshape(-1, 4)} for r in images}
 
 
-def pick_image(patient, index, predictions):
+def pick_image(patient: str, index: Mapping[str, dict],
+               predictions: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> str:
     """Image id holding ``patient``'s highest box score under ``predictions`` (ties: the smaller id); with no
     box on any of its images, its first image with a lesion, else its first image."""
     ids = sorted((i for i, r in index.items() if r["patient_id"] == str(patient)),
@@ -103,13 +109,16 @@ def _safe(text):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))[:60]
 
 
-def draw(file_name, gt_boxes, boxes, scores, threshold, path, size=None):
+def draw(file_name: str, gt_boxes: ArrayLike, boxes: ArrayLike, scores: ArrayLike, threshold: float | None,
+         path: str, size: tuple[int | None, int | None] | None = None) -> None:
     """One panel: the image with the ``MAX_BOXES`` highest-scoring ``boxes`` (and scores) and ``gt_boxes``;
-    ``size``: (height, width) the image had when evaluated (refused when it no longer has it)."""
+    ``size``: (height, width) the image had when evaluated (refused when it no longer has it). Raises
+    :class:`GalleryUnavailable` when the image is missing or changed, :class:`~mammo_tl.drawing.DrawingError`
+    when the panel cannot be written."""
     import cv2
 
     from ..data.image_io import read_image
-    from ..outputs.overlay import draw_overlay, overlay_base
+    from ..drawing import draw_overlay, overlay_base
 
     try:
         image = read_image(_resolve(file_name))
@@ -131,7 +140,7 @@ def draw(file_name, gt_boxes, boxes, scores, threshold, path, size=None):
     draw_overlay(base, f, np.asarray(boxes).reshape(-1, 4)[order], np.asarray(scores)[order], path, threshold)
 
 
-def make_gallery(runs, output_dir, k=3):
+def make_gallery(runs: Mapping[str, dict], output_dir: str, k: int = 3) -> dict:
     """``runs``: name -> {"run_dir", "eval_dir", "dataset", "scores", "labels", "threshold"} (report.load_run's
     summary), first the baseline, last the method. Draws the panels into ``output_dir``/gallery/ and returns
     {"rule", "baseline", "method", "patients": [{"patient_id", "label", "group", "image_id", "file_name",
@@ -175,7 +184,7 @@ def make_gallery(runs, output_dir, k=3):
     return {"rule": rule, "baseline": baseline, "method": method, "patients": patients}
 
 
-def gallery_markdown(g):
+def gallery_markdown(g: Mapping) -> list[str]:
     names = list(g["patients"][0]["panels"]) if g["patients"] else []
     lines = ["## Gallery", "", g["rule"], ""]
     if not names:
@@ -189,7 +198,7 @@ def gallery_markdown(g):
     return lines + [""]
 
 
-def gallery_html(g):
+def gallery_html(g: Mapping) -> list[str]:
     import html
 
     names = list(g["patients"][0]["panels"]) if g["patients"] else []

@@ -1,5 +1,5 @@
 """Clinical metrics as pure functions: per-patient classification (the paper's eq. 5) and FROC."""
-from typing import Dict, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ def _as_arrays(scores: Mapping, labels: Mapping):
     return ids, y, s
 
 
-def _point_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> Dict[str, float]:
+def _point_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
     pred = s > threshold
@@ -44,7 +44,7 @@ def _point_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> Dict[str, 
 
 
 def patient_metrics(scores: Mapping, labels: Mapping, threshold: float = 0.5, bootstrap: int = 1000,
-                    seed: int = 0, alpha: float = 0.05) -> Dict:
+                    seed: int = 0, alpha: float = 0.05) -> dict:
     """Per-patient AUC, sensitivity, specificity and accuracy (the paper's eq. 5).
 
     Args:
@@ -93,7 +93,7 @@ def _interval(values, alpha):
 
 
 def paired_difference(scores_a: Mapping, scores_b: Mapping, labels: Mapping, threshold: float = 0.5,
-                      bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05) -> Dict:
+                      bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
     """Metric of run b minus run a on the same patients, with a paired bootstrap interval
     (both runs resampled with the same patients). metric -> {"diff": d, "ci": (low, high)}."""
     _, y, sa = _as_arrays(scores_a, labels)
@@ -151,7 +151,7 @@ def match_image(gt: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou_thres
 
 def froc(gt_boxes: Mapping, pred_boxes: Mapping, pred_scores: Mapping,
          fp_rates: Sequence[float] = FROC_FP_RATES, iou_threshold: float = 0.5,
-         criterion: str = "iou") -> Dict:
+         criterion: str = "iou") -> dict:
     """Free-response ROC: lesion-level sensitivity at given mean numbers of false positives per image.
 
     Args:

@@ -1,13 +1,17 @@
 """ROC and FROC plots (PNG) with their curves as CSV, for evaluators and reports."""
+from __future__ import annotations
+
 import csv
 import os
+from collections.abc import Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .metrics import FROC_FP_RATES
 
 
-def plot_roc(curves, path, title="ROC, per patient"):
+def plot_roc(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str, title: str = "ROC, per patient") -> None:
     """curves: name -> (labels, scores) over the same patients. Writes PNG and one CSV per curve."""
     import matplotlib
 
@@ -33,7 +37,7 @@ def plot_roc(curves, path, title="ROC, per patient"):
     plt.close(fig)
 
 
-def plot_froc(curves, path, max_fppi=8.0):
+def plot_froc(curves: Mapping[str, Mapping], path: str, max_fppi: float = 8.0) -> None:
     """curves: name -> froc() result. Writes PNG (log x axis) and one CSV per curve."""
     import matplotlib
 

@@ -1,25 +1,28 @@
 """Several runs side by side in the layout of the paper's Table 1, with intervals, ROC and FROC plots and a
 gallery of chosen test images under every run (gallery.py). Runs of one configuration over several training
 seeds are summarised by aggregate.py."""
+from __future__ import annotations
+
 import csv
 import html
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .gallery import GalleryUnavailable, gallery_html, gallery_markdown, make_gallery
-from .plots import plot_froc, plot_roc
 from .metrics import paired_difference
 from .operating_points import FILE_NAME as OP_FILE_NAME
 from .operating_points import load_operating_points, metrics_at_points
+from .plots import plot_froc, plot_roc
 
 COLUMNS = (("ap50", "mAP (AP50)"), ("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
            ("specificity", "specificity"))
 
 
-def find_eval_dir(run_dir, dataset=None):
+def find_eval_dir(run_dir: str, dataset: str | None = None) -> tuple[str, str]:
     """The folder inference/<dataset> of a run that holds patient_metrics.json."""
     base = os.path.join(run_dir, "inference")
     if not os.path.isdir(base):
@@ -32,7 +35,7 @@ def find_eval_dir(run_dir, dataset=None):
     return os.path.join(base, names[0]), names[0]
 
 
-def load_run(run_dir, dataset=None):
+def load_run(run_dir: str, dataset: str | None = None) -> dict:
     """Summary of one evaluated run: metrics, intervals, patient scores, FROC curve."""
     eval_dir, dataset = find_eval_dir(run_dir, dataset)
     with open(os.path.join(eval_dir, "patient_metrics.json")) as f:
@@ -61,7 +64,7 @@ def load_run(run_dir, dataset=None):
             "run_dir": run_dir, "eval_dir": eval_dir}
 
 
-def training_seconds_per_iter(run_dir):
+def training_seconds_per_iter(run_dir: str) -> float:
     """Median of the per-iteration times detectron2 logged in the run's metrics.json (NaN without one): the
     whole run's training cost, comparable between runs of one machine."""
     path = os.path.join(run_dir, "metrics.json")
@@ -96,7 +99,7 @@ def _fmt(v, ci=None):
     return s
 
 
-def add_gallery(loaded, output_dir, k, results):
+def add_gallery(loaded: Mapping[str, dict], output_dir: str, k: int, results: dict) -> tuple[list[str], list[str]]:
     """The gallery section (Markdown lines, HTML parts) of runs loaded by :func:`load_run` (first: baseline,
     last: method), its panels written to output_dir/gallery/; a note instead when a file it needs is missing.
     Stores the chosen patients in ``results["gallery"]``."""
@@ -113,7 +116,8 @@ def add_gallery(loaded, output_dir, k, results):
     return gallery_markdown(g), gallery_html(g)
 
 
-def make_report(runs, output_dir, baseline=None, bootstrap=1000, seed=0, title="mammo_tl results", gallery=3):
+def make_report(runs: Mapping[str, str], output_dir: str, baseline: str | None = None, bootstrap: int = 1000,
+                seed: int = 0, title: str = "mammo_tl results", gallery: int = 3) -> tuple[dict, str]:
     """runs: name -> run dir (all evaluated on the same test set). Writes report.md, report.html,
     roc.png, froc.png, results.json and (``gallery`` > 0: that many healthy and that many cancer patients;
     see gallery.py) gallery/*.png to output_dir; returns (results dict, Markdown)."""
@@ -156,7 +160,8 @@ def make_report(runs, output_dir, baseline=None, bootstrap=1000, seed=0, title="
              "run's metrics.json (x: against the first run; comparable on one machine only).", "",
              _md_table(header, rows), ""]
     if diff_rows:
-        lines += ["Paired differences (same patients resampled for both runs):", "", _md_table(diff_header, diff_rows), ""]
+        lines += ["Paired differences (same patients resampled for both runs):", "", _md_table(diff_header, diff_rows),
+                  ""]
     point_header = ["run", "operating point", "threshold", "sensitivity", "specificity", "accuracy",
                     "validation sensitivity", "validation specificity"]
     point_rows = []
@@ -178,7 +183,8 @@ def make_report(runs, output_dir, baseline=None, bootstrap=1000, seed=0, title="
     if point_rows:
         val = sorted({r["points"]["validation_dataset"] for r in loaded.values() if r["points"]})
         lines += [f"Test figures at operating points chosen on the validation set ({', '.join(val)}; "
-                  "tools/operating_points.py), never on the test patients:", "", _md_table(point_header, point_rows), ""]
+                  "tools/operating_points.py), never on the test patients:", "", _md_table(point_header, point_rows),
+                  ""]
     lines += ["![ROC](roc.png) ![FROC](froc.png)", ""]
     gallery_md, gallery_parts = add_gallery(loaded, output_dir, gallery, results)
     lines += gallery_md
@@ -198,7 +204,7 @@ def _md_table(header, rows):
     return "\n".join(out)
 
 
-def html_table(h, rs):
+def html_table(h: Sequence[str], rs: Iterable[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in h)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rs)
     return f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"

@@ -1,10 +1,11 @@
 """SuspectedTargetROIHeads: StandardROIHeads that samples negative images' suspected targets and adds
 the paper's similarity loss."""
-from typing import Dict, List
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Instances
 
@@ -36,7 +37,7 @@ class SuspectedTargetROIHeads(StandardROIHeads):
 
     @configurable
     def __init__(self, *, num_top_negative_proposals: int = 128, similarity_enabled: bool = True,
-                 similarity_weight: float = 0.1, similarity_feature: str = "softmax", **kwargs):
+                 similarity_weight: float = 0.1, similarity_feature: str = "softmax", **kwargs) -> None:
         super().__init__(**kwargs)
         if similarity_feature not in SIMILARITY_FEATURES:
             raise ValueError(f"MODEL.ROI_HEADS.SIMILARITY.FEATURE must be one of {SIMILARITY_FEATURES}, "
@@ -52,7 +53,7 @@ class SuspectedTargetROIHeads(StandardROIHeads):
         self.similarity_feature = similarity_feature
 
     @classmethod
-    def from_config(cls, cfg, input_shape):
+    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         ret = super().from_config(cfg, input_shape)
         ret.update(
             num_top_negative_proposals=cfg.MODEL.ROI_HEADS.SUSPECTED_TARGET.NUM_TOP_PROPOSALS,
@@ -64,7 +65,7 @@ class SuspectedTargetROIHeads(StandardROIHeads):
 
     # ---- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]):
+    def label_and_sample_proposals(self, proposals: list[Instances], targets: list[Instances]) -> list[Instances]:
         with torch.profiler.record_function("mammo_tl/suspected_target_sampling"):
             return self._label_and_sample(proposals, targets)
 
@@ -97,7 +98,7 @@ class SuspectedTargetROIHeads(StandardROIHeads):
         return sampled, labels
 
     # ---- losses -----------------------------------------------------------------------------------
-    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+    def _forward_box(self, features: dict[str, torch.Tensor], proposals: list[Instances]):
         if not self.training:
             return super()._forward_box(features, proposals)
         box_features = self.box_pooler([features[f] for f in self.box_in_features],
@@ -109,14 +110,11 @@ class SuspectedTargetROIHeads(StandardROIHeads):
             losses["loss_sim"] = self._similarity_loss(predictions[0], box_features, proposals)
         return losses
 
-    def _similarity_loss(self, scores, box_features, proposals: List[Instances]):
+    def _similarity_loss(self, scores, box_features, proposals: list[Instances]):
         zero = scores.sum() * 0.0
         if not self.similarity_enabled:
             return zero
-        if self.similarity_feature == "softmax":
-            feats = F.softmax(scores, dim=1)
-        else:
-            feats = box_features.flatten(1)
+        feats = F.softmax(scores, dim=1) if self.similarity_feature == "softmax" else box_features.flatten(1)
         per_image = feats.split([len(p) for p in proposals])
         positives, negatives = [], []
         for f, p in zip(per_image, proposals):

@@ -1,9 +1,9 @@
 """TopLikelihoodRPN: detectron2's RPN with the paper's top likelihood loss for negative images."""
-from typing import Dict, List
+from __future__ import annotations
 
 import torch
-from detectron2.config import configurable
-from detectron2.layers import cat
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.structures import Boxes, Instances
 
@@ -41,14 +41,14 @@ class TopLikelihoodRPN(RPN):
 
     @configurable
     def __init__(self, *, top_likelihood_enabled: bool = True, top_likelihood_k: int = 256,
-                 top_likelihood_weight: float = 1.0, **kwargs):
+                 top_likelihood_weight: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.top_likelihood_enabled = top_likelihood_enabled
         self.top_likelihood_k = top_likelihood_k
         self.top_likelihood_weight = top_likelihood_weight
 
     @classmethod
-    def from_config(cls, cfg, input_shape):
+    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         ret = super().from_config(cfg, input_shape)
         tl = cfg.MODEL.RPN.TOP_LIKELIHOOD
         ret.update(top_likelihood_enabled=tl.ENABLED, top_likelihood_k=tl.NUM_ANCHORS,
@@ -56,7 +56,8 @@ class TopLikelihoodRPN(RPN):
         return ret
 
     @torch.no_grad()
-    def label_and_sample_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
+    def label_and_sample_anchors(self, anchors: list[Boxes],
+                                 gt_instances: list[Instances]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         gt_labels, matched_gt_boxes = super().label_and_sample_anchors(anchors, gt_instances)
         if self.top_likelihood_enabled:
             for labels, negative in zip(gt_labels, negative_images(gt_instances)):
@@ -64,8 +65,8 @@ class TopLikelihoodRPN(RPN):
                     labels.fill_(NEGATIVE_IMAGE_LABEL)
         return gt_labels, matched_gt_boxes
 
-    def losses(self, anchors, pred_objectness_logits: List[torch.Tensor], gt_labels: List[torch.Tensor],
-               pred_anchor_deltas: List[torch.Tensor], gt_boxes: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def losses(self, anchors: list[Boxes], pred_objectness_logits: list[torch.Tensor], gt_labels: list[torch.Tensor],
+               pred_anchor_deltas: list[torch.Tensor], gt_boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         all_logits = cat(pred_objectness_logits, dim=1)  # (N, sum(Hi*Wi*A))
         zero = all_logits.sum() * 0.0
         negative = torch.stack([(g == NEGATIVE_IMAGE_LABEL).all() for g in gt_labels])

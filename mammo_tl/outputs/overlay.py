@@ -1,46 +1,25 @@
 """PNG overlays: the image, shrunk to at most ``max_side`` pixels, with its boxes and scores drawn.
 
-:func:`overlay_base` shrinks the image where it is decoded (a loader worker), so only a small 8-bit copy
-travels to the process that draws the boxes once the model has answered."""
-import cv2
-import numpy as np
+The drawing lives in :mod:`mammo_tl.drawing` (below the evaluation, whose report gallery draws the same
+panels); this module gives predict its names and raises :class:`~mammo_tl.outputs.OutputError`, as every
+writer of ``mammo_tl.outputs`` does."""
+from __future__ import annotations
 
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..drawing import AMBER, DEFAULT_THRESHOLD, RED, DrawingError, draw_boxes, overlay_base, write_image
 from . import OutputError
 
-RED, AMBER = (0, 0, 255), (0, 200, 255)  # OpenCV's BGR order
-# Without an operating point, boxes above the paper's threshold are drawn red.
-DEFAULT_THRESHOLD = 0.5
+__all__ = ["AMBER", "DEFAULT_THRESHOLD", "RED", "draw_boxes", "draw_overlay", "overlay_base"]
 
 
-def overlay_base(image, lo=None, hi=None, max_side=1024):
-    """(8-bit BGR image at most ``max_side`` pixels on a side, scale factor from ``image``'s pixels).
-    ``lo``/``hi``: the image's value range, when already known."""
-    lo = float(image.min()) if lo is None else float(lo)
-    hi = float(image.max()) if hi is None else float(hi)
-    f = min(1.0, max_side / max(image.shape))
-    size = (max(1, int(image.shape[1] * f)), max(1, int(image.shape[0] * f)))
-    if f < 1.0:
-        if image.dtype not in (np.uint8, np.uint16, np.int16, np.float32):  # the types cv2.resize takes
-            image = image.astype(np.float32)
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    u8 = np.clip((image.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
-    return cv2.cvtColor(u8, cv2.COLOR_GRAY2BGR), f
-
-
-def draw_overlay(base, f, boxes, scores, path, threshold=None):
+def draw_overlay(base: np.ndarray, f: float, boxes: ArrayLike, scores: ArrayLike, path: str,
+                 threshold: float | None = None) -> None:
     """Draw ``boxes`` (original pixels) and ``scores`` on ``base`` (from :func:`overlay_base`, scale ``f``)
     and write it to ``path``: red for a score above ``threshold`` (the operating point's; None: 0.5),
     amber otherwise. Raises :class:`~mammo_tl.outputs.OutputError` when it cannot be written."""
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    rgb = base.copy()
-    for (x1, y1, x2, y2), s in zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * f, scores):
-        color = RED if s > threshold else AMBER
-        cv2.rectangle(rgb, (int(x1), int(y1)), (int(x2), int(y2)), color, 2)
-        cv2.putText(rgb, f"{s:.2f}", (int(x1), max(12, int(y1) - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1)
     try:
-        ok = cv2.imwrite(path, rgb)
-    except cv2.error as e:
-        raise OutputError(f"{path}: overlay cannot be written ({e})") from None
-    if not ok:  # OpenCV reports a failed write only through its return value
-        raise OutputError(f"{path}: overlay cannot be written (OpenCV's imwrite failed: folder missing or "
-                          f"unwritable, or disk full)")
+        write_image(draw_boxes(base, f, boxes, scores, threshold), path)
+    except DrawingError as e:
+        raise OutputError(str(e)) from None

@@ -10,30 +10,36 @@ benign look-alike draws a false positive, all at the 1-false-positive-per-image 
 what the benign findings cost the patient AUC (:func:`lookalike_cost`). The contrast-to-noise ratio of the
 test set's lesions (:func:`phantom_statistics`) needs no training.
 
-The engine is imported when a measurement runs, not with this module (the data package stays below it).
+An experiment (it trains and evaluates), so it lives in the engine, above the data and the evaluation it reads.
 """
+from __future__ import annotations
+
 import json
 import os
 import time
 from collections import OrderedDict, defaultdict
-from typing import Dict, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
+from detectron2.data import DatasetCatalog
 
-from .synthetic import load_phantom_truth
+from ..data.datasets.common import register_json_datasets
+from ..data.synthetic import load_phantom_truth
+from ..evaluation.metrics import box_iou, patient_metrics
+from ..evaluation.report import find_eval_dir, load_run
+from ..files import atomic_write_json
+from .experiments import REPO, load_saved_config, run_rows
 
 FP_RATE = 1.0  # false positives per image at which lesion sensitivity is read
 IOU_THRESHOLD = 0.5  # as the FROC of mammo_tl.evaluation.metrics
 RESULTS_FILE = "difficulty.json"
 
 
-def baseline_config():
-    from ..engine.experiments import REPO
-
+def baseline_config() -> str:
     return os.path.join(REPO, "configs", "synthetic", "a_positives_only.yaml")
 
 
-def operating_point(froc_result: Mapping, rate: float = FP_RATE) -> Dict[str, float]:
+def operating_point(froc_result: Mapping, rate: float = FP_RATE) -> dict[str, float]:
     """The FROC operating point at ``rate`` false positives per image, by the rule of
     mammo_tl.evaluation.metrics.froc: the highest lesion sensitivity over the curve's points whose false
     positives per image are at most ``rate``; of the points that reach it, the one with the highest score
@@ -48,12 +54,10 @@ def operating_point(froc_result: Mapping, rate: float = FP_RATE) -> Dict[str, fl
     return {"sensitivity": best, "fppi": float(fppi[i]), "threshold": float(thr[i])}
 
 
-def run_figures(run_dir: str, dataset: str = None, rate: float = FP_RATE) -> Dict:
+def run_figures(run_dir: str, dataset: str | None = None, rate: float = FP_RATE) -> dict:
     """The difficulty figures of an evaluated run (its inference/<dataset>/patient_metrics.json and
     patients.csv, as the report reads them): patient AUC with its bootstrap interval, and lesion
     sensitivity at ``rate`` false positives per image with the score threshold of that point."""
-    from ..evaluation.report import load_run
-
     run = load_run(run_dir, dataset)
     point = operating_point(run["froc"], rate)
     row = run["row"]
@@ -67,9 +71,7 @@ def run_figures(run_dir: str, dataset: str = None, rate: float = FP_RATE) -> Dic
         num_lesions=int(run["froc"]["num_lesions"]), num_images=int(run["froc"]["num_images"]))
 
 
-def _hit(box, boxes, iou_threshold):
-    from ..evaluation.metrics import box_iou
-
+def _hit(box, boxes, iou_threshold) -> bool:
     if len(boxes) == 0:
         return False
     return bool(np.max(box_iou(np.asarray([box], dtype=np.float64), boxes)) >= iou_threshold)
@@ -80,7 +82,7 @@ def _rate(hits):
 
 
 def lesion_breakdown(predictions: Mapping, truth: Mapping, threshold: float,
-                     iou_threshold: float = IOU_THRESHOLD) -> Dict:
+                     iou_threshold: float = IOU_THRESHOLD) -> dict:
     """Where the difficulty lies, at one score threshold.
 
     Args:
@@ -93,8 +95,6 @@ def lesion_breakdown(predictions: Mapping, truth: Mapping, threshold: float,
     box: a false positive on a benign finding), and ``false_positives``: per image, and the share of them
     that lie on a look-alike or speck cluster (IoU >= ``iou_threshold``; the rest lie on normal tissue).
     """
-    from ..evaluation.metrics import box_iou
-
     by_margin, by_density, by_kind, calcs = defaultdict(list), defaultdict(list), defaultdict(list), []
     fp_total, fp_on_benign = 0, 0
     for image_id, t in truth.items():
@@ -109,8 +109,7 @@ def lesion_breakdown(predictions: Mapping, truth: Mapping, threshold: float,
         for les in t["lesions"]:
             if les["class"] == "benign":
                 by_kind[les["kind"]].append(_hit(les["box"], kept, iou_threshold))
-        for box in t["calcification_boxes"]:
-            calcs.append(_hit(box, kept, iou_threshold))
+        calcs.extend(_hit(box, kept, iou_threshold) for box in t["calcification_boxes"])
         # false positives: kept boxes on no malignant mass (FROC's rule, without its one-box-per-lesion greed)
         gt = np.asarray([les["box"] for les in masses], dtype=np.float64).reshape(-1, 4)
         benign = np.asarray([les["box"] for les in t["lesions"] if les["class"] == "benign"]
@@ -132,14 +131,12 @@ def lesion_breakdown(predictions: Mapping, truth: Mapping, threshold: float,
                              share_on_benign_finding=fp_on_benign / fp_total if fp_total else float("nan")))
 
 
-def lookalike_cost(predictions: Mapping, truth: Mapping, iou_threshold: float = 0.3) -> Dict:
+def lookalike_cost(predictions: Mapping, truth: Mapping, iou_threshold: float = 0.3) -> dict:
     """What the benign findings cost the patient AUC: the patient ROC AUC from the detections as they are
     (a patient's score: its highest box score, 0 without boxes, as PatientEvaluator scores it), and again
     with every box on a look-alike or speck cluster (IoU >= ``iou_threshold`` with its box) removed. The
     difference is what a detector that never fired on benign findings, and was otherwise the same, would
     gain; it is the room the paper's method has. Labels: a patient is positive when any image holds a mass."""
-    from ..evaluation.metrics import box_iou, patient_metrics
-
     scores = {"as_is": defaultdict(float), "without_benign_findings": defaultdict(float)}
     labels = defaultdict(int)
     for image_id, t in truth.items():
@@ -160,7 +157,7 @@ def lookalike_cost(predictions: Mapping, truth: Mapping, iou_threshold: float = 
     return out
 
 
-def load_predictions(eval_dir: str) -> Dict:
+def load_predictions(eval_dir: str) -> dict:
     """image id -> (boxes xyxy, scores) from a run's inference/<dataset>/coco_instances_results.json
     (detectron2's COCOEvaluator output: the same detections the patient evaluator scored)."""
     path = os.path.join(eval_dir, "coco_instances_results.json")
@@ -193,7 +190,7 @@ def lesion_cnr(image: np.ndarray, box: Sequence[float], exclude: np.ndarray) -> 
     return float((img[core].mean() - img[ring].mean()) / (img[ring].std() + 1e-9))
 
 
-def phantom_statistics(root: str, image_ids=None) -> Dict:
+def phantom_statistics(root: str, image_ids: Collection[int] | None = None) -> dict:
     """Contrast-to-noise ratio of every mass and look-alike of a synthetic set, or of its images ``image_ids``
     (:func:`lesion_cnr`, on the image scaled to [0, 1], other findings excluded from the ring), summarised
     (n, mean, 10th/50th/90th percentile) by class, by class and kind, and by class and density category."""
@@ -218,12 +215,12 @@ def phantom_statistics(root: str, image_ids=None) -> Dict:
     def summary(v):
         v = np.asarray(v)
         p10, p50, p90 = np.percentile(v, [10, 50, 90])
-        return {"n": int(len(v)), "mean": float(v.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90)}
+        return {"n": len(v), "mean": float(v.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90)}
 
     return OrderedDict((k, summary(groups[k])) for k in sorted(groups))
 
 
-def phantom_root(records: Sequence[Mapping], dataset: str):
+def phantom_root(records: Sequence[Mapping], dataset: str) -> tuple[str, dict] | tuple[None, None]:
     """(root, annotations info) of the synthetic set whose images the ``records`` (of ``dataset``) are, or
     (None, None) for a set of other images. Found from the records themselves (ROOT/images/<file> beside
     ROOT/annotations.json, as mammo_tl.data.synthetic.generate writes them), so the built-in sets, a set
@@ -250,21 +247,15 @@ def phantom_root(records: Sequence[Mapping], dataset: str):
     return root, info
 
 
-def measure_difficulty(output: str, config_file: str = None, extra_opts: Sequence[str] = (), bootstrap: int = 1000,
-                       rate: float = FP_RATE, run_dir: str = None) -> Dict:
+def measure_difficulty(output: str, config_file: str | None = None, extra_opts: Sequence[str] = (),
+                       bootstrap: int = 1000, rate: float = FP_RATE, run_dir: str | None = None) -> dict:
     """Train and evaluate the baseline (config (a) unless ``config_file``) into ``output/<config name>``
     with run_rows (a finished run with this config and these records is reused), or, with ``run_dir``, take
     that evaluated run as it is (nothing trained, nothing written beside it: e.g. one run of a seeds folder,
-    whose reports stay untouched); then write ``output/difficulty.json``: the figures (:func:`run_figures`), the breakdown against the phantom's truth
-    (:func:`lesion_breakdown`), what the benign findings cost the patient AUC (:func:`lookalike_cost`), the
-    test set's contrast-to-noise ratios (:func:`phantom_statistics`), spec and generator version, and the
-    wall time. Returns what it writes."""
-    from detectron2.data import DatasetCatalog
-
-    from ..engine.experiments import run_rows
-    from ..evaluation.report import find_eval_dir
-    from ..files import atomic_write_json
-
+    whose reports stay untouched); then write ``output/difficulty.json``: the figures (:func:`run_figures`), the
+    breakdown against the phantom's truth (:func:`lesion_breakdown`), what the benign findings cost the patient
+    AUC (:func:`lookalike_cost`), the test set's contrast-to-noise ratios (:func:`phantom_statistics`), spec and
+    generator version, and the wall time. Returns what it writes."""
     start = time.time()
     if run_dir is None:
         config_file = config_file or baseline_config()
@@ -272,9 +263,6 @@ def measure_difficulty(output: str, config_file: str = None, extra_opts: Sequenc
                  tag="difficulty")
         run_dir = os.path.join(output, os.path.splitext(os.path.basename(config_file))[0])
     else:  # the run's own data sets, as it was trained and evaluated
-        from ..engine.experiments import load_saved_config
-        from .datasets.common import register_json_datasets
-
         config_file = os.path.join(run_dir, "config.yaml")
         if not os.path.exists(config_file):
             raise FileNotFoundError(f"{run_dir}: no config.yaml; give the OUTPUT_DIR of a trained and evaluated run")
