@@ -1,5 +1,124 @@
-"""mammo_tl's config keys. Defaults are the paper's values (Xiao et al., MICCAI 2019) where it gives them."""
+"""mammo_tl's config keys. Defaults are the paper's values (Xiao et al., MICCAI 2019) where it gives them.
+
+Config files are data: every YAML file mammo_tl reads (a config, its ``_BASE_`` chain, a run's saved
+config.yaml) is parsed by :func:`load_yaml_file`, a safe loader (no tag constructs a Python object) that also
+refuses a key given twice in one mapping. detectron2's own ``CfgNode.merge_from_file`` falls back to
+``yaml.unsafe_load``, which runs code named in the file; :func:`get_mammo_tl_cfg` returns a
+:class:`SafeCfgNode`, whose ``merge_from_file`` never does.
+"""
+import os
+
+import yaml
 from detectron2.config import CfgNode as CN
+
+BASE_KEY = "_BASE_"
+
+
+class ConfigFileError(ValueError):
+    """A YAML file that cannot be read as a config: the message names the file and, where YAML has one, the line
+    and column."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (plain scalars, lists and mappings only) that refuses duplicate keys: YAML would keep the
+    last one and drop the first silently."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # unhashable key: let SafeLoader report it
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found key {key!r} a second time (first on line {first.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_file(path):
+    """The YAML file ``path`` as plain data (dicts, lists, strings, numbers, booleans, None).
+
+    Raises :class:`ConfigFileError` naming the file and line for a tag that would construct a Python object
+    (``!!python/object/apply:...``), for any other YAML error and for a key given twice in one mapping."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_ConfigLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else path
+        problem = e.problem or e.context or str(e)
+        if isinstance(e, yaml.constructor.ConstructorError) and "could not determine a constructor" in problem:
+            problem = (f"{problem}: mammo_tl reads config files as data (YAML's safe loader), and a tag that "
+                       "constructs a Python object would run code; remove the tag")
+        raise ConfigFileError(f"{where}: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigFileError(f"{path}: not valid YAML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"{path}: not UTF-8 text ({e})") from None
+    except FileNotFoundError:
+        raise ConfigFileError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"{path}: is a folder, not a config file") from None
+
+
+def _merge_a_into_b(a, b, path):
+    for k, v in a.items():
+        if isinstance(v, dict) and k in b:
+            if not isinstance(b[k], dict):
+                raise ConfigFileError(f"{path}: key {k!r} is a mapping here but not in its _BASE_")
+            _merge_a_into_b(v, b[k], path)
+        else:
+            b[k] = v
+
+
+class SafeCfgNode(CN):
+    """detectron2's CfgNode whose files (and their ``_BASE_`` chains) are read with :func:`load_yaml_file`,
+    never with ``yaml.unsafe_load``, whatever ``allow_unsafe`` a caller passes."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename, allow_unsafe=False, _chain=()):
+        """fvcore's ``_BASE_`` inheritance (a base path is relative to the file naming it; a list of bases
+        merges in order), each file read as data. A ``_BASE_`` cycle is refused."""
+        filename = os.fspath(filename)
+        real = os.path.realpath(filename)
+        if real in _chain:
+            raise ConfigFileError(f"{filename}: _BASE_ cycle: {' -> '.join(_chain)} -> {real}")
+        cfg = load_yaml_file(filename)
+        if cfg is None:
+            cfg = {}
+        if not isinstance(cfg, dict):
+            raise ConfigFileError(f"{filename}: a config file holds a mapping of keys, found a {type(cfg).__name__}")
+        if BASE_KEY not in cfg:
+            return cfg
+        bases = cfg.pop(BASE_KEY)
+        if not isinstance(bases, (str, list)) or not all(isinstance(b, str) for b in
+                                                         (bases if isinstance(bases, list) else [bases])):
+            raise ConfigFileError(f"{filename}: _BASE_ must be a file name or a list of file names, got {bases!r}")
+        merged = {}
+        for name in (bases if isinstance(bases, list) else [bases]):
+            base = os.path.expanduser(name)
+            base = base if os.path.isabs(base) else os.path.join(os.path.dirname(filename), base)
+            _merge_a_into_b(cls.load_yaml_with_base(base, _chain=(*_chain, real)), merged, filename)
+        _merge_a_into_b(cfg, merged, filename)
+        return merged
+
+    def merge_from_file(self, cfg_filename, allow_unsafe=False):
+        if not os.path.isfile(cfg_filename):
+            raise ConfigFileError(f"{cfg_filename}: config file not found")
+        super().merge_from_file(cfg_filename, allow_unsafe=False)
+
+
+def as_safe_cfg(cfg):
+    """``cfg`` (a detectron2 CfgNode, nested nodes included) turned into a :class:`SafeCfgNode` in place, keeping
+    its flags (frozen, new_allowed). Returns it."""
+    if isinstance(cfg, CN):
+        object.__setattr__(cfg, "__class__", SafeCfgNode)
+        for v in cfg.values():
+            as_safe_cfg(v)
+    return cfg
 
 
 def add_mammo_tl_config(cfg):
@@ -84,10 +203,11 @@ def add_mammo_tl_config(cfg):
 
 
 def get_mammo_tl_cfg():
-    """detectron2's default config with mammo_tl's keys added."""
+    """detectron2's default config with mammo_tl's keys added, as a :class:`SafeCfgNode` (files merged into it
+    are read as data)."""
     from detectron2.config import get_cfg
 
-    return add_mammo_tl_config(get_cfg())
+    return as_safe_cfg(add_mammo_tl_config(get_cfg()))
 
 
 def flatten_config(node, prefix=""):

@@ -1,4 +1,4 @@
-"""File helpers shared by preparation, evaluation and prediction: content hashes and atomic writes."""
+"""File helpers shared by preparation, evaluation and prediction: content hashes, atomic writes and folder locks."""
 import hashlib
 import json
 import os
@@ -55,85 +55,142 @@ def _pid_alive(pid) -> bool:
     return True
 
 
-def _lock_holder(path):
+def _read_holder(fd):
+    """The holder recorded in an open lock file: a dict, or None when empty or half written."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        data = os.pread(fd, 1 << 16, 0)
+        holder = json.loads(data.decode("utf-8"))
     except (OSError, ValueError):
         return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _describe(holder):
+    if not holder:
+        return "another process (its lock is being written)"
+    return (f"{holder.get('command', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+            f"since {holder.get('started', '?')})")
+
+
+def _flock(fd, shared=False):
+    """True: locked; False: another open file holds it; None: this file system has no flock."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP, ENOSYS (e.g. a Lustre mount without flock)
+        return None
+    return True
+
+
+def lock_holder(folder, name=LOCK_NAME):
+    """A description of the live process holding ``folder/name`` (or of a holder on another host, which cannot be
+    checked from here), or None when the lock is free. Probes without taking the lock for more than a moment."""
+    import socket
+
+    path = os.path.join(folder, name)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        locked = _flock(fd, shared=True)
+        holder = _read_holder(fd)
+        if locked is False:
+            return _describe(holder)
+        if holder and holder.get("host") != socket.gethostname():
+            return _describe(holder)
+        if locked is None and holder and isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"]):
+            return _describe(holder)
+        return None
+    finally:
+        os.close(fd)  # releases the probe's shared flock
 
 
 class FolderLock:
-    """One writer per output folder: ``with FolderLock(folder, "predict"):`` creates ``folder/.mammo_tl.lock``
-    (O_EXCL) holding the holder's command, pid, host and start time, and removes it on exit.
+    """One writer per output folder: ``with FolderLock(folder, "predict"):`` holds ``folder/.mammo_tl.lock``
+    (another ``name`` for a lock of one part of a folder) until the block ends, normally or by an exception.
 
-    A second process asking for the same folder gets :class:`FolderLocked` naming the holder. A lock left by a
-    dead process on this host (pid no longer running) is stale: it is replaced, with a warning. A lock from
-    another host cannot be checked from here and is refused; the message says how to remove it by hand.
-    A lock that cannot be read (half written) counts as held, unless it is older than ``stale_unreadable_s``."""
+    The lock is the kernel's ``flock`` on that file, which ends with the process holding it, however it ends; the
+    file records the holder's command, pid, host and start time for the messages, and is removed on release. A
+    second process asking for the same folder gets :class:`FolderLocked` naming the holder. A lock file left by a
+    process that died (no flock on it any more) is taken over, with a warning. A lock file written on another host
+    is refused even then: whether that process still runs cannot be checked from here (flock does not reach every
+    network file system), and the message says which file to remove by hand. On a file system without flock the
+    recorded pid decides (a live pid on this host holds the folder), with a warning that two processes starting
+    at the same instant could both proceed."""
 
-    def __init__(self, folder, command, stale_unreadable_s=60.0):
-        self.folder, self.command, self.path = folder, command, os.path.join(folder, LOCK_NAME)
-        self.stale_unreadable_s = stale_unreadable_s
-        self.held = False
+    def __init__(self, folder, command, name=LOCK_NAME):
+        self.folder, self.command, self.path = folder, command, os.path.join(folder, name)
+        self.fd = None
 
-    def _describe(self, holder):
-        return (f"{holder.get('command', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-                f"since {holder.get('started', '?')})")
+    @property
+    def held(self):
+        return self.fd is not None
+
+    def _refuse(self, holder, fd):
+        os.close(fd)
+        raise FolderLocked(f"{self.folder} is in use by {_describe(holder)}: one run writes a folder at a time; "
+                           f"wait for it to finish or use another folder")
 
     def acquire(self):
         import datetime
         import logging
         import socket
-        import time
 
+        if self.held:
+            raise FolderLocked(f"{self.folder}: this process already holds {self.path}")
         os.makedirs(self.folder, exist_ok=True)
         me = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(),
-              "started": datetime.datetime.now().isoformat(timespec="seconds")}
-        for _ in range(3):
+              "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        log = logging.getLogger(__name__)
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            locked = _flock(fd)
+            if locked is False:
+                self._refuse(_read_holder(fd), fd)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _lock_holder(self.path)
-                if holder is None:
-                    try:
-                        age = time.time() - os.path.getmtime(self.path)
-                    except OSError:
-                        continue  # removed meanwhile: try again
-                    if age < self.stale_unreadable_s:
-                        raise FolderLocked(f"{self.folder} is in use: its lock {self.path} is being written by "
-                                           f"another process; try again") from None
-                    stale = True
-                elif holder.get("host") == me["host"]:
-                    stale = not (isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"]))
-                else:
-                    raise FolderLocked(
-                        f"{self.folder} is in use by {self._describe(holder)}: one run writes a folder at a time. "
-                        f"That host's process cannot be checked from here; if it is no longer running, remove "
-                        f"{self.path}") from None
-                if not stale:
-                    raise FolderLocked(f"{self.folder} is in use by {self._describe(holder)}: one run writes a "
-                                       f"folder at a time; wait for it to finish or use another folder") from None
-                logging.getLogger(__name__).warning(
-                    "%s: lock left by %s, which is no longer running; taken over", self.folder,
-                    self._describe(holder) if holder else "an unreadable lock file")
-                try:
-                    os.remove(self.path)
-                except FileNotFoundError:
-                    pass
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # released (file removed) between our open and flock: open the new file
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(me, f)
-            self.held = True
+            holder = _read_holder(fd)
+            if holder and holder.get("host") != me["host"]:
+                os.close(fd)
+                raise FolderLocked(
+                    f"{self.folder} is in use by {_describe(holder)}: one run writes a folder at a time. That host's "
+                    f"process cannot be checked from here; if it is no longer running, remove {self.path}")
+            if locked is None:
+                if holder and isinstance(holder.get("pid"), int) and holder["pid"] != me["pid"] \
+                        and _pid_alive(holder["pid"]):
+                    self._refuse(holder, fd)
+                log.warning("%s: the file system does not support flock; the folder lock relies on the recorded pid",
+                            self.folder)
+            if holder:
+                log.warning("%s: lock left by %s, which is no longer running; taken over", self.folder,
+                            _describe(holder))
+            data = json.dumps(me).encode("utf-8")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            self.fd = fd
             return self
         raise FolderLocked(f"{self.folder}: its lock {self.path} kept changing; another process is starting there")
 
     def release(self):
-        if self.held:
-            holder = _lock_holder(self.path)
-            if holder is not None and holder.get("pid") == os.getpid():
-                os.remove(self.path)
-            self.held = False
+        if not self.held:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                os.remove(self.path)  # before closing: a process that opened it meanwhile sees it gone, retries
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
 
     def __enter__(self):
         return self.acquire()

@@ -21,6 +21,7 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
+from mammo_tl.config import ConfigFileError
 from mammo_tl.engine.cross_validation import CrossValidationError, cross_validate
 
 
@@ -38,7 +39,7 @@ def main():
     try:
         results = cross_validate(a.config_file, a.folds_dir, a.output, a.opts,
                                  extra_args=["--num-gpus", str(a.num_gpus)])
-    except CrossValidationError as e:
+    except (CrossValidationError, ConfigFileError) as e:
         sys.exit(f"cross_validate.py: {e}")
     for name, res in results.items():
         print(f"{name}: AP50 {res['bbox']['AP50']:.2f} (mean of folds: "

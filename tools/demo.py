@@ -17,11 +17,14 @@ GPU with --opts MODEL.DEVICE cuda):
         configs/synthetic/c_top_likelihood.yaml configs/synthetic/d_tl_similarity.yaml
 """
 import argparse
+import subprocess
 
 from detectron2.utils.logger import setup_logger
 
+from mammo_tl.config import ConfigFileError
+from mammo_tl.data.datasets.common import DatasetError
 from mammo_tl.engine.demo import DEMO_CONFIGS, VALIDATION_SET, run_demo
-from mammo_tl.engine.experiments import check_rows
+from mammo_tl.engine.experiments import RunMismatch, check_rows
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -40,5 +43,11 @@ if __name__ == "__main__":
     except (ValueError, RuntimeError) as e:
         p.error(str(e))
     setup_logger(name="mammo_tl")
-    run_demo(args.output, args.configs, extra_opts=args.opts, bootstrap=args.bootstrap, seeds=args.seeds,
-             validation_set=args.validation_set)
+    try:
+        run_demo(args.output, args.configs, extra_opts=args.opts, bootstrap=args.bootstrap, seeds=args.seeds,
+                 validation_set=args.validation_set)
+    except (RunMismatch, ConfigFileError, DatasetError) as e:
+        p.exit(2, f"demo.py: error: {e}\n")
+    except subprocess.CalledProcessError as e:
+        p.exit(1, f"demo.py: error: a training exited with status {e.returncode} ({' '.join(e.cmd)}); its "
+                  "OUTPUT_DIR's log.txt says why; run the same command again to resume\n")

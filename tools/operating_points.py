@@ -15,6 +15,7 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
+from mammo_tl.config import ConfigFileError
 from mammo_tl.data.datasets import DatasetError
 from mammo_tl.engine.checkpoint import WeightsError
 from mammo_tl.engine.choose_points import build_cfg, choose_points
@@ -41,7 +42,7 @@ def main():
     try:
         cfg = build_cfg(a.config_file, a.opts)
         path, points = choose_points(cfg, a.dataset, a.sensitivity, a.specificity, a.output)
-    except (OperatingPointError, WeightsError, DatasetError) as e:
+    except (OperatingPointError, WeightsError, DatasetError, ConfigFileError) as e:
         sys.exit(f"operating_points.py: {e}")
     print(f"{'point':<18} {'threshold':>9} {'sensitivity':>11} {'specificity':>11}   (on {a.dataset})")
     for name, pt in points.items():

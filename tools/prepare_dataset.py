@@ -26,7 +26,11 @@ prepared/records.json and report.json exactly as a single run would:
     python tools/prepare_dataset.py merge --output datasets/vindr      # after all 16 tasks (sbatch --array=1-16)
 
 The merge refuses a missing shard, or one made with other options or from other converted records, naming
-it. A stopped shard is resumed by running it again.
+it, and a cache file a shard's records need that is gone or no longer made from its source as it is now (pruned,
+or the source changed since): run that shard again. A stopped shard is resumed by running it again.
+
+One writer per OUTPUT: a run (or merge) into an OUTPUT that another run or merge is writing, or while shards run
+there, stops before any work, naming the holder (pid and host); the shards of one job array run side by side.
 """
 import argparse
 import json
@@ -37,7 +41,9 @@ from detectron2.utils.logger import setup_logger
 from mammo_tl.data.datasets import (SkipReport, export_coco, load_cbis_ddsm, load_csv_dataset, load_inbreast,
                                     load_vindr_mammo)
 from mammo_tl.data.datasets.common import load_records, save_records
-from mammo_tl.data.prepare import PrepareError, atomic_write, merge_shards, parse_shard, prepare_dataset
+from mammo_tl.data.prepare import (PrepareError, PrepareLock, atomic_write, merge_shards, parse_shard,
+                                   prepare_dataset)
+from mammo_tl.files import FolderLocked
 
 
 def _parser():
@@ -96,25 +102,36 @@ def main():
     p = _parser()
     a = p.parse_args()
     setup_logger(name="mammo_tl")
-    prepared_dir = os.path.join(a.output, "prepared")
     try:
-        if a.kind == "merge":
-            records_json = os.path.join(a.output, "records.json")
-            if not os.path.exists(records_json):
-                p.error(f"{records_json} not found: merge combines shards run with --output {a.output}")
-            records = load_records(records_json, check_files=False)
-            _, prep = merge_shards(records, prepared_dir, num_shards=a.shards, prune_stale=a.prune_stale)
-            print(f"merged: {prep['used']} of {prep['inputs']} images prepared ({prep['skipped']} skipped); see "
-                  f"{prepared_dir}/report.json")
-            return
-        shard = parse_shard(a.shard) if a.shard else None
-        if shard and a.prune_stale:
-            p.error("--prune-stale needs every shard's records: give it to merge instead")
-        records, report = _convert(a)
-        _, prep = prepare_dataset(records, prepared_dir, size=a.size, crop=not a.no_crop, flip=a.flip,
-                                  workers=a.workers, shard=shard, prune_stale=a.prune_stale)
+        shard = parse_shard(a.shard) if a.kind != "merge" and a.shard else None
     except PrepareError as e:
         p.exit(2, f"prepare_dataset.py: error: {e}\n")
+    if shard and a.prune_stale:
+        p.error("--prune-stale needs every shard's records: give it to merge instead")
+    command = f"prepare_dataset {a.kind}" + (f" --shard {shard[0]}/{shard[1]}" if shard else "")
+    try:
+        with PrepareLock(a.output, command, shard=shard):  # before any work: one writer per OUTPUT
+            run(p, a, shard)
+    except FolderLocked as e:
+        p.exit(2, f"prepare_dataset.py: error: {e}\n")
+    except PrepareError as e:
+        p.exit(2, f"prepare_dataset.py: error: {e}\n")
+
+
+def run(p, a, shard):
+    prepared_dir = os.path.join(a.output, "prepared")
+    if a.kind == "merge":
+        records_json = os.path.join(a.output, "records.json")
+        if not os.path.exists(records_json):
+            p.error(f"{records_json} not found: merge combines shards run with --output {a.output}")
+        records = load_records(records_json, check_files=False)
+        _, prep = merge_shards(records, prepared_dir, num_shards=a.shards, prune_stale=a.prune_stale)
+        print(f"merged: {prep['used']} of {prep['inputs']} images prepared ({prep['skipped']} skipped); see "
+              f"{prepared_dir}/report.json")
+        return
+    records, report = _convert(a)
+    _, prep = prepare_dataset(records, prepared_dir, size=a.size, crop=not a.no_crop, flip=a.flip,
+                              workers=a.workers, shard=shard, prune_stale=a.prune_stale)
     part = f" (shard {shard[0]}/{shard[1]}: {prep['inputs']} of them)" if shard else ""
     print(f"{a.kind}: {len(records)} images converted ({len(report.skipped)} skipped){part}, {prep['used']} prepared "
           f"({prep['cached']} already cached, {prep['rebuilt']} rebuilt, {prep['skipped']} skipped); see "

@@ -23,10 +23,13 @@ paper's rows (a)-(d) in miniature on the built-in synthetic mammograms over thre
 (tools/demo.py with the same arguments also chooses each run's operating points on mammo_synth_val.)
 """
 import argparse
+import subprocess
 
 from detectron2.utils.logger import setup_logger
 
-from mammo_tl.engine.experiments import check_rows, run_rows
+from mammo_tl.config import ConfigFileError
+from mammo_tl.data.datasets.common import DatasetError
+from mammo_tl.engine.experiments import RunMismatch, check_rows, run_rows
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -48,5 +51,11 @@ if __name__ == "__main__":
         p.error(str(e))
     setup_logger(name="mammo_tl")
     note = "The data sets are those the configs name, the same for every training seed." if a.seeds else None
-    run_rows(a.configs, a.output, a.opts, a.bootstrap, title=a.title, num_gpus=a.num_gpus, tag="ablation",
-             seeds=a.seeds, note=note)
+    try:
+        run_rows(a.configs, a.output, a.opts, a.bootstrap, title=a.title, num_gpus=a.num_gpus, tag="ablation",
+                 seeds=a.seeds, note=note)
+    except (RunMismatch, ConfigFileError, DatasetError) as e:
+        p.exit(2, f"run_ablation.py: error: {e}\n")
+    except subprocess.CalledProcessError as e:
+        p.exit(1, f"run_ablation.py: error: a training exited with status {e.returncode} ({' '.join(e.cmd)}); "
+                  "its OUTPUT_DIR's log.txt says why; run the same command again to resume\n")

@@ -17,13 +17,19 @@
     python tools/split_dataset.py check train.json test.json
 
 Use in a config: DATASETS.REGISTER_JSON: ["mine_train=OUTPUT/train.json", "mine_test=OUTPUT/test.json"].
+
+Patient ids that differ only in case or white space ("P001", "p001", "P001 ") are one patient: kept on one side
+of every split, and checked as one; they are listed when found. kfold refuses an OUTPUT holding more folds than
+asked for (fold<k>/ left by an earlier split into more folds), which tools/cross_validate.py would train.
 """
 import argparse
 import os
+import re
 import sys
 
 from mammo_tl.data.datasets.common import DatasetError, check_patient_disjoint, load_records
-from mammo_tl.data.splits import describe, kfold_split, official_split, paper_ddsm_split, random_split, write_split
+from mammo_tl.data.splits import (describe, kfold_split, official_split, paper_ddsm_split, patient_id_variants,
+                                  random_split, write_split)
 
 
 def _print_split(out_dir, train, test, prefix=""):
@@ -56,9 +62,29 @@ def main():
         sys.exit(f"split_dataset.py {a.cmd}: {e}")
 
 
+def _note_variants(records, source):
+    variants = patient_id_variants(records)
+    if variants:
+        shown = "; ".join(" = ".join(repr(i) for i in ids) for ids in list(variants.values())[:10])
+        print(f"{source}: {len(variants)} patient(s) have ids written in more than one way (case or spaces), each "
+              f"kept as one patient: {shown}{' ...' if len(variants) > 10 else ''}")
+
+
+def _check_stale_folds(output, folds):
+    """Refuse an OUTPUT holding fold<k>/ for k >= folds: left by an earlier split into more folds, mixed with
+    this split's they would be trained and pooled as one cross-validation."""
+    stale = sorted((int(m.group(1)), n) for n in (os.listdir(output) if os.path.isdir(output) else [])
+                   for m in [re.fullmatch(r"fold(\d+)", n)] if m and int(m.group(1)) >= folds)
+    if stale:
+        raise DatasetError(f"{output} holds {', '.join(n + '/' for _, n in stale)} from an earlier split into more "
+                           f"than {folds} folds: remove {'it' if len(stale) == 1 else 'them'} or choose another "
+                           f"--output (tools/cross_validate.py would train every fold<k>/ it finds)")
+
+
 def run(a):
     if a.cmd == "check":
         splits = {f: load_records(f, check_files=False) for f in a.files}
+        _note_variants([r for recs in splits.values() for r in recs], "check")
         check_patient_disjoint(splits)
         for f, recs in splits.items():
             print(describe(f, recs))
@@ -66,6 +92,9 @@ def run(a):
         return
     records = load_records(a.records, check_files=False)
     print(describe(a.records, records))
+    _note_variants(records, a.records)
+    if a.cmd == "kfold":
+        _check_stale_folds(a.output, a.folds)
     if a.cmd == "paper-ddsm":
         mass = [r for r in records if r.get("abnormality_type", "mass") == "mass"]
         if len(mass) < len(records):

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..files import sha256_file
+from ..files import LOCK_NAME, FolderLock, FolderLocked, lock_holder, sha256_file
 from .records import box_annotation, save_records
 from .image_io import ImageReadError, check_regular_file, read_image
 from .preprocess import MammoTransform, preprocess
@@ -295,6 +295,46 @@ def prepare_dataset(records, out_dir, size=(512, 512), crop=True, flip=False, wo
     return prepared, _finish(records, prepared, results, options, digest, out_dir, prune_stale)
 
 
+SHARD_LOCK = ".mammo_tl.prepare-shard-{}-of-{}.lock"
+_SHARD_LOCK = re.compile(r"^\.mammo_tl\.prepare-shard-(\d+)-of-(\d+)\.lock$")
+
+
+class PrepareLock:
+    """One writer per prepare OUTPUT: a whole run and a merge hold the folder's lock (mammo_tl.files.FolderLock)
+    and refuse while any shard runs there; the shards of one job array run side by side, each holding its own
+    shard's lock, and refuse while a whole run or a merge holds the folder. Each side takes its own lock before
+    looking for the other's, so two that start together never both proceed."""
+
+    def __init__(self, output, command, shard=None):
+        self.output, self.shard = output, shard
+        name = SHARD_LOCK.format(*shard) if shard else LOCK_NAME
+        self.lock = FolderLock(output, command, name=name)
+
+    def __enter__(self):
+        self.lock.acquire()
+        try:
+            if self.shard:
+                holder = lock_holder(self.output)
+                if holder:
+                    raise FolderLocked(f"{self.output} is in use by {holder}: one run writes a folder at a time; "
+                                       "wait for it to finish or use another folder")
+            else:
+                for n in sorted(os.listdir(self.output)):
+                    m = _SHARD_LOCK.match(n)
+                    holder = lock_holder(self.output, n) if m else None
+                    if holder:
+                        raise FolderLocked(f"{self.output} is in use by {holder} (shard {m.group(1)}/{m.group(2)}): "
+                                           "wait for the shards to finish, then merge")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+        return False
+
+
 def _previous_keys(images, records, options):
     """For records whose cache entry is absent: keys of other entries made from the same source path."""
     missing = set()
@@ -395,7 +435,7 @@ def merge_shards(records, out_dir, num_shards=None, prune_stale=False):
     digest = records_digest(records)
     results, prepared, options = [], [], None
     for i in range(1, num_shards + 1):
-        rec_path, rep_path = _shard_paths(out_dir, i, num_shards)
+        _, rep_path = _shard_paths(out_dir, i, num_shards)
         try:
             with open(rep_path, "rb") as f:
                 rep = json.loads(f.read())
@@ -420,11 +460,45 @@ def merge_shards(records, out_dir, num_shards=None, prune_stale=False):
         results += shard_results
     results.sort(key=lambda r: r["index"])
     images = os.path.join(out_dir, IMAGES)
-    for r in results:
-        if r["status"] != "skipped":
-            prepared.append(prepared_record(records[r["index"]], MammoTransform.from_dict(r["transform"]),
-                                            os.path.join(images, r["name"] + ".png"), options))
+    _check_merged_entries(records, results, images, options, num_shards, out_dir)
+    prepared += [prepared_record(records[r["index"]], MammoTransform.from_dict(r["transform"]),
+                                 os.path.join(images, r["name"] + ".png"), options)
+                 for r in results if r["status"] != "skipped"]
     return prepared, _finish(records, prepared, results, options, digest, out_dir, prune_stale)
+
+
+def _check_merged_entries(records, results, images, options, num_shards, out_dir):
+    """Refuse to merge when a cache entry a shard prepared is gone (pruned, deleted), damaged, or no longer made
+    from its source as it is now (the source changed after the shard ran): records.json would name missing PNGs,
+    or pixels of an older file. Checked as a run checks its cache: the source's path, size and mtime (and
+    SHA-256 where the sidecar holds one), the sidecar's key and the PNG's SHA-256."""
+    problems, shards = [], set()
+    for r in results:
+        if r["status"] == "skipped":
+            continue
+        path = os.path.abspath(records[r["index"]]["file_name"])
+        png = os.path.join(images, r["name"] + ".png")
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            problem = f"{path}: source unreadable now ({type(e).__name__})"
+        else:
+            key = _source_key(st, path, options)
+            state, detail = _load_entry(images, r["name"], key) if _entry_name(key) == r["name"] else \
+                ("changed", None)
+            if state == "valid" and detail.get("source_sha256") and sha256_file(path) != detail["source_sha256"]:
+                state = "changed"
+            problem = None if state == "valid" else (
+                f"{png}: missing (pruned or deleted)" if not os.path.exists(png) else
+                f"{path}: source changed since its shard prepared it" if state == "changed" else f"{png}: {detail}")
+        if problem:
+            problems.append(problem)
+            shards.add(shard_of(path, num_shards))
+    if problems:
+        again = ", ".join(f"{i}/{num_shards}" for i in sorted(shards))
+        raise PrepareError(f"{out_dir}: {len(problems)} prepared image(s) the shards' records name cannot be merged, "
+                           f"e.g. {'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}. records.json is "
+                           f"left as it was; run shard(s) {again} again (they prepare these images anew), then merge")
 
 
 class _Serial:

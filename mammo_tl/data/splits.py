@@ -4,22 +4,29 @@ stratified k folds and a stratified random split.
 A patient is positive when any of its images has a box. Every split is drawn from the patients (never
 from images), deterministically from ``seed``, and is refused with :class:`DatasetError` when it cannot
 give each side what it needs.
+
+Patients are grouped by :func:`~mammo_tl.data.datasets.common.patient_key`: ids that differ only in case or white
+space ("P001", "p001", "P001 ") are one patient and always land on one side (:func:`patient_id_variants` lists
+them; tools/split_dataset.py reports them). The records keep their ids as written.
 """
 import math
 import os
 
 import numpy as np
 
-from .datasets.common import DatasetError, check_patient_disjoint, save_records
+from .datasets.common import DatasetError, check_patient_disjoint, patient_id_variants, patient_key, save_records
+
+__all__ = ["patient_id_variants", "patient_key", "kfold_split", "random_split", "official_split", "paper_ddsm_split"]
 
 OFFICIAL_SPLITS = {"training": "train", "test": "test"}
 
 
 def patient_labels(records):
-    """patient_id -> 1 when any of its images has a box, else 0."""
+    """patient key (:func:`patient_key`) -> 1 when any of its images has a box, else 0."""
     labels = {}
     for r in records:
-        labels[r["patient_id"]] = max(labels.get(r["patient_id"], 0), int(bool(r["annotations"])))
+        key = patient_key(r["patient_id"])
+        labels[key] = max(labels.get(key, 0), int(bool(r["annotations"])))
     return labels
 
 
@@ -42,7 +49,17 @@ def describe(name, records):
 def _by_patient(records):
     out = {}
     for r in records:
-        out.setdefault(r["patient_id"], []).append(r)
+        out.setdefault(patient_key(r["patient_id"]), []).append(r)
+    return out
+
+
+def _as_written(records):
+    """patient key -> its first id as written (sorted): orders patients as their ids did before keys were
+    normalised, so a seed draws the same split it always drew from ids spelled one way."""
+    out = {}
+    for r in records:
+        key, pid = patient_key(r["patient_id"]), str(r["patient_id"])
+        out[key] = min(out.get(key, pid), pid)
     return out
 
 
@@ -50,16 +67,17 @@ def _shuffled_patients(records, seed):
     """{1: positive patients, 0: negative patients}, each sorted then permuted by ``seed``."""
     rng = np.random.default_rng(seed)
     labels = patient_labels(records)
+    written = _as_written(records)
     out = {}
     for label in (1, 0):
-        patients = sorted((p for p, v in labels.items() if v == label), key=str)
+        patients = sorted((p for p, v in labels.items() if v == label), key=lambda p: written[p])
         out[label] = [patients[i] for i in rng.permutation(len(patients))]
     return out
 
 
 def _select(records, patients):
     patients = set(patients)
-    return [r for r in records if r["patient_id"] in patients]
+    return [r for r in records if patient_key(r["patient_id"]) in patients]
 
 
 def official_split(records, source="records"):
@@ -103,8 +121,8 @@ def kfold_split(records, folds, seed=0):
             turn += 1
     out = []
     for k in range(folds):
-        test = [r for r in records if fold_of[r["patient_id"]] == k]
-        train = [r for r in records if fold_of[r["patient_id"]] != k]
+        test = [r for r in records if fold_of[patient_key(r["patient_id"])] == k]
+        train = [r for r in records if fold_of[patient_key(r["patient_id"])] != k]
         check_patient_disjoint({"train": train, "test": test})
         out.append((train, test))
     return out
@@ -129,7 +147,7 @@ def random_split(records, test_fraction, seed=0):
         test_patients += shuffled[label][:k]
     test = _select(records, test_patients)
     test_set = set(test_patients)
-    train = [r for r in records if r["patient_id"] not in test_set]
+    train = [r for r in records if patient_key(r["patient_id"]) not in test_set]
     check_patient_disjoint({"train": train, "test": test})
     return train, test
 
@@ -145,7 +163,8 @@ def paper_ddsm_split(records, seed=0, train=(304, 296), test=(45, 55)):
     """
     rng = np.random.default_rng(seed)
     by_patient = _by_patient(records)
-    patients = sorted(by_patient)
+    written = _as_written(records)
+    patients = sorted(by_patient, key=lambda p: written[p])
     rng.shuffle(patients)
     need = {"test": list(test), "train": list(train)}
     pools = {"test": ([], []), "train": ([], [])}

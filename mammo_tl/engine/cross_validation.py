@@ -61,6 +61,36 @@ def find_folds(folds_dir):
     return folds
 
 
+def check_folds(folds):
+    """Before any training: the folds must be one K-fold split of one set of images, as tools/split_dataset.py
+    kfold writes them: every fold holds the same images (train + test), and every image is in exactly one fold's
+    test set, so no patient is in two. Folds left by an earlier split into more folds, or of other records, are
+    refused here, naming them, instead of after training (pooling would count their patients twice)."""
+    from ..data.datasets.common import DatasetError, check_patient_disjoint
+
+    tests, everything = {}, []
+    for k, train_json, test_json in folds:
+        train, test = (load_records(p, check_files=False) for p in (train_json, test_json))
+        tests[f"fold{k}/test.json"] = test
+        everything.append((k, {r["image_id"] for r in train} | {r["image_id"] for r in test}))
+    k0, images0 = everything[0]
+    for k, images in everything[1:]:
+        if images != images0:
+            raise CrossValidationError(f"fold{k} holds other images than fold{k0} ({len(images ^ images0)} differ, e.g."
+                                       f" {sorted(images ^ images0, key=str)[:3]}): the folds are not one split of one "
+                                       "set; split again with tools/split_dataset.py kfold into an empty --output")
+    tested = [i for test in tests.values() for i in (r["image_id"] for r in test)]
+    if len(tested) != len(set(tested)) or set(tested) != images0:
+        raise CrossValidationError(f"the folds' test sets do not hold every image once ({len(tested)} test images, "
+                                   f"{len(images0)} images): folds of more than one split? Split again with "
+                                   "tools/split_dataset.py kfold into an empty --output")
+    try:
+        check_patient_disjoint(tests)
+    except DatasetError as e:
+        raise CrossValidationError(f"the folds' test sets share patients, so pooling would count them twice: {e}; "
+                                   "split again with tools/split_dataset.py kfold into an empty --output") from None
+
+
 def check_opts(opts):
     if len(opts) % 2:
         raise CrossValidationError(f"config overrides must be KEY VALUE pairs, got {list(opts)}")
@@ -125,8 +155,10 @@ def run_folds(config_file, folds_dir, output, opts=(), train_command=TRAIN_COMMA
     opts = list(opts)
     check_opts(opts)
     names = dataset_names(expected_config(config_file, opts), config_file)
+    folds = find_folds(folds_dir)
+    check_folds(folds)
     runs = []
-    for k, train_json, test_json in find_folds(folds_dir):
+    for k, train_json, test_json in folds:
         out_dir = os.path.join(output, f"fold{k}")
         test_name = f"{names[1]}_fold{k}"
         fold_opts = opts + fold_overrides(names, k, train_json, test_json, out_dir)

@@ -5,8 +5,9 @@ Each config trains in its own process (tools/train_net.py's command line) into O
 (model_final.pth and inference/eval_results.json) is reused, and an interrupted one resumed, only while its
 saved config (OUTPUT/<name>/config.yaml) equals the one asked for; otherwise the run is refused, naming the
 first differing keys, and only while the records of its DATASETS.TRAIN and TEST sets are those it was
-trained on (a digest in OUTPUT/<name>/run_inputs.json), so a report never mixes results of other settings
-or other data.
+trained on and the image files they name hold the same content (the records' digest and each image's size,
+mtime and SHA-256 in OUTPUT/<name>/run_inputs.json; a file whose size and mtime are unchanged is not hashed again),
+so a report never mixes results of other settings or other data.
 
 With ``seeds`` every config is trained once per training seed (config SEED) into OUTPUT/seed_<s>/<config name>,
 under the same guarantees (a folder of another seed is a run of another config), each seed's report is written
@@ -29,7 +30,7 @@ import sys
 import time
 
 from ..config import differing_keys, flatten_config, get_mammo_tl_cfg
-from ..files import atomic_write_json
+from ..files import atomic_write_json, sha256_file
 from ..evaluation.aggregate import write_aggregate_report
 from ..evaluation.report import make_report
 
@@ -67,33 +68,68 @@ INPUTS_FILE = "run_inputs.json"
 
 def inputs_digest(cfg):
     """SHA-256 of the records of every DATASETS.TRAIN and DATASETS.TEST set of ``cfg``, as train_net loads them."""
+    return run_inputs(cfg)[0]
+
+
+def run_inputs(cfg):
+    """(SHA-256 of the records of every DATASETS.TRAIN and DATASETS.TEST set of ``cfg`` as train_net loads them,
+    the sorted absolute paths of the image files those records name)."""
     from detectron2.data import DatasetCatalog
 
     from ..data.datasets.common import register_json_datasets
 
     register_json_datasets(cfg.DATASETS.REGISTER_JSON)
     h = hashlib.sha256()
+    files = set()
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        h.update(json.dumps([name, DatasetCatalog.get(name)], sort_keys=True, default=str).encode())
-    return h.hexdigest()
+        records = DatasetCatalog.get(name)
+        h.update(json.dumps([name, records], sort_keys=True, default=str).encode())
+        files.update(os.path.abspath(r["file_name"]) for r in records if isinstance(r.get("file_name"), str))
+    return h.hexdigest(), sorted(files)
 
 
-def _check_inputs(out, digest, finished):
-    """Refuse a run folder made from other records; record the digest for a run about to (re)start."""
+def _image_key(path, known=None):
+    """[size, mtime_ns, sha256] of an image file (None when unreadable); the recorded ``known`` is reused without
+    reading the file again while its size and mtime are unchanged, as the preparation cache does."""
+    try:
+        st = os.stat(path)
+        if known and list(known[:2]) == [st.st_size, st.st_mtime_ns]:
+            return list(known)
+        return [st.st_size, st.st_mtime_ns, sha256_file(path)]
+    except OSError:
+        return None
+
+
+def _check_inputs(out, inputs, finished):
+    """Refuse a run folder made from other records, or from images whose content changed since (records
+    unchanged); record the records' digest and each image's size, mtime and SHA-256 for the next check."""
+    digest, files = inputs
     path = os.path.join(out, INPUTS_FILE)
-    recorded = None
+    recorded = {}
     if os.path.exists(path):
         with open(path) as f:
-            recorded = json.load(f).get("records_sha256")
-    if recorded is not None and recorded != digest:
+            recorded = json.load(f)
+    if recorded.get("records_sha256") is not None and recorded["records_sha256"] != digest:
         raise RunMismatch(f"{out} holds a run trained or evaluated on other records of its DATASETS.TRAIN/TEST sets "
                           f"({path}): choose another --output or remove {out}")
-    if recorded is None and finished:
+    if recorded.get("records_sha256") is None and finished:
         raise RunMismatch(f"{out} holds a finished run without a record of the data it was made from ({path}): "
                           f"choose another --output or remove {out}")
-    if recorded is None:
-        os.makedirs(out, exist_ok=True)
-        atomic_write_json({"records_sha256": digest}, path)
+    images = recorded.get("images")
+    if images is None and finished:
+        raise RunMismatch(f"{out} holds a finished run without a record of its images' content ({path}, written by "
+                          f"an earlier mammo_tl): it cannot be reused as made from today's images; choose another "
+                          f"--output or remove {out}")
+    images = images or {}
+    current = {p: _image_key(p, images.get(p)) for p in files}
+    if recorded.get("images") is not None:
+        changed = [p for p in files if current[p] is None or images.get(p) is None or current[p][2] != images[p][2]]
+        if changed:
+            raise RunMismatch(f"{out} holds a run made from other image content: {len(changed)} of {len(files)} image "
+                              f"file(s) its records name changed since (or are gone), e.g. {changed[:3]}: choose "
+                              f"another --output or remove {out}")
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json({"records_sha256": digest, "images": current}, path)
 
 
 def config_name(config_file):
@@ -174,7 +210,7 @@ def _run_configs(configs, output, extra_opts, bootstrap, title, num_gpus, tag, a
                                   f"{' ...' if len(diff) > 8 else ''}): choose another --output or remove {out}")
         finished = os.path.exists(os.path.join(out, "inference", "eval_results.json")) and \
             os.path.exists(os.path.join(out, "model_final.pth"))
-        _check_inputs(out, inputs_digest(cfg), finished)
+        _check_inputs(out, run_inputs(cfg), finished)
         if finished:
             print(f"[{tag}] {name}: already trained and evaluated in {out} with this config, reusing it", flush=True)
         else:

@@ -1,5 +1,11 @@
 """setup(), main() and the command line behind tools/train_net.py (also ``python -m mammo_tl.engine.launcher``,
-which is how mammo_tl's own experiment runners start trainings)."""
+which is how mammo_tl's own experiment runners start trainings).
+
+Before any process is launched, the main process reads the config (as data: mammo_tl.config), takes OUTPUT_DIR's
+folder lock (mammo_tl.files.FolderLock; held until every worker has finished, --eval-only included) and, with
+--resume, checks that OUTPUT_DIR's saved config.yaml is the config asked for (:func:`check_resume`)."""
+import logging
+import os
 import sys
 
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -7,7 +13,8 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import get_mammo_tl_cfg
+from ..config import ConfigFileError, differing_keys, flatten_config, get_mammo_tl_cfg
+from ..files import FolderLock, FolderLocked
 from ..data.datasets.common import DatasetError, register_json_datasets
 from ..evaluation.operating_points import OperatingPointError
 from .checkpoint import WeightsError, load_model_weights
@@ -15,7 +22,18 @@ from .preflight import ConfigError, check_output_dir, preflight
 from .trainer import Trainer, operating_points_of
 
 
-def setup(args):
+# Keys a resumed run may change: where it runs and how many loader processes feed it (neither changes what is
+# trained), and OUTPUT_DIR itself (a run folder moved or reached by another path).
+RESUME_MAY_DIFFER = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "OUTPUT_DIR")
+# SOLVER.MAX_ITER may change too (train longer, or stop sooner) under a schedule set in absolute iterations: with
+# WarmupMultiStepLR (detectron2's default, every mammo_tl config) SOLVER.STEPS and WARMUP_ITERS fix the learning
+# rate of each iteration whatever MAX_ITER is, so the run is the one its new config.yaml describes. Refused under
+# another schedule (a cosine's rate at each iteration depends on MAX_ITER).
+ITERATION_SCHEDULES = ("WarmupMultiStepLR",)
+
+
+def build_cfg(args):
+    """The frozen config of the command line: the file (read as data), then the KEY VALUE overrides."""
     cfg = get_mammo_tl_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
@@ -23,6 +41,44 @@ def setup(args):
         raise ValueError(f"SOLVER.AMP.ENABLED needs a GPU (detectron2's AMPTrainer), but MODEL.DEVICE is "
                          f"{cfg.MODEL.DEVICE!r}: set SOLVER.AMP.ENABLED False on CPU")
     cfg.freeze()
+    return cfg
+
+
+def check_resume(cfg):
+    """--resume continues the run in OUTPUT_DIR only with the config that run was started with: refuse when its
+    saved config.yaml differs in any key but :data:`RESUME_MAY_DIFFER` (and SOLVER.MAX_ITER under a schedule of
+    :data:`ITERATION_SCHEDULES`, with a warning), naming the keys, or when the folder holds a checkpoint but no
+    config.yaml to check it against."""
+    out = cfg.OUTPUT_DIR
+    saved = os.path.join(out, "config.yaml")
+    if not os.path.exists(saved):
+        if os.path.exists(os.path.join(out, "last_checkpoint")):
+            raise ConfigError(f"--resume: {out} holds a checkpoint (last_checkpoint) but no config.yaml to check it "
+                              "was trained with this config; resume only a folder train_net wrote, or train into a "
+                              "new OUTPUT_DIR")
+        return
+    prior = get_mammo_tl_cfg()
+    prior.set_new_allowed(True)  # keys of another mammo_tl version are compared, not refused
+    prior.merge_from_file(saved)
+    a, b = flatten_config(prior), flatten_config(cfg)
+    ignore = RESUME_MAY_DIFFER
+    if a.get("SOLVER.LR_SCHEDULER_NAME") in ITERATION_SCHEDULES and cfg.SOLVER.LR_SCHEDULER_NAME in ITERATION_SCHEDULES:
+        ignore = (*ignore, "SOLVER.MAX_ITER")
+        if a.get("SOLVER.MAX_ITER") != cfg.SOLVER.MAX_ITER:
+            logging.getLogger("mammo_tl").warning(
+                "--resume: SOLVER.MAX_ITER %s (was %s in %s); the learning-rate schedule (%s, SOLVER.STEPS %s) is "
+                "set in iterations and unchanged", cfg.SOLVER.MAX_ITER, a.get("SOLVER.MAX_ITER"), saved,
+                cfg.SOLVER.LR_SCHEDULER_NAME, list(cfg.SOLVER.STEPS))
+    diff = differing_keys(a, b, ignore=ignore)
+    if diff:
+        shown = "; ".join(f"{k}: {a.get(k, '(absent)')!r} there, {b.get(k, '(absent)')!r} here" for k in diff[:8])
+        raise ConfigError(f"--resume: {out} holds a run of another config: {saved} differs in {len(diff)} key(s): "
+                          f"{shown}{' ...' if len(diff) > 8 else ''}. Resume with the run's own config "
+                          f"(--config-file {saved}), or train into another OUTPUT_DIR")
+
+
+def setup(args):
+    cfg = build_cfg(args)
     register_json_datasets(cfg.DATASETS.REGISTER_JSON)
     check_output_dir(cfg.OUTPUT_DIR)  # before default_setup, which writes its log and config there
     default_setup(cfg, args)
@@ -49,12 +105,26 @@ def main(args):
 
 def cli(argv=None, prog="train_net.py"):
     """detectron2's training command line (--config-file, --num-gpus, --resume, --eval-only, KEY VALUE ...);
-    a config or data error ends the process with its message instead of a traceback."""
+    a config or data error, or an OUTPUT_DIR in use by another run, ends the process with its message instead of
+    a traceback (exit status 1)."""
     args = default_argument_parser().parse_args(argv)
     try:
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
-    except (ConfigError, DatasetError, WeightsError, OperatingPointError) as e:
+        cfg = build_cfg(args)
+        check_output_dir(cfg.OUTPUT_DIR)
+        # the main process of machine 0 holds the lock for every worker (the others write no results there)
+        lock = FolderLock(cfg.OUTPUT_DIR, "train_net" + (" --eval-only" if args.eval_only else "")) \
+            if args.machine_rank == 0 else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            if args.resume:
+                check_resume(cfg)
+            launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                   dist_url=args.dist_url, args=(args,))
+        finally:
+            if lock is not None:
+                lock.release()
+    except (ConfigError, ConfigFileError, DatasetError, WeightsError, OperatingPointError, FolderLocked) as e:
         sys.exit(f"{prog}: {e}")
 
 

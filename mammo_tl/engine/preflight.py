@@ -11,7 +11,8 @@ fail hours later, at the first evaluation or checkpoint, fails here in seconds, 
 * images prepared by tools/prepare_dataset.py were prepared with the crop and flip the config names
   (INPUT.CROP_TO_BREAST, INPUT.CANONICAL_FLIP), which tools/predict.py applies to new images.
 
-Warnings (not errors): a dataset in both TRAIN and TEST, patients shared by TRAIN and TEST, a test set with
+Warnings (not errors): a dataset in both TRAIN and TEST, patients shared by TRAIN and TEST (ids compared as splits
+compare them, case and white space aside: mammo_tl.data.datasets.common.patient_key), a test set with
 only one class of patient (AUC undefined), images prepared at another size than INPUT.FIXED_SIZE.
 """
 import logging
@@ -55,7 +56,8 @@ def check_weights_source(weights, trusted_pickle=False):
 def _records(key, name):
     if name not in DatasetCatalog:
         known = sorted(DatasetCatalog.keys())
-        mine = [k for k in known if not k.startswith(("coco_", "lvis_", "voc_", "cityscapes_", "ade20k_", "keypoints_"))]
+        builtin = ("coco_", "lvis_", "voc_", "cityscapes_", "ade20k_", "keypoints_")
+        mine = [k for k in known if not k.startswith(builtin)]
         raise ConfigError(f"{key}: dataset {name!r} is not registered. For a records JSON add "
                           f"'{name}=path/records.json' to DATASETS.REGISTER_JSON; registered here: {mine}")
     try:
@@ -104,6 +106,7 @@ def preflight(cfg, eval_only=False):
     """Run every check above for ``cfg`` (frozen, datasets registered); raise ConfigError at the first
     problem. Returns {dataset name: number of records} of what was checked."""
     from ..data import MammogramDatasetMapper, split_positive_negative
+    from ..data.datasets.common import patient_key
     from ..data.build import pairs_per_rank
     from ..evaluation.evaluators import labels_from_records
     from .trainer import Trainer
@@ -124,7 +127,7 @@ def preflight(cfg, eval_only=False):
             all_pos, all_neg = all_pos + len(pos), all_neg + len(neg)
             for r in (pos[:1] + neg[:1]):
                 _map_one(mapper, r, "DATASETS.TRAIN", name)
-            train_patients |= {str(r.get("patient_id")) for r in records}
+            train_patients |= {patient_key(r.get("patient_id")) for r in records}
             checked[name] = len(records)
         if cfg.DATALOADER.PAIRED.ENABLED:
             if not all_pos or not all_neg:
@@ -165,7 +168,7 @@ def preflight(cfg, eval_only=False):
             logger.warning("Dataset %r is in both DATASETS.TRAIN and DATASETS.TEST: the evaluation measures "
                            "training images", name)
         elif not eval_only:
-            shared = train_patients & {str(r.get("patient_id")) for r in records}
+            shared = train_patients & {patient_key(r.get("patient_id")) for r in records}
             if shared:
                 logger.warning("DATASETS.TEST %r shares %d patient(s) with DATASETS.TRAIN, e.g. %s: the test "
                                "is not patient-disjoint", name, len(shared), sorted(shared)[:5])

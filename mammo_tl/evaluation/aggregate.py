@@ -22,10 +22,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..config import differing_keys, flatten_config
+from ..config import ConfigFileError, differing_keys, flatten_config, load_yaml_file
 from ..files import atomic_write_json
 from .metrics import _interval, _point_metrics
-from .report import _md_table, add_gallery, html_table, load_run
+from .report import _md_table, add_gallery, find_eval_dir, html_table, load_run
 
 PATIENT_KEYS = ("auc", "accuracy", "sensitivity", "specificity")
 POINT_KEYS = ("sensitivity", "specificity", "accuracy")
@@ -38,15 +38,37 @@ class AggregateError(ValueError):
 
 
 def read_run_config(run_dir):
-    """A run's saved config.yaml, flattened (KEY.SUB -> value)."""
-    import yaml
-
+    """A run's saved config.yaml (read as data: mammo_tl.config.load_yaml_file), flattened (KEY.SUB -> value)."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path):
         raise AggregateError(f"{run_dir}: no config.yaml (not a training run folder): runs are aggregated over "
                              "seeds only when their configs can be checked to differ in SEED alone")
-    with open(path) as f:
-        return flatten_config(yaml.safe_load(f))
+    try:
+        return flatten_config(load_yaml_file(path))
+    except ConfigFileError as e:
+        raise AggregateError(str(e)) from None
+
+
+def check_evaluated(run_dir):
+    """Refuse a run without inference/eval_results.json holding a bbox AP50: its AP50 would be NaN, and a mean
+    "over seeds" would silently be over fewer seeds than listed."""
+    import json
+
+    path = os.path.join(run_dir, "inference", "eval_results.json")
+    if not os.path.isfile(path):
+        raise AggregateError(f"{run_dir}: no inference/eval_results.json (the run was not evaluated, or its "
+                             "evaluation was stopped): evaluate it (tools/train_net.py --eval-only) or leave it out")
+    try:
+        with open(path, encoding="utf-8") as f:
+            res = json.load(f)
+    except (OSError, ValueError) as e:
+        raise AggregateError(f"{path}: unreadable ({type(e).__name__}: {e}); evaluate the run again") from None
+    _, dataset = find_eval_dir(run_dir)
+    res = res.get(dataset, res) if isinstance(res, dict) else None  # as load_run reads it
+    ap50 = res.get("bbox", {}).get("AP50") if isinstance(res, dict) and isinstance(res.get("bbox"), dict) else None
+    if not (isinstance(ap50, (int, float)) and not isinstance(ap50, bool) and ap50 == ap50):
+        raise AggregateError(f"{path}: no bbox AP50 of {dataset} in the run's evaluation results; evaluate the "
+                             "run again (tools/train_net.py --eval-only) or leave it out")
 
 
 def config_differences(a, b, ignore=SEED_KEYS):
@@ -67,6 +89,7 @@ def check_runs(configs):
         seeds[name] = []
         for d in dirs:
             cfg = read_run_config(d)
+            check_evaluated(d)
             diff = config_differences(first, cfg)
             if diff:
                 raise AggregateError(f"{d}: its config.yaml differs from that of {dirs[0]} in {diff[:8]}"

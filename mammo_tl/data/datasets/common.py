@@ -49,15 +49,45 @@ class SkipReport:
                 "skipped_items": [{"item": w, "reason": r} for w, r in self.skipped]}
 
 
+def patient_key(patient_id):
+    """The key patients are grouped by in splits and overlap checks: the id with Unicode compatibility forms folded,
+    surrounding and repeated white space removed, and case ignored. "P001", "p001" and "P001 " are one patient: two
+    spellings of one person's id put on both sides of a split would leak that patient into the test set, while
+    two people whose ids differ only in case kept on one side cost nothing."""
+    import unicodedata
+
+    return " ".join(unicodedata.normalize("NFKC", str(patient_id)).split()).casefold()
+
+
+def patient_id_variants(records):
+    """{key: sorted distinct patient ids} for every :func:`patient_key` spelled more than one way in ``records``."""
+    spellings = defaultdict(set)
+    for r in records:
+        spellings[patient_key(r["patient_id"])].add(str(r["patient_id"]))
+    return {k: sorted(v) for k, v in sorted(spellings.items()) if len(v) > 1}
+
+
 def check_patient_disjoint(splits):
-    """splits: split name -> records. Raises DatasetError naming patients found in more than one split."""
+    """splits: split name -> records. Raises DatasetError naming patients found in more than one split, patients
+    compared by :func:`patient_key` (ids differing only in case or white space are one patient)."""
     where = defaultdict(set)
+    seen = defaultdict(set)  # key -> {(id as written, split)}
     for split, records in splits.items():
         for r in records:
-            where[r["patient_id"]].add(split)
+            key = patient_key(r["patient_id"])
+            where[key].add(split)
+            seen[key].add((str(r["patient_id"]), split))
     shared = sorted(p for p, s in where.items() if len(s) > 1)
+
+    def show(key):
+        ids = sorted({i for i, _ in seen[key]})
+        if len(ids) == 1:
+            return f"{ids[0]} ({'/'.join(sorted(where[key]))})"
+        spellings = "; ".join(f"{i!r} in {s}" for i, s in sorted(seen[key]))
+        return f"({spellings}: one patient, ids differing in case or spaces)"
+
     if shared:
-        detail = ", ".join(f"{p} ({'/'.join(sorted(where[p]))})" for p in shared[:20])
+        detail = ", ".join(show(p) for p in shared[:20])
         raise DatasetError(f"{len(shared)} patient(s) appear in more than one split: {detail}"
                            f"{' ...' if len(shared) > 20 else ''}")
 

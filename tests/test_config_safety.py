@@ -1,0 +1,140 @@
+"""Config files are data: a YAML tag that would construct a Python object (run code) is refused, naming the file and
+line, by the config loader and by every command that reads a config, typed as a user types it."""
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mammo_tl.config import ConfigFileError, add_mammo_tl_config, get_mammo_tl_cfg, load_yaml_file
+from tests.common import REPO, all_config_files
+
+TAG = '!!python/object/apply:os.system ["touch {marker}"]'
+
+
+def _evil_chain(tmp_path):
+    """child.yaml -> _BASE_ base.yaml, whose line 4 (column 7) holds the tag. Returns (child, base, marker)."""
+    marker = tmp_path / "marker"
+    base = tmp_path / "base.yaml"
+    base.write_text("# a base config\nMODEL:\n  DEVICE: cpu\nSEED: " + TAG.format(marker=marker) + "\n")
+    child = tmp_path / "child.yaml"
+    child.write_text('_BASE_: "base.yaml"\nSOLVER:\n  MAX_ITER: 3\n')
+    return str(child), str(base), marker
+
+
+def test_detectron2_alone_would_run_the_tag(tmp_path):
+    """Why this matters: detectron2's CfgNode falls back to yaml.unsafe_load and runs the command."""
+    from detectron2.config import get_cfg
+
+    child, _, marker = _evil_chain(tmp_path)
+    get_cfg().merge_from_file(child)
+    assert marker.exists()
+
+
+def test_loader_refuses_the_tag_naming_file_and_line(tmp_path):
+    child, base, marker = _evil_chain(tmp_path)
+    cfg = get_mammo_tl_cfg()
+    with pytest.raises(ConfigFileError) as e:
+        cfg.merge_from_file(child, allow_unsafe=True)  # the caller's allow_unsafe does not reopen the door
+    assert str(e.value).startswith(f"{base}, line 4, column 7: could not determine a constructor for the tag "
+                                   "'tag:yaml.org,2002:python/object/apply:os.system'")
+    assert not marker.exists()
+    with pytest.raises(ConfigFileError, match="line 4, column 7"):
+        type(cfg).load_yaml_with_base(base, allow_unsafe=True)
+    assert not marker.exists()
+
+
+def test_saved_config_and_clones_stay_safe(tmp_path):
+    """A run's saved config.yaml is read by a clone or a fresh config of the same class."""
+    _, base, marker = _evil_chain(tmp_path)
+    cfg = get_mammo_tl_cfg().clone()
+    cfg.set_new_allowed(True)
+    with pytest.raises(ConfigFileError, match=r"base\.yaml, line 4"):
+        cfg.merge_from_file(base)
+    assert type(cfg.MODEL.RPN).__name__ == "SafeCfgNode"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("text, where, what", [
+    ("MODEL:\n  DEVICE: cpu\nMODEL:\n  WEIGHTS: x.pth\n", "line 3, column 1", "found key 'MODEL' a second time "
+                                                                            "(first on line 1)"),
+    ("SOLVER:\n  BASE_LR: [0.1\n", "line 3, column 1", "expected ',' or ']'"),
+    ("SEED: !!python/name:os.system\n", "line 1, column 7", "python/name:os.system"),
+])
+def test_other_bad_yaml_named_by_line(tmp_path, where, what, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigFileError) as e:
+        load_yaml_file(str(path))
+    assert str(e.value).startswith(f"{path}, {where}: ") and what in str(e.value)
+
+
+def test_base_cycle_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_BASE_: a.yaml\n")
+    with pytest.raises(ConfigFileError, match="_BASE_ cycle"):
+        get_mammo_tl_cfg().merge_from_file(str(tmp_path / "a.yaml"))
+
+
+def test_every_shipped_config_reads_as_before():
+    """The safe loader gives exactly what detectron2's loader gives for every config of the repository."""
+    from detectron2.config import get_cfg
+
+    files = all_config_files()
+    assert len(files) >= 10
+    for f in files:
+        mine = get_mammo_tl_cfg()
+        mine.merge_from_file(f)
+        theirs = add_mammo_tl_config(get_cfg())
+        theirs.merge_from_file(f)
+        assert yaml.safe_load(mine.dump()) == yaml.safe_load(theirs.dump()), f
+
+
+def _run_dir(tmp_path, marker):
+    """A training run folder whose saved config.yaml holds the tag on line 2."""
+    run = tmp_path / "run"
+    (run / "inference").mkdir(parents=True)
+    (run / "config.yaml").write_text("OUTPUT_DIR: run\nSEED: " + TAG.format(marker=marker) + "\n")
+    return str(run)
+
+
+# Every command that reads a config, as a user types it (the config is refused before any model is built).
+COMMANDS = {
+    "train_net": lambda c, r, o: ["tools/train_net.py", "--config-file", c, "OUTPUT_DIR", o],
+    "train_net_resume": lambda c, r, o: ["tools/train_net.py", "--config-file", c, "--resume", "OUTPUT_DIR", o],
+    "train_net_eval_only": lambda c, r, o: ["tools/train_net.py", "--config-file", c, "--eval-only",
+                                            "MODEL.WEIGHTS", "w.pth"],
+    "predict": lambda c, r, o: ["tools/predict.py", "--config-file", c, "--input", r, "--output", o],
+    "predict_saved_config": lambda c, r, o: ["tools/predict.py", "--config-file", os.path.join(r, "config.yaml"),
+                                             "--input", r, "--output", o],
+    "operating_points": lambda c, r, o: ["tools/operating_points.py", "--config-file", c, "--dataset",
+                                         "mammo_synth_val", "MODEL.WEIGHTS", "w.pth"],
+    "run_ablation": lambda c, r, o: ["tools/run_ablation.py", "--output", o, "--configs", c],
+    "cross_validate": lambda c, r, o: ["tools/cross_validate.py", "--config-file", c, "--folds-dir", r,
+                                       "--output", o],
+    "demo": lambda c, r, o: ["tools/demo.py", "--output", o, "--configs", c],
+    "report_aggregate": lambda c, r, o: ["tools/report.py", "--aggregate", f"a={r}", "--output", o],
+    "phantom_difficulty": lambda c, r, o: ["tools/phantom_difficulty.py", "--config-file", c, "--output", o],
+    "phantom_difficulty_run": lambda c, r, o: ["tools/phantom_difficulty.py", "--run", r, "--output", o],
+}
+SAVED = ("predict_saved_config", "report_aggregate", "phantom_difficulty_run")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_refuses_the_tag(tmp_path, command):
+    child, base, marker = _evil_chain(tmp_path)
+    run = _run_dir(tmp_path, marker)
+    out = str(tmp_path / "out")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    script, *args = COMMANDS[command](child, run, out)
+    p = subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True, timeout=300)
+    where = f"{os.path.join(run, 'config.yaml')}, line 2, column 7" if command in SAVED else \
+        f"{base}, line 4, column 7"
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert where in p.stderr, p.stderr
+    assert "python/object/apply:os.system" in p.stderr
+    assert not marker.exists()
+    if command.startswith("train_net") or command in ("run_ablation", "demo", "cross_validate", "operating_points"):
+        assert "Traceback" not in p.stderr, p.stderr  # a message, not a crash
