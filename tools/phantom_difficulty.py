@@ -24,6 +24,8 @@ import json
 
 from detectron2.utils.logger import setup_logger
 
+from mammo_tl.config import ConfigFileError
+from mammo_tl.engine.experiments import RunMismatch
 from mammo_tl.engine.phantom_difficulty import FP_RATE, baseline_config, format_summary, measure_difficulty, \
     phantom_statistics
 
@@ -45,6 +47,9 @@ if __name__ == "__main__":
         setup_logger(name="mammo_tl")
         if a.run and (a.config_file or a.opts):
             p.error("--run measures a finished run as it is: --config-file and --opts do not apply")
-        result = measure_difficulty(a.output, a.config_file, a.opts, a.bootstrap, a.fp_rate, run_dir=a.run)
+        try:
+            result = measure_difficulty(a.output, a.config_file, a.opts, a.bootstrap, a.fp_rate, run_dir=a.run)
+        except (ConfigFileError, RunMismatch) as e:
+            p.exit(2, f"phantom_difficulty.py: error: {e}\n")
         print(format_summary(result))
         print(f"written: {a.output}/difficulty.json")

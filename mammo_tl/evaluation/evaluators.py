@@ -17,6 +17,7 @@ from detectron2.utils import comm
 
 from ..data.records import is_negative
 from ..files import atomic_write_json
+from ..data.datasets.common import patient_key
 from .metrics import froc, patient_metrics
 from .operating_points import metrics_at_points
 from .plots import plot_froc, plot_roc
@@ -26,14 +27,17 @@ logger = logging.getLogger(__name__)
 
 def labels_from_records(records: Iterable[Mapping],
                         key: Sequence[str] = ("patient_id",)) -> tuple[dict[str, int], dict[Any, str]]:
-    """Group id -> 1 when any of its images has a box, else 0; also image id -> group id."""
-    labels, group_of = {}, {}
+    """Group id -> 1 when any of its images has a box, else 0; also image id -> group id. Patient ids are
+    grouped as the splits group them (:func:`~mammo_tl.data.datasets.common.patient_key`: case, repeated and
+    surrounding white space ignored), so "P001" and "p001 " are one patient, named by its first spelling."""
+    labels, group_of, spelling = {}, {}, {}
     for r in records:
         missing = [k for k in key if k not in r]
         if missing:
             raise KeyError(f"dataset record {r.get('file_name')!r} lacks {missing}: patient-level evaluation "
                            "needs patient_id (and laterality for per-breast metrics) on every record")
-        g = "/".join(str(r[k]) for k in key)
+        g = "/".join(spelling.setdefault(patient_key(r[k]), str(r[k])) if k == "patient_id" else str(r[k])
+                     for k in key)
         group_of[r["image_id"]] = g
         labels[g] = max(labels.get(g, 0), int(not is_negative(r)))
     return labels, group_of
