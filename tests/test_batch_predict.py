@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mammo_tl.engine import predict_command as predict_mod
+from mammo_tl.engine import predict_loader
 from mammo_tl.engine.predict_command import PredictError, check_batch_size, check_workers, run_predict
 from mammo_tl.engine.predictor import InputPreparer, MammoPredictor
 from tests.common import breast_phantom
@@ -92,7 +93,7 @@ def test_killed_batched_run_resumes(inputs, tmp_path, config, monkeypatch, capsy
     assert _names(json.loads(line) for line in open(out / "predictions.jsonl")) == ["P0_L_CC.png", "P1_L_CC.png"]
     monkeypatch.setattr(MammoPredictor, "predict_batch", real)
     capsys.readouterr()
-    preds, skipped = run_predict(config, [str(inputs)], str(out), OPTS, workers=2, batch_size=3, resume=True)
+    preds, _ = run_predict(config, [str(inputs)], str(out), OPTS, workers=2, batch_size=3, resume=True)
     assert "--resume: 2 of 7 input(s) already predicted" in capsys.readouterr().out
     assert _names(preds) == ["P0_L_CC.png", "P1_L_CC.png", "P2_L_CC.png", "P3_L_CC.png", "P4_L_CC.png"]
     assert json.load(open(out / "summary.json"))["from_previous_run"] == 2
@@ -113,14 +114,14 @@ def test_preparing_failure_in_a_worker_names_the_file(inputs, tmp_path, config, 
 
 
 def test_a_worker_that_dies_is_an_error_with_advice(inputs, tmp_path, config, monkeypatch):
-    real = predict_mod.describe
+    real = predict_loader.describe
 
     def dies(path, **kw):
         if path.endswith("P2_L_CC.png"):
             os._exit(9)  # as when the kernel kills a worker out of memory
         return real(path, **kw)
 
-    monkeypatch.setattr(predict_mod, "describe", dies)
+    monkeypatch.setattr(predict_loader, "describe", dies)
     with pytest.raises(PredictError, match=r"a worker decoding images stopped .*fewer --workers \(now 2\) need less "
                                            r"memory"):
         run_predict(config, [str(inputs)], str(tmp_path / "out"), OPTS, workers=2)
@@ -138,7 +139,7 @@ def test_device_and_amp_are_checked_before_any_work(inputs, tmp_path, config, mo
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("check, value, message", [
+@pytest.mark.parametrize(("check", "value", "message"), [
     (check_workers, "-1", "--workers must be a whole number >= 0, got '-1'"),
     (check_workers, "1.5", "--workers must be a whole number >= 0"),
     (check_batch_size, "0", "--batch-size must be a whole number >= 1, got '0'"),

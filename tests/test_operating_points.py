@@ -68,6 +68,23 @@ def test_stored_points_are_keyed_by_the_weights(tmp_path):
         load_operating_points(str(path))
 
 
+@pytest.mark.parametrize(("threshold", "message"), [
+    (True, r"point 'youden' has no finite threshold \(it is True\)"),  # JSON true, an int to Python
+    (1e300, r"point 'youden' has threshold 1e\+300, outside \[-1, 1\]"),
+    (1.5, r"point 'youden' has threshold 1\.5, outside \[-1, 1\]"),
+    ("0.5", r"no finite threshold \(it is '0\.5'\)"),
+])
+def test_thresholds_must_be_numbers_within_the_scores_range(tmp_path, threshold, message):
+    path = tmp_path / "operating_points.json"
+    path.write_text(json.dumps({"weights_sha256": "x", "points": {"youden": {"threshold": threshold}}}))
+    with pytest.raises(OperatingPointError, match=message):
+        load_operating_points(str(path))
+    # what choose_operating_points writes: a threshold below every score (lowest - 1) recalls everyone
+    low = choose_operating_points({"a": 0.0, "b": 0.0}, {"a": 1, "b": 0}, sensitivities=(1.0,))
+    path.write_text(json.dumps({"weights_sha256": "x", "points": low}))
+    assert load_operating_points(str(path))["points"]["sensitivity_1"]["threshold"] == -1.0
+
+
 def test_choose_on_validation_evaluate_and_report(tiny_datasets, tmp_path):
     """tools/operating_points.py as typed, then --eval-only and the report at the stored points."""
     from mammo_tl.engine.launcher import main

@@ -270,7 +270,7 @@ def test_recall_decisions_per_patient_and_breast(op_setup, tmp_path):
     # overlay colours follow the decision: the 0.9 box red, the 0.2 box amber (OpenCV's BGR)
     overlay = cv2.imread(str(out / preds["PA_L_CC.png"]["overlay"]))
     colours = []
-    for x1, y1, x2, y2 in preds["PA_L_CC.png"]["boxes"]:
+    for x1, y1, _, y2 in preds["PA_L_CC.png"]["boxes"]:
         colours.append(tuple(int(c) for c in overlay[int((y1 + y2) / 2), int(x1)]))
     assert colours == [(0, 0, 255), (0, 200, 255)]
 

@@ -55,7 +55,8 @@ def test_lesion_found_in_preprocessed_image_maps_back_within_a_pixel(chest_wall)
     # one preprocessed pixel spans 1/scale original pixels; compare at that resolution
     sx, sy = t.scale
     back = t.inverse_boxes(found)
-    assert np.all(np.abs(back - lesion)[:, [0, 2]] <= 1.0 / sx + 1) and np.all(np.abs(back - lesion)[:, [1, 3]] <= 1.0 / sy + 1)
+    assert np.all(np.abs(back - lesion)[:, [0, 2]] <= 1.0 / sx + 1)
+    assert np.all(np.abs(back - lesion)[:, [1, 3]] <= 1.0 / sy + 1)
 
 
 class _FixedModel(torch.nn.Module):

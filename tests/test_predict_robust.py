@@ -16,6 +16,7 @@ from detectron2.modeling import build_model
 
 from mammo_tl.data.synthetic import mammogram_dataset, write_dicom
 from mammo_tl.engine import predict_command as predict_mod
+from mammo_tl.engine import predict_loader
 from mammo_tl.engine.predict_command import PredictError, check_max_pixels, check_min_score, run_predict
 from mammo_tl.data.inputs import SkippedImage, describe
 from mammo_tl.engine.predictor import MammoPredictor
@@ -85,8 +86,9 @@ def test_every_input_is_predicted_or_skipped_with_its_reason(tmp_path, config):
         "inputs": 10, "predicted": 5, "skipped": 5,
         "skipped_by_reason": {"constant_image": 1, "not_a_regular_file": 1, "too_many_pixels": 1, "too_small": 1,
                               "unreadable": 1},
-        "unknown_patient": 3, "unknown_laterality": 3, "patients": 5, "from_previous_run": 0,
-        "previous_run_not_in_inputs": 0}
+        "unknown_patient": 3, "unknown_laterality": 3, "laterality_conflicts": 0, "patients": 5,
+        "from_previous_run": 0, "previous_run_not_in_inputs": 0, "changed_since_previous_run": 0,
+        "inputs_in_output_folders": 0, "changed_after_prediction": 0}
     assert "10 input(s): 5 predicted, 5 skipped" in r.stdout and "3 image(s) with unknown patient" in r.stdout
     skipped = {os.path.relpath(s["file_name"], src): s for s in json.load(open(out / "skipped.json"))}
     assert {k: v["kind"] for k, v in skipped.items()} == {
@@ -153,6 +155,7 @@ def test_valid_numeric_options_pass():
 def test_max_pixels_skips_before_decoding(tmp_path, monkeypatch):
     path = _png(tmp_path / "x.png")  # 200 x 160 = 32,000 pixels
     monkeypatch.setattr(cv2, "imread", lambda *a, **k: pytest.fail("decoded despite the pixel limit"))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: pytest.fail("decoded despite the pixel limit"))
     with pytest.raises(SkippedImage, match=r"32,?000 pixels") as e:
         describe(path, max_pixels=31_999)
     assert e.value.kind == "too_many_pixels"
@@ -161,7 +164,7 @@ def test_max_pixels_skips_before_decoding(tmp_path, monkeypatch):
 def test_unwritable_output_fails_before_the_first_image(tmp_path, config, monkeypatch):
     _png(tmp_path / "in" / "x.png")
     (tmp_path / "blocker").write_text("a file where the output folder should go")
-    monkeypatch.setattr(predict_mod, "describe", lambda *a, **k: pytest.fail("an image was read"))
+    monkeypatch.setattr(predict_loader, "describe", lambda *a, **k: pytest.fail("an image was read"))
     monkeypatch.setattr(predict_mod, "MammoPredictor", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(PredictError, match=r"--output .*blocker/out: not a writable folder"):
         run_predict(config, [str(tmp_path / "in")], str(tmp_path / "blocker" / "out"), OPTS)
@@ -193,7 +196,8 @@ def test_killed_run_keeps_its_results_and_resume_finishes_it(tmp_path, config, m
     assert [os.path.basename(r["file_name"]) for r in lines] == ["P0_L_CC.png", "P1_L_CC.png"]
     assert not (out / "predictions.json").exists()
 
-    with pytest.raises(PredictError, match=r"holds a previous run's results \(predictions\.jsonl, run\.json\)"):
+    with pytest.raises(PredictError, match=r"holds a previous run's results \(predictions\.jsonl, run\.json, "
+                                           r"manifest\.json\)"):
         run_predict(config, [str(src)], str(out), OPTS, min_score=0.0)
     for changed, named in (({"min_score": 0.5}, "--min-score (0.0 then, 0.5 now)"),
                            ({"opts": OPTS + ["INPUT.FIXED_SIZE", "(96, 96)"]}, "config INPUT.FIXED_SIZE")):

@@ -7,8 +7,9 @@
 
 Writes, in OUTPUT: predictions.jsonl as it goes (one line per image), then predictions.json (per image:
 file_name, patient_id, laterality, view, source (where each of those three came from), boxes [x1, y1, x2, y2]
-in the original image's pixels, scores, max_score), patients.csv (patient_id, score = highest box score),
-skipped.json (file_name, kind, reason), summary.json (counts) and, with --overlay,
+in the original image's pixels, scores, max_score, and file_size, file_mtime_ns, file_sha256 of the bytes that
+were decoded), patients.csv (patient_id, score = highest box score), skipped.json (file_name, kind, reason),
+summary.json (counts), manifest.json (every file written, with its sha256) and, with --overlay,
 overlays/<name>_<hash>.png. MODEL.WEIGHTS must be a trained model's checkpoint.
 
 Reported boxes: every box scoring at least --min-score; the JSON, the overlays and the DICOM outputs all
@@ -34,7 +35,15 @@ the threshold are red, the others amber (without an operating point: above 0.5).
 
 Images are decoded by --workers processes while the model runs on --batch-size images at a time on --device
 (default: MODEL.DEVICE); --amp runs the model in mixed precision (CUDA only).
-An OUTPUT holding a previous run needs --resume (continue it, same config, weights and options) or --overwrite.
+An OUTPUT holding a previous run needs --resume (continue it, same config, weights and options; an image is
+reused only while its file has the size, modification time and sha256 it was predicted from, and predicted
+again otherwise) or --overwrite (removes only the files listed in the folders' manifest.json with an unchanged
+sha256; anything else is left and named). OUTPUT and --dicom-out are locked for the run: a second predict
+into either stops, naming the first. A --dicom-out belongs to the OUTPUT that first wrote it; another OUTPUT is
+refused there. Image files inside OUTPUT or --dicom-out are not inputs.
+A --patients laterality that the DICOM header contradicts is not used (nor the header's): the image's side is
+unknown, named in predictions.json (laterality_conflict) and counted in summary.json. Text cells of
+patients.csv that a spreadsheet would take for a formula (=, +, -, @, tab, CR first) get a leading '.
 Exit status 1 with a message on any error, 2 on a bad argument.
 """
 import argparse

@@ -5,6 +5,9 @@ the training mapper and tools/prepare_dataset.py (through :func:`read_image`, it
 tools/predict.py (:func:`mammo_tl.data.inputs.describe`). :func:`image_size` reads only the header, for the
 data set converters. The checks every reader makes before decoding, and ImageReadError, live in
 image_checks.py (re-exported here)."""
+import hashlib
+import io
+import os
 import warnings
 from typing import NamedTuple, Optional
 
@@ -19,19 +22,23 @@ from .image_checks import (DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, ImageReadError, c
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _header_size(path, max_pixels):
+def _header_size(path, max_pixels, data=None):
     """(width, height) from a PNG/TIFF/JPEG/... header without decoding; None when Pillow refused to even
-    open it because it exceeds Pillow's own bomb limit, which lies above ``max_pixels``."""
+    open it because it exceeds Pillow's own bomb limit, which lies above ``max_pixels``. ``data``: the
+    file's bytes, already read (``path`` then only names it)."""
     from PIL import Image, UnidentifiedImageError
 
-    with open(path, "rb") as f:
-        head = f.read(24)
+    if data is None:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    else:
+        head = data[:24]
     if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":  # the cache's own format, read on every step
         return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: our budget decides
-            with Image.open(path) as im:
+            with Image.open(path if data is None else io.BytesIO(data)) as im:
                 return im.size
     except Image.DecompressionBombError as e:
         limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
@@ -76,11 +83,83 @@ def read_stored_image(path, max_pixels=None, keep_integers=False) -> StoredImage
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(path, "not a readable image (OpenCV could not decode it)")
+    return StoredImage(*_pixels_and_meta(img, keep_integers))
+
+
+class FileIdentity(NamedTuple):
+    """What a prediction is keyed by: the bytes that were decoded (``sha256``) and the file's size and
+    modification time (ns) when they were read."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+def _sha256_stat(path):
+    """(FileIdentity of the file's current bytes, its os.stat before reading)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return FileIdentity(st.st_size, st.st_mtime_ns, h.hexdigest()), st
+
+
+def read_stored_image_identified(path, max_pixels=None, keep_integers=False):
+    """(:class:`StoredImage`, :class:`FileIdentity`) of an input: the identity describes exactly the bytes
+    the pixels (and a DICOM header) were decoded from.
+
+    PNG/TIFF/JPEG are read into memory once, hashed and decoded from that copy. DICOM is decoded by
+    :func:`~mammo_tl.data.dicom.read_dicom` from the file, hashed before and after: when the two differ (the
+    file was written while it was read), :class:`ImageReadError` of kind ``changed_while_read``. The same
+    checks as :func:`read_stored_image` come first (regular file, pixel budget from the header)."""
+    path = str(path)
+    if is_dicom_path(path):
+        check_regular_file(path)
+        try:
+            before, _ = _sha256_stat(path)
+        except OSError as e:
+            raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
+        stored = StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers))
+        try:
+            after, _ = _sha256_stat(path)
+        except OSError as e:
+            raise ImageReadError(path, f"changed while it was read ({type(e).__name__}: {e.strerror})",
+                                 kind="changed_while_read") from None
+        if after != before:
+            raise ImageReadError(path, "changed while it was read (its size, time or sha256 differ before and "
+                                       "after decoding); predict it again once it is written",
+                                 kind="changed_while_read")
+        return stored, before
+    check_regular_file(path)
+    size = _header_size(path, max_pixels)
+    if size is not None:
+        w, h = size
+        check_pixel_budget(path, w * h, f"{w} x {h}", max_pixels)
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as e:
+        raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
+    # the budget again, on the bytes decoded: the file may have been replaced since its header was read
+    size = _header_size(path, max_pixels, data)
+    if size is not None:
+        w, h = size
+        check_pixel_budget(path, w * h, f"{w} x {h}", max_pixels)
+    identity = FileIdentity(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None:
+        raise ImageReadError(path, "not a readable image (OpenCV could not decode it)")
+    return StoredImage(*_pixels_and_meta(img, keep_integers)), identity
+
+
+def _pixels_and_meta(img, keep_integers):
     if img.ndim == 3:
         img = img[..., :3].mean(axis=2) if img.shape[2] >= 3 else img[..., 0]
     if not (keep_integers and img.dtype in (np.uint8, np.uint16)):
         img = img.astype(np.float32)
-    return StoredImage(img, {"rows": int(img.shape[0]), "columns": int(img.shape[1])}, None)
+    return img, {"rows": int(img.shape[0]), "columns": int(img.shape[1])}, None
 
 
 def read_image(path, max_pixels=None, keep_integers=False) -> np.ndarray:

@@ -2,14 +2,16 @@
 shows (the --patients CSV, the DICOM header, the file name), with where each came from."""
 import csv
 import hashlib
+import io
 import logging
 import os
 import re
+import stat
 
 import numpy as np
 
 from . import dicom_header
-from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_stored_image
+from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_stored_image_identified
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
@@ -18,7 +20,7 @@ _NAME = re.compile(r"^(?P<patient>.+)_(?P<lat>[LR])_(?P<view>CC|MLO)$", re.IGNOR
 MIN_IMAGE_SIDE = 32
 UNKNOWN_PATIENT_PREFIX = "unknown:"
 # Where a patient id, side or view came from, as predictions.json names it ("dicom:<keyword>" besides).
-SOURCES = ("patients_csv", "cbis_ddsm_patient_id", "file_name", "unknown")
+SOURCES = ("patients_csv", "cbis_ddsm_patient_id", "file_name", "unknown", "conflict")
 PATIENTS_CSV_COLUMNS = ("file", "patient_id", "laterality", "view")
 
 
@@ -34,18 +36,36 @@ class PatientsCsvError(ValueError):
     """A --patients CSV that cannot be used; the message names the file, the row and what was expected."""
 
 
-def list_inputs(paths):
+def _inside(path, folders):
+    real = os.path.realpath(path)
+    return any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
+def list_inputs(paths, exclude=()):
     """Files given directly, plus image files found (recursively, sorted) in folders; a file reached twice
-    (a folder and a file in it) is listed once."""
-    files = []
+    (a folder and a file in it) is listed once. Files in the folders ``exclude`` (predict's own output
+    folders, whose overlays are images too) are left out, with a warning giving their number; the count is
+    the second value returned."""
+    files, excluded = [], 0
+    folders = [os.path.realpath(f) for f in exclude if f]
     for p in paths:
         if os.path.isdir(p):
             for root, _, names in sorted(os.walk(p)):
-                files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+                found = [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+                if folders and _inside(root, folders):
+                    excluded += len(found)
+                    continue
+                files += found
         elif os.path.lexists(p):
+            if folders and _inside(p, folders):
+                excluded += 1
+                continue
             files.append(p)
         else:
             raise FileNotFoundError(f"input {p!r} does not exist")
+    if excluded:
+        logger.warning("%d image file(s) inside the output folders (%s) left out of the inputs", excluded,
+                       ", ".join(f for f in exclude if f))
     seen, unique = set(), []
     for f in files:
         key = os.path.realpath(f)
@@ -54,7 +74,7 @@ def list_inputs(paths):
             unique.append(f)
     if len(unique) < len(files):
         logger.warning("%d input file(s) given more than once, predicted once", len(files) - len(unique))
-    return unique
+    return unique, excluded
 
 
 def image_key(path) -> str:
@@ -65,15 +85,33 @@ def image_key(path) -> str:
     return f"{stem}_{digest}"
 
 
-def read_patients_csv(path):
+def read_regular_file(path, error=PatientsCsvError):
+    """The bytes of ``path``, read once; ``error`` naming it for anything but a regular file (a FIFO or
+    ``<(...)`` would block or read differently on a second look) or a file that cannot be read."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a FIFO or pipe" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) \
+                else "not a file"
+            raise error(f"{path}: not a regular file ({what}); give a file saved on disk")
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({type(e).__name__}: {e.strerror or e})") from None
+
+
+def read_patients_csv(path, data=None):
     """--patients: {real path of an image: {"patient_id", "laterality", "view", "row"}} from a CSV with the
     columns file, patient_id and optionally laterality (L/R/LEFT/RIGHT) and view (one of
     :data:`~mammo_tl.data.dicom_header.VIEWS`). ``file`` is absolute or relative to the CSV's folder; an empty
-    laterality or view leaves it to the image's header or name. Raises :class:`PatientsCsvError` naming the
-    file and row at fault."""
+    laterality or view leaves it to the image's header or name. ``data``: the file's bytes, when already
+    read (see :func:`read_regular_file`). Raises :class:`PatientsCsvError` naming the file and row at
+    fault, and for anything but a regular file."""
     base = os.path.dirname(os.path.abspath(path))
+    if data is None:
+        data = read_regular_file(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with io.TextIOWrapper(io.BytesIO(data), newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]
             unknown = [h for h in header if h not in PATIENTS_CSV_COLUMNS]
@@ -136,37 +174,53 @@ def _from_file_name(path):
 
 
 def identify(path, header=None, patient=None):
-    """(patient_id, laterality, view, source) of an input. Each field is taken from the first that gives it:
-    the --patients CSV entry ``patient``, the DICOM ``header`` (its own fields, and a CBIS-DDSM PatientID),
-    the file name; ``source`` says which for each ("patients_csv", "dicom:<keyword>",
-    "cbis_ddsm_patient_id", "file_name" or "unknown")."""
+    """(patient_id, laterality, view, source, conflict) of an input. Each field is taken from the first that
+    gives it: the --patients CSV entry ``patient``, the DICOM ``header`` (its own fields, and a CBIS-DDSM
+    PatientID), the file name; ``source`` says which for each ("patients_csv", "dicom:<keyword>",
+    "cbis_ddsm_patient_id", "file_name" or "unknown").
+
+    A CSV laterality that the header contradicts (L against R) is not used, nor is the header's: the
+    laterality is "" with source "conflict", so no output states a side, and ``conflict`` is
+    {"patients_csv": side, <the header's source>: side}; None otherwise."""
     candidates = []
     if patient:
         candidates.append({k: (patient[k], "patients_csv") for k in ("patient_id", "laterality", "view")})
-    if header is not None:
-        candidates.append(dicom_header.identify(header))
+    from_header = dicom_header.identify(header) if header is not None else None
+    if from_header is not None:
+        candidates.append(from_header)
     candidates.append({k: (v, "file_name") for k, v in _from_file_name(path).items()})
     values, source = {}, {}
     for key in ("patient_id", "laterality", "view"):
         values[key], source[key] = next(((c[key][0], c[key][1]) for c in candidates if c.get(key, ("",))[0]),
                                         ("", "unknown"))
-    return values["patient_id"], values["laterality"], values["view"], source
+    conflict = None
+    if patient and patient.get("laterality") and from_header is not None:
+        side, where = from_header["laterality"]
+        if side and side != patient["laterality"]:
+            conflict = {"patients_csv": patient["laterality"], where: side}
+            values["laterality"], source["laterality"] = "", "conflict"
+    return values["patient_id"], values["laterality"], values["view"], source, conflict
 
 
 def describe(path, max_pixels=DEFAULT_MAX_PIXELS, patient=None):
     """(image, meta) of an input file. meta: patient_id, laterality, view and their ``source`` (see
-    :func:`identify`; ``patient`` is the file's --patients CSV entry, if any). A missing patient id becomes
+    :func:`identify`; ``patient`` is the file's --patients CSV entry, if any), ``laterality_conflict``, and
+    ``file_size``, ``file_mtime_ns``, ``file_sha256`` of the bytes decoded (see
+    :func:`~mammo_tl.data.image_io.read_stored_image_identified`). A missing patient id becomes
     ``unknown:<image_key>`` (never shared by two files) with ``meta["unknown_patient"]`` True. The image
     may come back in its stored integer type. Raises :class:`SkippedImage` for a file the readers refuse
-    (not a regular file, more than ``max_pixels`` pixels, unreadable), one smaller than MIN_IMAGE_SIDE or a
-    constant one."""
+    (not a regular file, more than ``max_pixels`` pixels, unreadable, changed while read), one smaller than
+    MIN_IMAGE_SIDE or a constant one."""
     path = str(path)
     try:
-        image, meta, header = read_stored_image(path, max_pixels=max_pixels, keep_integers=True)
+        (image, meta, header), identity = read_stored_image_identified(path, max_pixels=max_pixels,
+                                                                       keep_integers=True)
     except ImageReadError as e:
         raise SkippedImage(path, e.kind, e.cause) from None
     meta = dict(meta)
-    meta["patient_id"], meta["laterality"], meta["view"], meta["source"] = identify(path, header, patient)
+    meta["file_size"], meta["file_mtime_ns"], meta["file_sha256"] = identity
+    (meta["patient_id"], meta["laterality"], meta["view"], meta["source"],
+     meta["laterality_conflict"]) = identify(path, header, patient)
     meta["unknown_patient"] = not meta["patient_id"]
     if meta["unknown_patient"]:
         meta["patient_id"] = UNKNOWN_PATIENT_PREFIX + image_key(path)

@@ -16,7 +16,8 @@ beside the weights and keyed by their sha256: it is refused for any other weight
 import json
 import math
 import os
-from typing import Dict, Mapping, Sequence
+import stat
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def _candidates(s: np.ndarray) -> np.ndarray:
 
 
 def choose_operating_points(scores: Mapping, labels: Mapping, sensitivities: Sequence[float] = (0.90, 0.95),
-                            specificities: Sequence[float] = (0.90,)) -> Dict[str, Dict]:
+                            specificities: Sequence[float] = (0.90,)) -> dict[str, dict]:
     """name -> {"threshold", "validation": {sensitivity, specificity, accuracy, tp, fp, tn, fn}} chosen on the
     given (validation) patients. A target that no threshold reaches is left out, with the reason under
     ``"unreachable"``."""
@@ -81,23 +82,43 @@ def write_operating_points(points, weights_path, validation_dataset, num_patient
     return path
 
 
+# Scores are in [0, 1]; a threshold below every validation score is written as (lowest score - 1), so a
+# stored threshold lies in [-1, 1] (below 0: every patient is recalled).
+THRESHOLD_RANGE = (-1.0, 1.0)
+
+
 def load_operating_points(path, weights_path=None):
-    """The ``points`` of an operating_points.json, checked against ``weights_path`` (by sha256) when given."""
+    """The ``points`` of an operating_points.json, checked against ``weights_path`` (by sha256) when given.
+    Every threshold must be a number (not a boolean) in :data:`THRESHOLD_RANGE`; the file must be a regular
+    file (a FIFO would block)."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        st = os.stat(path)
     except FileNotFoundError:
         raise OperatingPointError(f"{path}: no operating points file; write it with tools/operating_points.py "
                                   "on a validation set") from None
+    except OSError as e:
+        raise OperatingPointError(f"{path}: cannot be read ({type(e).__name__}: {e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise OperatingPointError(f"{path}: not a regular file (a FIFO, pipe or folder); give the "
+                                  f"operating_points.json file itself")
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except OSError as e:
+        raise OperatingPointError(f"{path}: cannot be read ({type(e).__name__}: {e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise OperatingPointError(f"{path}: not a valid operating points file ({e})") from None
     points = data.get("points") if isinstance(data, dict) else None
     if not isinstance(points, dict) or not points:
         raise OperatingPointError(f"{path}: holds no operating points")
+    lo, hi = THRESHOLD_RANGE
     for name, p in points.items():
         t = p.get("threshold") if isinstance(p, dict) else None
-        if not isinstance(t, (int, float)) or not math.isfinite(t):
-            raise OperatingPointError(f"{path}: point {name!r} has no finite threshold")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise OperatingPointError(f"{path}: point {name!r} has no finite threshold (it is {t!r})")
+        if not lo <= t <= hi:
+            raise OperatingPointError(f"{path}: point {name!r} has threshold {t!r}, outside [{lo:g}, {hi:g}] "
+                                      f"(scores are in [0, 1])")
     if weights_path is not None and data.get("weights_sha256") != sha256_file(weights_path):
         raise OperatingPointError(f"{path} was chosen for other weights ({data.get('weights')}), not "
                                   f"{weights_path}: choose the points again for these weights")

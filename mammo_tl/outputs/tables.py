@@ -4,6 +4,10 @@ Scores: an image's score is its highest box score (``max_score``, 0 when no box 
 highest over the patient's images of that side, a patient's the highest over all their images. At an
 operating point a patient or breast is recalled when its score is above the point's threshold, the rule
 the thresholds were chosen with (:mod:`mammo_tl.evaluation.operating_points`).
+
+CSV cells: text that a spreadsheet would read as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab
+or a carriage return, e.g. a --patients id) is written with a leading ``'``, as OWASP's CSV injection
+guidance says; the JSON files keep the text as it is.
 """
 import csv
 import io
@@ -12,6 +16,13 @@ from collections import Counter
 RECALL, NO_RECALL = "recall", "no recall"
 SIDES = (("L", "left"), ("R", "right"))
 _RECORD_ONLY = ("status", "unknown_patient")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text) -> str:
+    """``text`` safe to open in a spreadsheet: a leading ``'`` when it starts like a formula."""
+    text = str(text)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def image_score(record) -> float:
@@ -58,6 +69,7 @@ def build(files, records, threshold=None):
         "skipped_by_reason": dict(sorted(by_reason.items())),
         "unknown_patient": sum(bool(r["unknown_patient"]) for r in predicted),
         "unknown_laterality": sum(r["laterality"] not in ("L", "R") for r in predicted),
+        "laterality_conflicts": sum(bool(r.get("laterality_conflict")) for r in predicted),
         "patients": len(patients),
     }
     return {"predictions": predictions, "skipped": skipped,
@@ -73,18 +85,21 @@ def recall_counts(patients):
 
 def patients_csv(patients, with_decisions=False):
     """patients.csv: patient_id, score; with decisions also decision and, per side, its score and decision
-    (empty when no image of that side was predicted)."""
+    (empty when no image of that side was predicted). Patient ids go through :func:`csv_cell`; a row with a
+    carriage return in a cell is written fully quoted (csv quotes only the line terminator, a newline)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     if not with_decisions:
-        w.writerow(["patient_id", "score"])
-        w.writerows((p["patient_id"], f"{p['score']:.6f}") for p in patients)
-        return buf.getvalue()
-    w.writerow(["patient_id", "score", "decision"]
-               + [f"{name}_{k}" for _, name in SIDES for k in ("score", "decision")])
-    for p in patients:
-        row = [p["patient_id"], f"{p['score']:.6f}", p["decision"]]
-        for side, _ in SIDES:
-            row += [f"{p[side]:.6f}", p[f"{side}_decision"]] if side in p else ["", ""]
-        w.writerow(row)
+        rows = [["patient_id", "score"]] + [[csv_cell(p["patient_id"]), f"{p['score']:.6f}"] for p in patients]
+    else:
+        rows = [["patient_id", "score", "decision"]
+                + [f"{name}_{k}" for _, name in SIDES for k in ("score", "decision")]]
+        for p in patients:
+            row = [csv_cell(p["patient_id"]), f"{p['score']:.6f}", p["decision"]]
+            for side, _ in SIDES:
+                row += [f"{p[side]:.6f}", p[f"{side}_decision"]] if side in p else ["", ""]
+            rows.append(row)
+    for row in rows:
+        (quoted if any("\r" in c for c in row) else w).writerow(row)
     return buf.getvalue()

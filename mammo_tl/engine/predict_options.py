@@ -1,0 +1,164 @@
+"""tools/predict.py's options: checked before any work, each error naming the option or file at fault."""
+import hashlib
+import logging
+import math
+import os
+
+import torch
+
+from ..config import get_mammo_tl_cfg
+from ..data.inputs import PatientsCsvError, read_patients_csv, read_regular_file
+from ..evaluation.operating_points import FILE_NAME as OPERATING_POINTS_FILE
+from ..evaluation.operating_points import OperatingPointError, load_operating_points
+
+logger = logging.getLogger(__name__)
+
+
+class PredictError(Exception):
+    """tools/predict.py cannot run or finish; the message names the file, folder or option at fault."""
+
+
+def check_min_score(value) -> float:
+    """--min-score: a finite number in [0, 1]."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--min-score must be a number in [0, 1], got {value!r}") from None
+    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise ValueError(f"--min-score must be a finite number in [0, 1], got {value!r}")
+    return v
+
+
+def check_max_pixels(value) -> int:
+    """--max-pixels: a whole number of pixels > 0."""
+    try:
+        f = float(value)
+        v = int(f)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"--max-pixels must be a whole number > 0, got {value!r}") from None
+    if v != f or v <= 0:
+        raise ValueError(f"--max-pixels must be a whole number > 0, got {value!r}")
+    return v
+
+
+def _whole_number(option, value, minimum):
+    try:
+        f = float(value)
+        v = int(f)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{option} must be a whole number >= {minimum}, got {value!r}") from None
+    if v != f or v < minimum:
+        raise ValueError(f"{option} must be a whole number >= {minimum}, got {value!r}")
+    return v
+
+
+def check_workers(value) -> int:
+    """--workers: processes decoding images beside the model, 0 or more (0: decoded in this process)."""
+    return _whole_number("--workers", value, 0)
+
+
+def check_batch_size(value) -> int:
+    """--batch-size: images per model call, 1 or more."""
+    return _whole_number("--batch-size", value, 1)
+
+
+def default_workers() -> int:
+    """min(4, the CPUs this process may use)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(4, cpus)
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _build_cfg(config_file, opts, min_score):
+    if not os.path.isfile(config_file):
+        raise PredictError(f"--config-file {config_file}: file not found")
+    cfg = get_mammo_tl_cfg()
+    try:
+        cfg.merge_from_file(config_file)
+    except Exception as e:  # yacs reports a bad key or value in many exception types
+        raise PredictError(f"--config-file {config_file}: {type(e).__name__}: {e}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except Exception as e:
+        raise PredictError(f"config overrides {' '.join(map(str, opts))}: {type(e).__name__}: {e}") from None
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, min_score)
+    cfg.freeze()
+    return cfg
+
+
+def _check_device(cfg, amp):
+    device = str(cfg.MODEL.DEVICE)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise PredictError(f"MODEL.DEVICE {device}: {why} (torch {torch.__version__}); use --device cpu")
+    if amp and not device.startswith("cuda"):
+        raise PredictError(f"--amp: mixed precision runs on CUDA only, and the device is {device!r}; drop --amp "
+                           f"or use --device cuda")
+
+
+
+def _patients_table(path, files):
+    """--patients: (file -> CSV entry for the inputs it lists, summary counts, sha256 of the bytes read); CSV
+    rows naming no input and inputs missing from the CSV are counted and logged. The file is read once (a
+    FIFO or pipe is refused), so the sha256 --resume compares is that of the rows used."""
+    try:
+        data = read_regular_file(path)
+        entries = read_patients_csv(path, data=data)
+    except PatientsCsvError as e:
+        raise PredictError(f"--patients {e}") from None
+    by_real = {os.path.realpath(f): f for f in files}
+    matched = {by_real[k]: e for k, e in entries.items() if k in by_real}
+    not_inputs = sorted((e for k, e in entries.items() if k not in by_real), key=lambda e: e["row"])
+    not_listed = [f for f in files if f not in matched]
+    if not_inputs:
+        logger.warning("--patients %s: %d row(s) name a file that is not among the inputs (rows %s%s)", path,
+                       len(not_inputs), ", ".join(str(e["row"]) for e in not_inputs[:10]),
+                       ", ..." if len(not_inputs) > 10 else "")
+    if not_listed:
+        logger.warning("--patients %s: %d input(s) not in it, identified from their header or name instead: %s%s",
+                       path, len(not_listed), ", ".join(not_listed[:5]), ", ..." if len(not_listed) > 5 else "")
+    return matched, {"file": path, "rows": len(entries), "inputs_listed": len(matched),
+                     "rows_not_among_inputs": len(not_inputs), "inputs_not_listed": len(not_listed)}, \
+        hashlib.sha256(data).hexdigest()
+
+
+def _operating_point(name, file, weights, min_score):
+    """--operating-point NAME [--operating-points FILE]: {"name", "threshold", "file", ...} checked against
+    the weights in use."""
+    if not weights or not os.path.isfile(weights):
+        raise PredictError(f"--operating-point {name}: MODEL.WEIGHTS must be the trained model's file, whose "
+                           f"sha256 the operating points are checked against (it is {weights!r})")
+    path = file or os.path.join(os.path.dirname(os.path.abspath(weights)), OPERATING_POINTS_FILE)
+    try:
+        data = load_operating_points(path, weights)
+    except OperatingPointError as e:
+        raise PredictError(f"--operating-point {name}: {e}") from None
+    points = data["points"]
+    if name not in points:
+        raise PredictError(f"--operating-point {name}: {path} has no point of that name; it holds "
+                           f"{', '.join(sorted(points))}")
+    threshold = float(points[name]["threshold"])
+    if 0.0 <= threshold < min_score:
+        raise PredictError(f"--operating-point {name}: its threshold {threshold:g} is below --min-score "
+                           f"{min_score:g}, so boxes scoring between them, which decide a recall, would not be "
+                           f"kept; pass --min-score {threshold:g} or lower")
+    return {"name": name, "threshold": threshold, "file": path,
+            "validation_dataset": data.get("validation_dataset"), "validation": points[name].get("validation")}
+
+
+def _config_name(config_file):
+    """The config as the DICOM outputs name it: its folder and file name (configs/paper/x.yaml -> paper/x.yaml)."""
+    path = os.path.abspath(config_file)
+    return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
