@@ -9,7 +9,7 @@ refuses a key given twice in one mapping. detectron2's own ``CfgNode.merge_from_
 import os
 
 import yaml
-from detectron2.config import CfgNode as CN
+from detectron2.config import CfgNode as CN  # noqa: N817  (detectron2's own name for it)
 
 BASE_KEY = "_BASE_"
 

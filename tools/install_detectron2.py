@@ -29,7 +29,7 @@ GIT_URL = "git+https://github.com/facebookresearch/detectron2.git"
 
 def detectron2_works():
     probe = "import detectron2; from detectron2.modeling import build_model"
-    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False).returncode == 0
 
 
 def pip(*args):

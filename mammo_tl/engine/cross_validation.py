@@ -171,7 +171,7 @@ def run_folds(config_file, folds_dir, output, opts=(), train_command=TRAIN_COMMA
         resume = ["--resume"] if os.path.exists(os.path.join(out_dir, "last_checkpoint")) else []
         cmd = [*train_command, *extra_args, "--config-file", config_file, *resume, *fold_opts]
         logger.info("fold %d: %s", k, " ".join(cmd))
-        rc = subprocess.run(cmd).returncode
+        rc = subprocess.run(cmd, check=False).returncode
         if rc != 0:
             raise CrossValidationError(f"fold {k}: training exited with status {rc} (see {out_dir}/log.txt); run the "
                                        "same command again to resume it")

@@ -185,7 +185,8 @@ def load_cbis_ddsm(root, csv_files, strict=False, report=None, progress=True):
                 continue  # benign findings are not targets: their boxes are removed
             roi_files = sorted(set(index.series_files(row["ROI mask file path"] or "")
                                    + index.series_files(row["cropped image file path"] or "")))
-            box, problem = mask_box(roi_files, (height, width), report, f"{subject} abnormality {row['abnormality id']}")
+            what = f"{subject} abnormality {row['abnormality id']}"
+            box, problem = mask_box(roi_files, (height, width), report, what)
             if problem:
                 failed = f"malignant abnormality {row['abnormality id']}: {problem}"
                 break

@@ -50,7 +50,7 @@ def load_vindr_mammo(root, csv_file=None, split=None, target_categories=("Mass",
     csv_file = csv_file or os.path.join(root, "finding_annotations.csv")
     if split is not None and split not in SPLITS:
         raise DatasetError(f"split must be one of {SPLITS} or None, got {split!r}")
-    targets, suspicious = set(target_categories), set(int(b) for b in target_birads)
+    targets, suspicious = set(target_categories), {int(b) for b in target_birads}
     images = OrderedDict()
     for i, row in read_csv_rows(csv_file, COLUMNS, hint=" (expected VinDr-Mammo's finding_annotations.csv)"):
         where = f"{os.path.basename(csv_file)} row {i}"
