@@ -170,7 +170,7 @@ def add_mammo_tl_config(cfg):
     # (0, 100) is plain min-max scaling of each image.
     cfg.INPUT.INTENSITY_PERCENTILES = (0.0, 100.0)
     # How tools/predict.py prepares a full-field image before the model; match the options the training
-    # data was prepared with (tools/prepare_dataset.py --crop / --flip). Crop to the breast's bounding box:
+    # data was prepared with (tools/prepare_dataset.py --no-crop / --flip). Crop to the breast's bounding box:
     cfg.INPUT.CROP_TO_BREAST = True
     # Mirror images whose chest wall is on the right, so every breast faces the same way:
     cfg.INPUT.CANONICAL_FLIP = False

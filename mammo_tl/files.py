@@ -22,6 +22,20 @@ def atomic_write_json(obj, path, **kwargs):
     os.replace(tmp, path)
 
 
+def atomic_write_bytes(path, data: bytes):
+    """Write ``data`` to a temporary file beside ``path``, then rename."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path, text: str):
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def writable_folder_problem(folder):
     """None when ``folder`` is (or can be made) a folder a file can be written to; else why not. Checked by
     writing and removing a probe file, before any long work that would write there."""

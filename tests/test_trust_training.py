@@ -234,6 +234,20 @@ def test_split_tool_reports_the_variants(tmp_path):
     assert "8 patients (4 positive, 4 negative)" in p.stdout
 
 
+def test_split_check_refuses_one_file_given_twice(tmp_path):
+    """`check a.json a.json` shares every patient with itself: refused, not passed as one split."""
+    recs = _records_with_variants()
+    for r in recs:
+        r["annotations"] = [dict(a, bbox_mode=0, category_id=0) for a in r["annotations"]]
+    path = str(tmp_path / "records.json")
+    save_records(recs, path)
+    alias = str(tmp_path / "." / "records.json")
+    p = _run("tools/split_dataset.py", "check", path, alias)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"split_dataset.py check: one file given more than once: {path} = {alias}" in p.stderr
+    assert "no patient appears" not in p.stdout
+
+
 # ---- k folds: a split into fewer folds never leaves old folds to train --------------------------------------------
 
 def test_kfold_into_a_folder_with_more_folds_refused(tmp_path):

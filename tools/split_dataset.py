@@ -83,6 +83,13 @@ def _check_stale_folds(output, folds):
 
 def run(a):
     if a.cmd == "check":
+        same = {}
+        for f in a.files:
+            same.setdefault(os.path.realpath(f), []).append(f)
+        repeated = [names for names in same.values() if len(names) > 1]
+        if repeated:  # a file checked against itself shares every patient, yet would pass as one split
+            raise DatasetError("one file given more than once: " + "; ".join(" = ".join(n) for n in repeated)
+                               + "; name each split once")
         splits = {f: load_records(f, check_files=False) for f in a.files}
         _note_variants([r for recs in splits.values() for r in recs], "check")
         check_patient_disjoint(splits)

@@ -14,7 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import ConfigFileError, differing_keys, flatten_config, get_mammo_tl_cfg
-from ..files import FolderLock, FolderLocked
+from ..files import FolderLock, FolderLocked, atomic_write_bytes, atomic_write_text
 from ..data.datasets.common import DatasetError, register_json_datasets
 from ..evaluation.operating_points import OperatingPointError
 from .checkpoint import WeightsError, load_model_weights
@@ -77,11 +77,31 @@ def check_resume(cfg):
                           f"(--config-file {saved}), or train into another OUTPUT_DIR")
 
 
+EVAL_CONFIG = "config_eval.yaml"
+
+
+def _training_config(out):
+    """The bytes of OUTPUT_DIR's config.yaml when the folder holds a training run (a last_checkpoint beside it):
+    an --eval-only run there must not replace what that run's --resume is checked against."""
+    saved = os.path.join(out, "config.yaml")
+    if os.path.isfile(saved) and os.path.isfile(os.path.join(out, "last_checkpoint")):
+        with open(saved, "rb") as f:
+            return f.read()
+    return None
+
+
 def setup(args):
     cfg = build_cfg(args)
     register_json_datasets(cfg.DATASETS.REGISTER_JSON)
     check_output_dir(cfg.OUTPUT_DIR)  # before default_setup, which writes its log and config there
+    kept = _training_config(cfg.OUTPUT_DIR) if args.eval_only and comm.is_main_process() else None
     default_setup(cfg, args)
+    if kept is not None:  # the training run's config.yaml stays what --resume checks; this run's goes beside it
+        saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, EVAL_CONFIG), cfg.dump())
+        atomic_write_bytes(saved, kept)
+        logging.getLogger(__name__).info("--eval-only into the training run %s: its config.yaml kept, this "
+                                         "evaluation's config saved as %s", cfg.OUTPUT_DIR, EVAL_CONFIG)
     # mammo_tl's own messages (preflight, weights, best checkpoint) into OUTPUT_DIR/log.txt too
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mammo_tl")
     return cfg
