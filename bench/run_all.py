@@ -17,6 +17,7 @@ if __name__ == "__main__":
         ["inference.py", "--json", os.path.join(a.output, "inference.json")],
         ["data_throughput.py", "--json", os.path.join(a.output, "data.json"),
          "--train-step-json", os.path.join(a.output, "train_step.json")],
+        ["dicom_outputs.py", "--json", os.path.join(a.output, "dicom_outputs.json")],
     ]
     import torch
 

@@ -46,6 +46,11 @@ def _rectangle(box):
     return _float32([x1, y1, x2, y1, x2, y2, x1, y2, x1, y1])
 
 
+def _objects(folder):
+    """The presentation states and reports in ``folder`` (predict may keep a manifest beside them)."""
+    return sorted(n for n in os.listdir(folder) if n.endswith(".dcm"))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("dicom_out")
@@ -75,15 +80,18 @@ def run(tmp_path_factory):
 def test_inputs_without_study_references_are_predicted_and_counted(run):
     preds, summary = run["preds"], run["summary"]
     assert sorted(preds) == ["P_00004_L_CC.png", "a_lcc.dcm", "a_rcc.dcm", "b_rle.dcm", "no_uids.dcm"]
-    assert summary["dicom"] == {"folder": str(run["dicom"]), "presentation_states": 3, "reports": 2,
-                                "images_in_reports": 3, "studies_without_report": 0,
-                                "images_without_dicom_output": 2,
-                                "without_dicom_output_by_reason": {"missing_uids": 1, "not_dicom": 1}}
+    dicom = dict(summary["dicom"])
+    # the 3 DICOMs with UIDs are checked against the sha256 predict records of each file it decodes
+    assert dicom.pop("unverified_images") == sum("file_sha256" not in preds[n] for n in run["sources"])
+    assert dicom == {"folder": str(run["dicom"]), "presentation_states": 3, "reports": 2,
+                     "images_in_reports": 3, "studies_without_report": 0, "studies_with_several_patients": 0,
+                     "images_without_dicom_output": 2,
+                     "without_dicom_output_by_reason": {"missing_uids": 1, "not_dicom": 1}}
     assert preds["no_uids.dcm"]["dicom"]["skipped"] == "missing_uids"
     assert "StudyInstanceUID" in preds["no_uids.dcm"]["dicom"]["reason"]
     assert preds["P_00004_L_CC.png"]["dicom"]["skipped"] == "not_dicom"
     assert all(len(preds[k]["boxes"]) == 3 for k in preds)  # still predicted
-    names = sorted(os.listdir(run["dicom"]))
+    names = _objects(run["dicom"])
     assert len(names) == 5 and sum(n.startswith("PR_") for n in names) == 3
     # the same study's two images share one report; the other study has its own
     assert preds["a_lcc.dcm"]["dicom"]["report"] == preds["a_rcc.dcm"]["dicom"]["report"]
@@ -167,7 +175,7 @@ def test_reports_round_trip(run):
 
 def test_dcmtk_parses_every_object(run):
     dsrdump, dcmdump = dcmtk("dsrdump"), dcmtk("dcmdump")
-    names = sorted(os.listdir(run["dicom"]))
+    names = _objects(run["dicom"])
     for name in names:
         r = subprocess.run([dcmdump, "+E", str(run["dicom"] / name)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and r.stderr == "", (name, r.stderr)
@@ -178,7 +186,7 @@ def test_dcmtk_parses_every_object(run):
         assert r.returncode == 0 and r.stderr == "", (name, r.stderr)
         assert "Imaging Measurement Report" in r.stdout and '(4147007,SCT,"Mass")' in r.stdout
     # the check can fail: a presentation state is not an SR document
-    pr = [n for n in names if n.startswith("PR_")][0]
+    pr = next(n for n in names if n.startswith("PR_"))
     assert subprocess.run([dsrdump, str(run["dicom"] / pr)], capture_output=True, timeout=60).returncode != 0
 
 
@@ -191,17 +199,19 @@ def test_rerun_writes_the_same_objects_and_a_previous_run_is_not_mixed_in(run, t
     again = run["out"].parent / "again"
     run_predict(config, [str(run["src"])], str(again / "out"), OPTS, min_score=0.0, dicom_out=str(again / "dicom"),
                 workers=0)
-    assert sorted(os.listdir(again / "dicom")) == sorted(os.listdir(run["dicom"]))
-    for name in os.listdir(run["dicom"]):
+    assert _objects(again / "dicom") == _objects(run["dicom"])
+    for name in _objects(run["dicom"]):
         a, b = (pydicom.dcmread(d / name) for d in (run["dicom"], again / "dicom"))
         assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (b.SOPInstanceUID, b.SeriesInstanceUID)
-    # --overwrite removes the previous run's presentation states and reports, and nothing else
-    stale = again / "dicom" / "PR_of_an_image_no_longer_among_the_inputs.dcm"
-    shutil.copy(next((again / "dicom").glob("PR_*.dcm")), stale)
+    # --overwrite rewrites the previous run's presentation states and reports; files mammo_tl did not write
+    # there (a PR_ file copied in by hand, the user's notes) are left
+    foreign = again / "dicom" / "PR_of_an_image_no_longer_among_the_inputs.dcm"
+    shutil.copy(next((again / "dicom").glob("PR_*.dcm")), foreign)
     (again / "dicom" / "notes.txt").write_text("the user's own file")
     run_predict(config, [str(run["src"])], str(again / "out"), OPTS, min_score=0.0, dicom_out=str(again / "dicom"),
                 overwrite=True)
-    assert sorted(os.listdir(again / "dicom")) == sorted(os.listdir(run["dicom"]) + ["notes.txt"])
+    assert _objects(again / "dicom") == sorted(_objects(run["dicom"]) + [foreign.name])
+    assert (again / "dicom" / "notes.txt").read_text() == "the user's own file"
 
 
 def _header(path, **kw):
@@ -230,7 +240,9 @@ def test_hand_made_records_layers_empty_images_and_mixed_patients(tmp_path):
     per_image, summary = write_dicom_outputs(str(out), [(r, f"n{i}") for i, r in enumerate(records)], algorithm)
     assert summary["reports"] == 1 and summary["studies_without_report"] == 1
     assert summary["presentation_states"] == 4 and summary["images_without_dicom_output"] == 0
-    assert "2 different PatientIDs" in per_image[str(c)]["report_skipped"]
+    assert per_image[str(c)]["report_skipped"].startswith(
+        "its study's images disagree on the patient (PatientID differ)")
+    assert summary["studies_with_several_patients"] == 1
 
     pr = pydicom.dcmread(out / per_image[str(a)]["presentation_state"])
     layers = {a.GraphicLayer: a for a in pr.GraphicAnnotationSequence}

@@ -6,6 +6,8 @@ DICOM writers (:mod:`mammo_tl.outputs.dicom_pr`, :mod:`mammo_tl.outputs.dicom_sr
 rest of mammo_tl takes from it is the patient id, the side and the view, each with where it came from.
 """
 import contextlib
+import hashlib
+import io
 import logging
 import re
 import warnings
@@ -37,6 +39,10 @@ CBIS_DDSM_PATIENT_ID = re.compile(
 
 # What a DICOM output must reference to place its content on the source image.
 REFERENCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+# The patient module's identifying attributes: a report is one patient's when its images agree on all of them.
+PATIENT_MODULE = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex")
+# PS3.5 9.1: components of digits without leading zeros (0 alone allowed), joined by dots; at most 64 characters.
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
 @contextlib.contextmanager
@@ -66,6 +72,54 @@ def read_header(path):
             return pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as e:  # truncated or mangled headers surface as many exception types
             raise ImageReadError(path, f"DICOM header cannot be read ({type(e).__name__})") from None
+
+
+def read_header_and_hash(path):
+    """(header, sha256 hex, size in bytes) of ``path`` from one read of its bytes: the header is parsed from the
+    very bytes that are hashed, so a file replaced between the two cannot pair one file's header with another's
+    hash. Raises :class:`~mammo_tl.data.image_checks.ImageReadError` as :func:`read_header` does."""
+    import pydicom
+
+    path = str(path)
+    check_regular_file(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
+    with quiet():
+        try:
+            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        except Exception as e:  # truncated or mangled headers surface as many exception types
+            raise ImageReadError(path, f"DICOM header cannot be read ({type(e).__name__})") from None
+    return header, hashlib.sha256(data).hexdigest(), len(data)
+
+
+def uid_problem(value):
+    """Why ``value`` is not a valid DICOM UID (PS3.5 9.1: at most 64 characters, digit components without
+    leading zeros joined by dots), or None when it is one. The value itself is never quoted."""
+    text = str(value)
+    if len(text) > 64:
+        return f"{len(text)} characters, over 64"
+    if not _UID.fullmatch(text):
+        return "not digits and dots, or a component with a leading zero"
+    return None
+
+
+def invalid_references(ds):
+    """[(keyword, why)] for each of :data:`REFERENCE_UIDS` the header holds but that is not a valid UID."""
+    out = []
+    for keyword in REFERENCE_UIDS:
+        value = _text(ds, keyword)
+        why = uid_problem(value) if value else None
+        if why:
+            out.append((keyword, why))
+    return out
+
+
+def patient_module(ds):
+    """The values of :data:`PATIENT_MODULE` as text ("" when absent), leading and trailing spaces removed."""
+    return tuple(_text(ds, k) for k in PATIENT_MODULE)
 
 
 def _text(ds, keyword):

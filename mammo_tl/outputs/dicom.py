@@ -3,8 +3,23 @@ study a TID 1500 measurement report (:mod:`.dicom_sr`), written with highdicom i
 
 Both reference the source study, series and image by their UIDs and carry the source's patient and study
 modules as the source holds them (Type 2 attributes it lacks are present and empty, as the IODs require).
-"Reported" boxes are those of the prediction record: every box at or above --min-score. Inputs that are
-not DICOM, or whose header lacks a needed UID, are counted and left out here, and still predicted.
+"Reported" boxes are those of the prediction record: every box at or above --min-score.
+
+What is trusted, and what is left out (still predicted; counted in the summary by reason and named per image):
+
+* the header is read from the same bytes that are hashed; when the prediction record carries the sha256 of the
+  file whose pixels were predicted (``file_sha256``), an image whose file differs now gets no DICOM output
+  (``changed_since_predicted``); records without it (runs before the hash was recorded) are used unchecked
+  and counted (``unverified_images``);
+* inputs that are not DICOM, whose header lacks a Study, Series, SOP Instance or SOP Class UID, or holds one
+  that is not a valid UID (PS3.5 9.1), are left out (``not_dicom``, ``missing_uids``, ``invalid_uids``);
+* images whose SOP Instance UID another input shares (copies included) are all left out
+  (``duplicate_sop_instance_uid``): one UID names one image, and their outputs would reference either;
+* an image with a box outside its Rows x Columns is left out (``boxes_outside_image``): its boxes do not
+  describe this image;
+* a report is one patient's: a study whose images disagree on the patient module (PatientID, issuer, name,
+  birth date, sex) gets no report (counted in ``studies_without_report`` and warned about by file names,
+  never by the values); its images keep their presentation states.
 
 UIDs are derived from what the object shows (name-based UUIDs under the 2.25 root): writing the same results
 again, e.g. after --resume, gives the same objects, never a second copy of them in an archive.
@@ -12,9 +27,10 @@ again, e.g. after --resume, gives the same objects, never a second copy of them 
 import hashlib
 import logging
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 
-from ..data.dicom_header import missing_references, quiet, read_header
+from ..data.dicom_header import (PATIENT_MODULE, invalid_references, missing_references, patient_module, quiet,
+                                 read_header_and_hash)
 from ..data.image_checks import ImageReadError, is_dicom_path
 from . import OutputError
 from .dicom_common import Algorithm, derived_uid  # noqa: F401  (Algorithm: part of this module's API)
@@ -39,7 +55,7 @@ def _save(ds, path):
 
 def is_output_file(name) -> bool:
     """A file name this module writes."""
-    return (name.startswith("PR_") or name.startswith("SR_")) and name.endswith(".dcm")
+    return name.startswith(("PR_", "SR_")) and name.endswith(".dcm")
 
 
 def sr_file_name(study_uid) -> str:
@@ -50,38 +66,106 @@ def write_dicom_outputs(folder, items, algorithm):
     """Write the presentation states and reports of a run into ``folder``.
 
     ``items``: (prediction record, name) per predicted image in input order; the name is unique to the file
-    (its GSPS is ``PR_<name>.dcm``). Headers are read again here, without pixels. Returns ({file name:
-    {"presentation_state", "report"}, or {"skipped", "reason"} for an image without DICOM output}, counts
-    for summary.json)."""
+    (its GSPS is ``PR_<name>.dcm``). Headers are read again here, from the bytes whose sha256 is compared with
+    the record's ``file_sha256`` when it has one. Returns ({file name: {"presentation_state", "report"} (and
+    "report_skipped" with why), or {"skipped", "reason"} for an image without DICOM output}, counts for
+    summary.json)."""
     with quiet():
         return _write_dicom_outputs(folder, items, algorithm)
+
+
+def _image_size(header):
+    try:
+        rows, cols = int(header.Rows), int(header.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (rows, cols) if rows > 0 and cols > 0 else None
+
+
+def _boxes_outside(record, size):
+    """How many of the record's boxes are not within [0, Columns] x [0, Rows] (non-finite or reversed included)."""
+    import numpy as np
+
+    boxes = np.asarray(record.get("boxes") or [], dtype=np.float64).reshape(-1, 4)
+    rows, cols = size
+    # no tolerance: predicted boxes are clipped to the image, and rounding a coordinate <= Columns to 2 decimals
+    # keeps it <= Columns; highdicom refuses a presentation state's point beyond the image anyway
+    inside = (np.isfinite(boxes).all(1) & (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) & (boxes[:, 2] <= cols)
+              & (boxes[:, 3] <= rows) & (boxes[:, 0] <= boxes[:, 2]) & (boxes[:, 1] <= boxes[:, 3]))
+    return int((~inside).sum()), len(boxes)
+
+
+def _check(record, path):
+    """(header, None) for an image the DICOM outputs can describe, else (None, {"skipped", "reason"})."""
+    if not is_dicom_path(path):
+        return None, {"skipped": "not_dicom", "reason": "not a DICOM file: there is no study to reference"}
+    try:
+        header, sha256, _ = read_header_and_hash(path)
+    except ImageReadError as e:
+        return None, {"skipped": "header_unreadable", "reason": e.cause}
+    expected = record.get("file_sha256")
+    if expected is not None and sha256 != expected:
+        return None, {"skipped": "changed_since_predicted",
+                      "reason": "changed since predicted: the file's sha256 differs from that of the file whose "
+                                "pixels were predicted; predict it again"}
+    missing = missing_references(header)
+    if missing:
+        return None, {"skipped": "missing_uids", "reason": f"its header has no {', '.join(missing)}"}
+    invalid = invalid_references(header)
+    if invalid:
+        return None, {"skipped": "invalid_uids", "reason": "its header's " + "; ".join(
+            f"{k} is not a valid DICOM UID ({why})" for k, why in invalid)}
+    size = _image_size(header)
+    if size is None:
+        return None, {"skipped": "missing_image_size", "reason": "its header has no valid Rows and Columns"}
+    outside, n = _boxes_outside(record, size)
+    if outside:
+        return None, {"skipped": "boxes_outside_image",
+                      "reason": f"{outside} of its {n} box(es) lie outside its {size[0]} x {size[1]} pixels "
+                                "(Rows x Columns): they do not describe this image"}
+    return header, None
 
 
 def _write_dicom_outputs(folder, items, algorithm):
     from .dicom_pr import presentation_state
     from .dicom_sr import measurement_report
 
-    results, studies = {}, {}
+    results, usable, unverified = {}, [], 0
     for record, name in items:
         path = record["file_name"]
-        if not is_dicom_path(path):
-            results[path] = {"skipped": "not_dicom", "reason": "not a DICOM file: there is no study to reference"}
+        header, skipped = _check(record, path)
+        if skipped:
+            results[path] = skipped
             continue
-        try:
-            header = read_header(path)
-        except ImageReadError as e:
-            results[path] = {"skipped": "header_unreadable", "reason": e.cause}
-            continue
-        missing = missing_references(header)
-        if missing:
-            results[path] = {"skipped": "missing_uids", "reason": f"its header has no {', '.join(missing)}"}
+        unverified += "file_sha256" not in record
+        usable.append((record, header, name))
+
+    if unverified:
+        logger.warning("%d image(s) have no file_sha256 in their prediction record (a run before hashes were "
+                       "recorded): their headers are not checked against the predicted pixels", unverified)
+    by_uid = defaultdict(list)
+    for record, header, _ in usable:
+        by_uid[str(header.SOPInstanceUID)].append(record["file_name"])
+    studies, duplicates = {}, 0
+    for record, header, name in usable:
+        path = record["file_name"]
+        sharing = by_uid[str(header.SOPInstanceUID)]
+        if len(sharing) > 1:
+            others = [p for p in sharing if p != path]
+            results[path] = {"skipped": "duplicate_sop_instance_uid",
+                             "reason": f"its SOPInstanceUID is also that of {', '.join(others)}: one UID names one "
+                                       "image, so none of them gets DICOM output"}
+            duplicates += 1
             continue
         studies.setdefault(str(header.StudyInstanceUID), []).append((record, header, name))
+    if duplicates:
+        logger.warning("%d image(s) share a SOPInstanceUID with another input (copies of one file, or a source that "
+                       "reuses UIDs): no DICOM output for them; see summary.json", duplicates)
 
     written = Counter()
-    for study_uid, members in studies.items():
+    for study_uid, study in studies.items():
         pr_series = derived_uid("PR series", study_uid, algorithm.key())
-        for number, (record, header, name) in enumerate(members, 1):
+        for number, (record, header, name) in enumerate(study, 1):
             try:
                 ds = presentation_state(header, record, algorithm, pr_series, number)
             except (ValueError, TypeError, AttributeError, KeyError) as e:  # a header highdicom cannot use
@@ -92,13 +176,19 @@ def _write_dicom_outputs(folder, items, algorithm):
             _save(ds, os.path.join(folder, f"PR_{name}.dcm"))
             results[record["file_name"]] = {"presentation_state": f"PR_{name}.dcm"}
             written["presentation_states"] += 1
-        patients = {str(h.get("PatientID", "")) for _, h, _ in members}
-        if len(patients) > 1:
-            reason = f"its study holds images of {len(patients)} different PatientIDs; no report made"
+        members = [m for m in study if "skipped" not in results[m[0]["file_name"]]]
+        if not members:
+            continue
+        modules = [patient_module(h) for _, h, _ in members]
+        if len(set(modules)) > 1:
+            differ = [k for i, k in enumerate(PATIENT_MODULE) if len({m[i] for m in modules}) > 1]
+            reason = (f"its study's images disagree on the patient ({', '.join(differ)} differ): one report is one "
+                      "patient's, so none is made")
             for record, _, _ in members:
-                results[record["file_name"]].setdefault("report_skipped", reason)
+                results[record["file_name"]]["report_skipped"] = reason
             written["studies_without_report"] += 1
-            logger.warning("%s and %d more image(s): %s", members[0][0]["file_name"], len(members) - 1, reason)
+            written["studies_with_several_patients"] += 1
+            logger.warning("%s: %s", ", ".join(r["file_name"] for r, _, _ in members), reason)
             continue
         sr_series = derived_uid("SR series", study_uid, algorithm.key())
         try:
@@ -106,7 +196,7 @@ def _write_dicom_outputs(folder, items, algorithm):
         except (ValueError, TypeError, AttributeError, KeyError) as e:
             reason = _refused("report", e)
             for record, _, _ in members:
-                results[record["file_name"]].setdefault("report_skipped", reason)
+                results[record["file_name"]]["report_skipped"] = reason
             written["studies_without_report"] += 1
             logger.warning("%s and %d more image(s) of its study: %s", members[0][0]["file_name"], len(members) - 1,
                            reason)
@@ -121,6 +211,8 @@ def _write_dicom_outputs(folder, items, algorithm):
     summary = {"folder": folder, "presentation_states": written["presentation_states"],
                "reports": written["reports"], "images_in_reports": written["images_in_reports"],
                "studies_without_report": written["studies_without_report"],
+               "studies_with_several_patients": written["studies_with_several_patients"],
                "images_without_dicom_output": sum(skipped.values()),
-               "without_dicom_output_by_reason": dict(sorted(skipped.items()))}
+               "without_dicom_output_by_reason": dict(sorted(skipped.items())),
+               "unverified_images": unverified}
     return results, summary

@@ -2,7 +2,7 @@
 reference copy of a source header and the rectangle of a box (imported by dicom.py, dicom_pr.py, dicom_sr.py)."""
 import uuid
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 from .. import __version__
 
@@ -23,7 +23,7 @@ class Algorithm:
     config_name: str
     weights_sha256: str
     min_score: float
-    operating_point: Optional[Tuple[str, float]] = None
+    operating_point: Optional[tuple[str, float]] = None
     version: str = __version__
 
     @property

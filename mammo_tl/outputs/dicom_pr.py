@@ -26,7 +26,7 @@ def box_label(score) -> str:
 
 def _label_box(box, text, rows, cols):
     """[left, top, right, bottom] of a box's label: just above it, or below it at the image's top edge."""
-    x1, y1, x2, y2 = (float(v) for v in box)
+    x1, y1, _, y2 = (float(v) for v in box)
     th = max(8.0, rows / 60.0)
     tw = min(float(cols), th * 0.6 * len(text))
     if y1 - th >= 0:

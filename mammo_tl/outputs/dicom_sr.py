@@ -7,18 +7,152 @@ predictions.json. An image without a reported box gets an image-level group (TID
 evaluation Mass (SCT 4147007): Absent (SCT 272519000), meaning none at or above --min-score. Every group names
 the algorithm (TID 4019): mammo_tl, its version, and as parameters the config, the weights' sha256, which boxes
 are reported and the operating point, if any.
+
+Speed: building every group with highdicom, letting it re-parse the tree, and encoding that tree with pydicom
+took about 10 ms per box, minutes for thousands. So highdicom builds the report from one group per image
+(evidence, patient, study, observation context), and the groups of all boxes are encoded from the first box's
+group, encoded once with holes where a box's own values go (tracking identifier and UID, score, rectangle).
+The holes are found in highdicom's encoding, and the result checked against highdicom's own groups of the
+second and last box; where either differs (another highdicom), highdicom builds every group of that image.
+Groups are written with undefined lengths (PS3.5 7.5), which readers accept as they do defined ones.
 """
 import json
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_sequence_item
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
+from pydicom.valuerep import DS
+from tqdm import tqdm
 
 from .dicom_common import (MANUFACTURER, NAME, SR_SERIES_NUMBER, box_tracking_uid, closed_rectangle, derived_uid,
-                    reference_dataset)
+                           reference_dataset)
 
 SCORE = codes.DCM.CertaintyOfFinding
 _SIDE_CODES = {"L": codes.SCT.Left, "R": codes.SCT.Right}
+# A progress bar for reports with at least this many boxes.
+PROGRESS_BOXES = 1000
+_CONTENT_SEQUENCE = Tag(0x0040, 0xA730)
+_TEXT_VALUE, _UID, _FLOATING_POINT_VALUE = Tag(0x0040, 0xA160), Tag(0x0040, 0xA124), Tag(0x0040, 0xA161)
+_NUMERIC_VALUE, _GRAPHIC_DATA = Tag(0x0040, 0xA30A), Tag(0x0070, 0x0022)
+_IMAGING_MEASUREMENTS = "126010"  # DCM "Imaging Measurements", the container of the groups
+
+
+def _fp():
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    return fp
+
+
+class _Image:
+    """What the groups of one image's boxes share: the source reference, its finding sites, its index."""
+
+    def __init__(self, header, record, ref, n, algorithm, algorithm_id):
+        self.header, self.record, self.n, self.algorithm, self.algorithm_id = header, record, n, algorithm, algorithm_id
+        side = record.get("laterality", "")
+        self.sites = [hd.sr.FindingSite(codes.SCT.Breast, laterality=_SIDE_CODES[side])] if side in _SIDE_CODES \
+            else None
+        self.source = hd.sr.SourceImageForRegion.from_source_image(ref)
+        self.ref = ref
+        self.boxes = np.asarray(record["boxes"], dtype=np.float64).reshape(-1, 4)
+        self.scores = [float(s) for s in record["scores"]]
+
+    def identifier(self, i):
+        return f"mass candidate {i + 1} of image {self.n}"
+
+    def group(self, i):
+        """Box ``i``'s planar ROI group (TID 1410), built by highdicom."""
+        box, s = self.boxes[i], self.scores[i]
+        tracking = hd.sr.TrackingIdentifier(uid=box_tracking_uid(self.header, i, box.tolist(), s, self.algorithm),
+                                            identifier=self.identifier(i))
+        region = hd.sr.ImageRegion(hd.sr.GraphicTypeValues.POLYLINE, closed_rectangle(box), self.source)
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_region=region, finding_type=codes.SCT.Mass,
+            algorithm_id=self.algorithm_id, finding_sites=self.sites,
+            measurements=[hd.sr.Measurement(SCORE, s, codes.UCUM.NoUnits)])
+
+    def empty_group(self):
+        """The image-level group (TID 1501) of an image without a reported box."""
+        tracking = hd.sr.TrackingIdentifier(uid=derived_uid("no box", str(self.header.SOPInstanceUID),
+                                                            self.algorithm.key()),
+                                            identifier=f"image {self.n}: no mass candidate, {self.algorithm.reported}")
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, algorithm_id=self.algorithm_id, finding_sites=self.sites,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.SCT.Mass, codes.SCT.Absent)],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(self.ref)])
+
+
+def _undefined_lengths(ds):
+    """Mark every sequence and item under ``ds`` to be written with undefined length: an element's encoding
+    then no longer depends on what surrounds it, so one value can be replaced by another of other length."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            elem.is_undefined_length = True
+            for item in elem.value:
+                item.is_undefined_length_sequence_item = True
+                _undefined_lengths(item)
+    return ds
+
+
+def _encode_group(group_item, encodings) -> bytes:
+    """A group container as an item of undefined length, its sequences and items also so."""
+    group_item.is_undefined_length_sequence_item = True
+    fp = _fp()
+    write_sequence_item(fp, _undefined_lengths(group_item), encodings)
+    return fp.getvalue()
+
+
+def _encode_element(tag, vr, value, encodings) -> bytes:
+    fp = _fp()
+    write_data_element(fp, DataElement(tag, vr, value), encodings)
+    return fp.getvalue()
+
+
+class _Layout:
+    """An image's box group encoded once, with holes where a box's own values go: its tracking identifier
+    and UID, its score (as Floating Point Value and Numeric Value) and its rectangle (Graphic Data).
+    None from :meth:`of` when highdicom's groups do not fit it (then highdicom builds every group)."""
+
+    def __init__(self, image, encodings, parts):
+        self.image, self.encodings, self.parts = image, encodings, parts
+
+    def values(self, i):
+        """{(tag, VR): value} of box ``i``, as highdicom sets them (TextContentItem, UIDRefContentItem,
+        NumContentItem, ScoordContentItem)."""
+        im, box, s = self.image, self.image.boxes[i], self.image.scores[i]
+        return {(_TEXT_VALUE, "UT"): im.identifier(i),
+                (_UID, "UI"): box_tracking_uid(im.header, i, box.tolist(), s, im.algorithm),
+                (_FLOATING_POINT_VALUE, "FD"): s, (_NUMERIC_VALUE, "DS"): DS(s, auto_format=True),
+                (_GRAPHIC_DATA, "FL"): closed_rectangle(box).flatten().tolist()}
+
+    @classmethod
+    def of(cls, image, encodings):
+        layout = cls(image, encodings, None)
+        encoded = _encode_group(image.group(0)[0], encodings)
+        holes = []
+        for key, value in layout.values(0).items():
+            element = _encode_element(*key, value, encodings)
+            if encoded.count(element) != 1:
+                return None
+            holes.append((encoded.index(element), len(element), key))
+        parts, at = [], 0
+        for start, length, key in sorted(holes):
+            parts += [encoded[at:start], key]
+            at = start + length
+        layout.parts = parts + [encoded[at:]]
+        # checked against highdicom's own groups of the second and the last box
+        for i in sorted({1, len(image.scores) - 1} & set(range(1, len(image.scores)))):
+            if layout.encode(i) != _encode_group(image.group(i)[0], encodings):
+                return None
+        return layout
+
+    def encode(self, i):
+        values = self.values(i)
+        return b"".join(p if isinstance(p, bytes) else _encode_element(*p, values[p], self.encodings)
+                        for p in self.parts)
 
 
 def measurement_report(images, algorithm, series_uid, instance_number):
@@ -32,33 +166,41 @@ def measurement_report(images, algorithm, series_uid, instance_number):
         manufacturer_name=MANUFACTURER, model_name=algorithm.config_name[:64], serial_number=algorithm.serial_number)
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
-    groups = []
-    for n, ((header, record), ref) in enumerate(zip(images, refs), 1):
-        side = record.get("laterality", "")
-        sites = [hd.sr.FindingSite(codes.SCT.Breast, laterality=_SIDE_CODES[side])] if side in _SIDE_CODES else None
-        boxes = np.asarray(record["boxes"], dtype=np.float64).reshape(-1, 4)
-        scores = [float(s) for s in record["scores"]]
-        for i, (box, s) in enumerate(zip(boxes, scores)):
-            region = hd.sr.ImageRegion(hd.sr.GraphicTypeValues.POLYLINE, closed_rectangle(box),
-                                       hd.sr.SourceImageForRegion.from_source_image(ref))
-            tracking = hd.sr.TrackingIdentifier(uid=box_tracking_uid(header, i, box.tolist(), s, algorithm),
-                                                identifier=f"mass candidate {i + 1} of image {n}")
-            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking, referenced_region=region, finding_type=codes.SCT.Mass,
-                algorithm_id=algorithm_id, finding_sites=sites,
-                measurements=[hd.sr.Measurement(SCORE, s, codes.UCUM.NoUnits)]))
-        if not scores:
-            tracking = hd.sr.TrackingIdentifier(uid=derived_uid("no box", str(header.SOPInstanceUID),
-                                                                algorithm.key()),
-                                                identifier=f"image {n}: no mass candidate, {algorithm.reported}")
-            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking, algorithm_id=algorithm_id, finding_sites=sites,
-                qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.SCT.Mass, codes.SCT.Absent)],
-                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ref)]))
+    per_image = [_Image(h, r, ref, n, algorithm, algorithm_id) for n, ((h, r), ref) in enumerate(zip(images, refs), 1)]
+    # the report as highdicom builds it, with each image's first group: evidence, patient, study, context
+    firsts = [im.group(0) if im.scores else im.empty_group() for im in per_image]
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.Mammography,
-                                     imaging_measurements=groups)
+                                     imaging_measurements=firsts)
     content = json.dumps([[str(h.SOPInstanceUID), r["boxes"], r["scores"]] for h, r in images])
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=refs, content=report, series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
         sop_instance_uid=derived_uid("SR", str(refs[0].StudyInstanceUID), content, algorithm.key()),
         instance_number=instance_number, manufacturer=MANUFACTURER, is_complete=True)
+    if all(len(im.scores) <= 1 for im in per_image):
+        return sr
+    _add_every_group(sr, per_image)
+    return sr
+
+
+def _add_every_group(sr, per_image):
+    """Replace the Imaging Measurements container's groups in ``sr`` by those of every box, encoded."""
+    correct_ambiguous_vr(sr, True)  # what pydicom's writer does, done before the groups are bytes it must not parse
+    encodings = sr._character_set
+    (container,) = [item for item in sr.ContentSequence
+                    if item.ConceptNameCodeSequence[0].CodeValue == _IMAGING_MEASUREMENTS]
+    total = sum(len(im.scores) for im in per_image)
+    groups = []
+    with tqdm(total=total, desc="DICOM report", unit="box", disable=total < PROGRESS_BOXES, leave=False) as bar:
+        for im in per_image:
+            if not im.scores:
+                groups.append(_encode_group(im.empty_group()[0], encodings))
+                continue
+            layout = _Layout.of(im, encodings)
+            for i in range(len(im.scores)):
+                groups.append(layout.encode(i) if layout else _encode_group(im.group(i)[0], encodings))
+                bar.update()
+    container[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", 0xFFFFFFFF, b"".join(groups), 0, False,
+                                                  True)
+    # the writer then takes the encoded groups as they are, rather than parsing them to check them again
+    container.set_original_encoding(False, True, container._character_set)
+    sr.set_original_encoding(False, True, encodings)
