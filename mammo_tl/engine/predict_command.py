@@ -246,7 +246,9 @@ def _finish(out, files, records, counts, point=None, patients_summary=None, dico
         d = summary["dicom"]
         dicom_note = (f"; DICOM: {d['presentation_states']} presentation state(s), {d['reports']} report(s) in "
                       f"{dicom_out}" + (f", {d['images_without_dicom_output']} image(s) without (see summary.json)"
-                                        if d["images_without_dicom_output"] else ""))
+                                        if d["images_without_dicom_output"] else "")
+                      + (f", {d['studies_with_several_patients']} study(ies) of several patients without a report"
+                         if d.get("studies_with_several_patients") else ""))
     try:
         write_json(out.path("predictions.json"), predictions)
         write_text(out.path("patients.csv"), tables.patients_csv(patients, with_decisions=point is not None))
