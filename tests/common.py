@@ -1,6 +1,12 @@
 """Helpers shared by the tests: tiny CPU configs and a tiny synthetic data set."""
+import contextlib
 import glob
+import io
+import logging
 import os
+import runpy
+import subprocess
+import sys
 
 import torch
 
@@ -46,21 +52,32 @@ TINY_SPEC = dict(height=192, width=160, min_radius=9.0, max_radius=13.0)
 
 
 def ensure_tiny_datasets(root):
-    """Register mammo_synth_tiny_{train,test} under root (generated once per session)."""
+    """Register mammo_synth_tiny_{train,test} under root, generated once: a folder is reused only when it holds
+    a set made from the same spec by the same generator version (matches_spec), and generated under a file
+    lock, so that processes sharing root (pytest-xdist's workers with MAMMO_TL_TINY_ROOT set) never write one
+    set at once."""
+    import fcntl
+
     from detectron2.data import DatasetCatalog
 
+    from mammo_tl.data.synthetic import matches_spec
+
+    os.makedirs(root, exist_ok=True)
     for split, seed, pos, neg in (("train", 10, 4, 4), ("test", 11, 3, 3)):
         name = f"mammo_synth_tiny_{split}"
         path = os.path.join(root, split)
-        if not os.path.exists(os.path.join(path, "annotations.json")):
-            generate(path, SyntheticSpec(num_positive_patients=pos, num_negative_patients=neg, seed=seed,
-                                         **TINY_SPEC), progress=False)
+        spec = SyntheticSpec(num_positive_patients=pos, num_negative_patients=neg, seed=seed, **TINY_SPEC)
+        with open(path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not matches_spec(path, spec):
+                generate(path, spec, progress=False)
         if name not in DatasetCatalog:
             register_synthetic(name, path)
 
 
 def set_threads():
-    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+    """One torch thread per test (see OMP_NUM_THREADS in tests/conftest.py); tests that change it get it back."""
+    torch.set_num_threads(1)
 
 
 def breast_phantom(h=200, w=160, seed=0):
@@ -74,3 +91,45 @@ def breast_phantom(h=200, w=160, seed=0):
     y, x = int(r.integers(h // 3, h // 2)), int(r.integers(w // 2, w - 30))
     img[y:y + 15, x:x + 15] = 6000
     return img
+
+
+def _loggers():
+    return [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values()
+                                    if isinstance(lg, logging.Logger)]
+
+
+def run_in_process(argv, cwd=REPO):
+    """``python argv...`` in ``cwd``, run in this process with runpy: sys.argv, the working folder, standard
+    output and error as for a subprocess, and the loggers (the handlers detectron2's setup_logger adds, which
+    write to this run's captured output) restored afterwards; returns a subprocess.CompletedProcess (text).
+    Saves the start-up of a Python with torch and detectron2 (3.4 s of CPU) where a test checks what a script
+    does, not its process: tests/doc_commands logs the run like a process's. An exception other than SystemExit
+    propagates, with its traceback."""
+    from detectron2.utils.logger import setup_logger
+
+    old_argv, old_cwd = sys.argv, os.getcwd()
+    old_loggers = {lg: (list(lg.handlers), lg.propagate, lg.level) for lg in _loggers()}
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        sys.argv = list(argv)
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            err.write(str(e.code))
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+        for lg in _loggers():
+            handlers, propagate, level = old_loggers.get(lg, ([], True, logging.NOTSET))
+            for h in lg.handlers:
+                if h not in handlers:
+                    h.close()
+            lg.handlers[:] = handlers
+            lg.propagate = propagate
+            lg.setLevel(level)
+        setup_logger.cache_clear()  # its cache would otherwise skip adding the handlers just removed
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())

@@ -179,7 +179,7 @@ def make_cbis_release(root):
             boxes.append((x1, y1, x1 + 40 + 4 * (k % 3), y1 + 36 + 3 * (k % 4)))
         full = mammogram(CBIS_SHAPE, lat, boxes, seed=100 + k, max_value=65535, film_label=True)
 
-        def nbia_path(subj, study, series, desc, name="1-1.dcm"):
+        def nbia_path(subj, study, series, desc, name="1-1.dcm", date=date):
             return _nbia_file(manifest, metadata, subj, date, study, series, desc, name)
 
         study, series = uid(), uid()
@@ -224,7 +224,7 @@ def make_cbis_release(root):
             assessment = 4 if pathology == "MALIGNANT" else 3
             density = "NA" if k == 3 else str(1 + k % 4)
             rows[split].append(f"{patient},{density},{side},{view},{j},mass,{shape},{margins},{assessment},"
-                               f"{pathology},{1 + k % 5},{full_csv},{crop_csv},\"{mask_csv}\n\"")
+                               f'{pathology},{1 + k % 5},{full_csv},{crop_csv},"{mask_csv}\n"')
     with open(os.path.join(manifest, "metadata.csv"), "w", newline="") as f:
         f.write("\r\n".join([NBIA_METADATA_HEADER] + metadata) + "\r\n")
     csvs = []
@@ -297,7 +297,7 @@ def make_vindr_release(root):
                     rows.append(f"{base},{cats_csv},BI-RADS {birads},{','.join(str(v) for v in box)},{split}")
                 if (study, side, view) == VINDR_MISSING:
                     continue
-                px = mammogram((h, w), side, [tuple(int(round(v)) for v in m) for m in masses],
+                px = mammogram((h, w), side, [tuple(round(v) for v in m) for m in masses],
                                seed=len(rows) * 7 + len(study), max_value=4095)
                 path = os.path.join(root, "images", study_id, image_id + ".dicom")
                 write_dicom(path, px, study_id, laterality=side, view=view, photometric="MONOCHROME1",
@@ -454,7 +454,7 @@ def make_hospital_release(root):
             side_csv = {"L": "LEFT", "R": "RIGHT"}[side] if k % 2 else side  # both spellings occur
             if boxes == "no-box":
                 lines.append(f"{patient},{rel},{side_csv},{view},1,")
-                boxes = []
+                boxes = []  # noqa: PLW2901  (a label-1 row without boxes: the image has none)
             elif boxes == "missing":
                 lines.append(f"{patient},{rel},{side_csv},{view},0,")
                 continue

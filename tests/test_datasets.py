@@ -185,11 +185,12 @@ def test_prepare_caches_resized_boxes_and_resumes(cbis, tmp_path):
     by_id = {r["image_id"]: r for r in prepared}
     # P_00001's box (15, 10, 30, 20) in an 80 x 60 image, resized to 40 x 30: halved
     assert by_id["Mass-Training_P_00001_LEFT_CC"]["annotations"][0]["bbox"] == pytest.approx([7.5, 5, 15, 10])
-    assert (by_id["Mass-Training_P_00001_LEFT_CC"]["height"], by_id["Mass-Training_P_00001_LEFT_CC"]["width"]) == (40, 30)
+    p1 = by_id["Mass-Training_P_00001_LEFT_CC"]
+    assert (p1["height"], p1["width"]) == (40, 30)
     import cv2
 
     img = cv2.imread(by_id["Mass-Training_P_00001_LEFT_CC"]["file_name"], cv2.IMREAD_UNCHANGED)
     assert img.dtype == np.uint16 and img.shape == (40, 30)
-    again, report2 = prepare_dataset(records, out, size=(40, 30), crop=False, workers=1, progress=False)
+    _, report2 = prepare_dataset(records, out, size=(40, 30), crop=False, workers=1, progress=False)
     assert report2["cached"] == 4 and report2["prepared"] == 0
     assert json.load(open(os.path.join(out, "records.json")))[0]["transform"]["size"] == [40, 30]

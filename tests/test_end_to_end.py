@@ -16,8 +16,13 @@ What the tests add to the documented commands, and why (all on the command line,
   2 shared CPU cores costs about 30 s per iteration and 8 s per test image: 4 tests would take 20 minutes;
 * every box kept (score threshold 0, predict.py --min-score 0): a model trained for 2 iterations scores
   everything low, and AP50 and the box checks need boxes;
-* 100 bootstrap resamples instead of 1000.
+* 100 bootstrap resamples instead of 1000 (TEST.PATIENT.BOOTSTRAP when training, report.py --bootstrap).
 Split quotas are the split command's own options (paper-ddsm --train/--test, kfold --folds).
+
+Every command runs as a subprocess, as typed, except predict.py and report.py outside the CBIS-DDSM test (which
+runs them as subprocesses): the VinDr-Mammo, INbreast and own-CSV tests run those two in the test's process
+(tests/common.py run_in_process: runpy with the same arguments and working folder, the exit status checked the
+same way), which saves a Python start-up with torch and detectron2 (3.4 s of CPU) each.
 """
 import csv
 import glob
@@ -32,14 +37,15 @@ import time
 import pydicom
 import pytest
 
-from tests.common import REPO, TINY_OPTS
+from tests.common import REPO, TINY_OPTS, run_in_process
 from tests.realistic_fixtures import (make_cbis_release, make_hospital_release, make_inbreast_release,
                                       make_vindr_release)
 
 TRAIN_OPTS = TINY_OPTS + ["SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1000",
                           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.PATIENT.BOOTSTRAP", "100"]
 # options and config keys the tests add to the documented commands (see above)
-TEST_ONLY = {"--train", "--test", "--min-score", *TRAIN_OPTS[::2]}
+TEST_ONLY = {"--train", "--test", "--min-score", "--bootstrap", *TRAIN_OPTS[::2]}
+REPORT_OPTS = ["--bootstrap", "100"]
 
 
 class Session:
@@ -50,11 +56,14 @@ class Session:
         self.times = {}
         self.commands = []
 
-    def __call__(self, script, *args):
+    def __call__(self, script, *args, in_process=False):
+        """Runs the script with ``args`` in ``cwd``, as a subprocess or (``in_process``) with runpy in this
+        process; fails unless it exits with 0. Returns its standard output."""
         self.commands.append([script, *map(str, args)])
         cmd = [sys.executable, os.path.join(REPO, script), *map(str, args)]
         start = time.perf_counter()
-        p = subprocess.run(cmd, cwd=self.cwd, capture_output=True, text=True, timeout=600)
+        p = run_in_process(cmd[1:], self.cwd) if in_process else subprocess.run(
+            cmd, cwd=self.cwd, capture_output=True, text=True, timeout=600)
         self.times[f"{os.path.basename(script)} {args[0]}"] = round(time.perf_counter() - start, 1)
         assert p.returncode == 0, (f"{' '.join(cmd)}\nexited with {p.returncode}\n--- stdout\n{p.stdout[-3000:]}"
                                    f"\n--- stderr\n{p.stderr[-6000:]}")
@@ -123,8 +132,9 @@ def check_predictions(sh, pred_dir, dicoms, unreadable=()):
             sorted(os.path.realpath(sh.path(d)) for d in unreadable)
 
 
-def check_report(sh, run_dir, name, patients):
-    out = sh("tools/report.py", "--run", f"{name}={run_dir}", "--output", f"{run_dir}/report")
+def check_report(sh, run_dir, name, patients, in_process=False):
+    out = sh("tools/report.py", "--run", f"{name}={run_dir}", "--output", f"{run_dir}/report", *REPORT_OPTS,
+             in_process=in_process)
     assert f"{patients} patients" in out and f"| {name} |" in out
     assert os.path.exists(sh.path(run_dir, "report", "report.html"))
 
@@ -208,11 +218,11 @@ def test_vindr_mammo_official_split(tmp_path):
 
     inputs = [os.path.relpath(s, sh.cwd) for s in release["test_studies"]]
     sh("tools/predict.py", "--config-file", f"{run}/config.yaml", "--input", *inputs, "--output", f"{run}/predict",
-       "--min-score", "0", "MODEL.WEIGHTS", f"{run}/model_final.pth")
+       "--min-score", "0", "MODEL.WEIGHTS", f"{run}/model_final.pth", in_process=True)
     dicoms = dicoms_under(sh, *inputs)
     assert len(dicoms) == 7 and all(d.endswith(".dicom") for d in dicoms)
     check_predictions(sh, f"{run}/predict", dicoms)
-    check_report(sh, run, "tl+sim", patients=2)
+    check_report(sh, run, "tl+sim", patients=2, in_process=True)
     check_documented(sh)
     print(sh.times)
 
@@ -248,11 +258,12 @@ def test_inbreast_cross_validation(tmp_path, monkeypatch):
               train_command=[sys.executable, "-c", "raise SystemExit(3)"])
 
     sh("tools/predict.py", "--config-file", f"{run}/fold0/config.yaml", "--input", "data/INbreast/AllDICOMs",
-       "--output", f"{run}/predict", "--min-score", "0", "MODEL.WEIGHTS", f"{run}/fold0/model_final.pth")
+       "--output", f"{run}/predict", "--min-score", "0", "MODEL.WEIGHTS", f"{run}/fold0/model_final.pth",
+       in_process=True)
     dicoms = dicoms_under(sh, "data/INbreast/AllDICOMs")
     assert len(dicoms) == 10
     check_predictions(sh, f"{run}/predict", dicoms)
-    check_report(sh, run, "tl+sim", patients=4)
+    check_report(sh, run, "tl+sim", patients=4, in_process=True)
     check_documented(sh)
     print(sh.times)
 
@@ -269,8 +280,8 @@ def test_own_csv(tmp_path):
     out = sh("tools/split_dataset.py", "random", "--records", "datasets/own_csv/prepared/records.json",
              "--output", "datasets/own_csv/split", "--test-fraction", "0.2", "--seed", "0")
     # 3 positive and 3 negative patients: round(0.6) = 1 of each for testing
-    assert "datasets/own_csv/prepared/records.json: 11 images (4 positive, 7 negative), 6 patients " \
-           "(3 positive, 3 negative)" in out
+    assert ("datasets/own_csv/prepared/records.json: 11 images (4 positive, 7 negative), 6 patients "
+            "(3 positive, 3 negative)") in out
     assert "2 patients (1 positive, 1 negative) -> datasets/own_csv/split/test.json" in out
 
     run = "output/own_csv/d_tl_similarity"
@@ -280,9 +291,9 @@ def test_own_csv(tmp_path):
     test_patients = sorted({r["patient_id"] for r in sh.json("datasets", "own_csv", "split", "test.json")})
     inputs = [f"data/hospital/scans/{p}" for p in test_patients]
     sh("tools/predict.py", "--config-file", f"{run}/config.yaml", "--input", *inputs, "--output", f"{run}/predict",
-       "--min-score", "0", "MODEL.WEIGHTS", f"{run}/model_final.pth")
+       "--min-score", "0", "MODEL.WEIGHTS", f"{run}/model_final.pth", in_process=True)
     check_predictions(sh, f"{run}/predict", dicoms_under(sh, *inputs))
-    check_report(sh, run, "tl+sim", patients=2)
+    check_report(sh, run, "tl+sim", patients=2, in_process=True)
     check_documented(sh)
     print(sh.times)
 
@@ -311,7 +322,7 @@ def test_row_configs_read_what_the_documented_commands_write(folder):
         datasets[row] = (tuple(cfg.DATASETS.REGISTER_JSON), cfg.DATASETS.TRAIN, cfg.DATASETS.TEST)
         text = _config_chain_text(path)
         assert "tools/prepare_dataset.py" in text and "tools/split_dataset.py" in text, path
-        assert cfg.OUTPUT_DIR == f"output/{folder}/{row}"
+        assert f"output/{folder}/{row}" == cfg.OUTPUT_DIR
     assert len(set(datasets.values())) == 1
     entries, train, test = datasets["d_tl_similarity"]
     assert {e.split("=")[0] for e in entries} == {*train, *test}

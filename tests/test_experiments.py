@@ -10,7 +10,7 @@ from detectron2.data import DatasetCatalog
 
 from mammo_tl.data.datasets.common import save_records
 from mammo_tl.engine.experiments import config_differences, expected_config
-from tests.common import REPO, config_path
+from tests.common import REPO, config_path, run_in_process
 from tests.test_records import TRAIN_OPTS
 
 
@@ -24,6 +24,7 @@ def test_config_differences_name_the_keys(tmp_path):
     assert config_differences(str(saved), other) == ["MODEL.ROI_HEADS.SIMILARITY.LOSS_WEIGHT", "SOLVER.MAX_ITER"]
 
 
+@pytest.mark.slow
 def test_run_ablation_trains_compares_reuses_and_refuses(tiny_datasets, tmp_path):
     paths = {}
     for split in ("train", "test"):
@@ -54,18 +55,19 @@ def test_run_ablation_trains_compares_reuses_and_refuses(tiny_datasets, tmp_path
     assert "## Gallery" in md and len(panels) == 2 * 6  # 3 healthy + 3 cancer patients, under both runs
     assert all((out / p).is_file() for p in panels)
 
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    # the same command again, and changed: in this process (the first run above was the command as a process)
+    again = run_in_process(cmd[1:])
     assert again.returncode == 0 and again.stdout.count("reusing it") == 2, again.stderr[-2000:]
 
-    changed = subprocess.run(cmd + ["MODEL.RPN.TOP_LIKELIHOOD.NUM_ANCHORS", "64"], cwd=REPO, capture_output=True,
-                             text=True, timeout=300)
+    changed = run_in_process(cmd[1:] + ["MODEL.RPN.TOP_LIKELIHOOD.NUM_ANCHORS", "64"])
     assert changed.returncode != 0
-    assert "holds a run of another config" in changed.stderr and "MODEL.RPN.TOP_LIKELIHOOD.NUM_ANCHORS" in changed.stderr
+    assert "holds a run of another config" in changed.stderr
+    assert "MODEL.RPN.TOP_LIKELIHOOD.NUM_ANCHORS" in changed.stderr
 
     # the same config on other test records (one image fewer): refused, never reused
     records = json.load(open(paths["test"]))
     json.dump(records[1:], open(paths["test"], "w"))
-    other_data = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    other_data = run_in_process(cmd[1:])
     assert other_data.returncode != 0 and "on other records" in other_data.stderr, other_data.stderr[-2000:]
 
 

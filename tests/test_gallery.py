@@ -38,7 +38,7 @@ def write_fake_run(run_dir, labels, scores=None, seed=0, ap50=None, froc_sens=0.
     from mammo_tl.files import sha256_file
 
     if scores is None:
-        scores = {p: 0.0 for p in labels}
+        scores = dict.fromkeys(labels, 0.0)
         for i, boxes in predictions.items():
             p = images[i][0]
             scores[p] = max([scores[p]] + [b[4] for b in boxes])

@@ -109,6 +109,7 @@ def _worker(root, out_dir):
                    "loss_rpn_tl": losses["loss_rpn_tl"], "loss_sim": losses["loss_sim"]}, f)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(tiny_datasets, tmp_path):
     launch(_worker, 2, dist_url="auto", args=(tiny_datasets, str(tmp_path)))
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]

@@ -129,7 +129,7 @@ def test_dense_tissue_masks_lesions():
         for seed in range(6):
             les = dict(S.draw_lesion(np.random.default_rng(seed), spec, True, "circumscribed"), contrast=0.15)
             on, diff = _lesion_signal(spec, les, density, seed)
-            x1, y1, x2, y2 = (int(round(v)) for v in on.masses[0]["box"])
+            x1, y1, x2, y2 = (round(v) for v in on.masses[0]["box"])
             values.append(diff[y1:y2, x1:x2].max() / (les["contrast"] * S.MAX_VALUE))
         added[density] = float(np.mean(values))
     assert 0.85 < added["A"] <= 1.01  # fatty: nearly the full contrast
@@ -389,6 +389,7 @@ def _make_set(root, positive, negative, seed):
     return str(path)
 
 
+@pytest.mark.slow
 def test_phantom_difficulty_as_typed(tmp_path):
     """tools/phantom_difficulty.py on a set written by tools/make_synthetic.py and registered by
     DATASETS.REGISTER_JSON: the patient AUC is the one scikit-learn gives for the run's own detections
@@ -419,10 +420,10 @@ def test_phantom_difficulty_as_typed(tmp_path):
     masses = [les for im in coco["images"] for les in im["lesions"] if les["class"] == "malignant"]
     benign = [les for im in coco["images"] for les in im["lesions"] if les["class"] == "benign"]
     detections = json.load(open(out / "a_positives_only" / "inference" / "pd_test" / "coco_instances_results.json"))
-    score = {p: 0.0 for p in patient_of.values()}
+    score = dict.fromkeys(patient_of.values(), 0.0)
     for d in detections:
         score[patient_of[d["image_id"]]] = max(score[patient_of[d["image_id"]]], d["score"])
-    label = {p: 0 for p in patient_of.values()}
+    label = dict.fromkeys(patient_of.values(), 0)
     for a in coco["annotations"]:
         label[patient_of[a["image_id"]]] = 1
     patients = sorted(score)

@@ -180,8 +180,8 @@ def _sidecars(out):
 def _comparable(records, out):
     """Records with their cache path replaced by the PNG's pixels (as a list, for ==)."""
     rows = []
-    for r in records:
-        r = dict(r)
+    for record in records:
+        r = dict(record)
         assert os.path.dirname(os.path.abspath(r["file_name"])) == os.path.abspath(os.path.join(out, "images"))
         r["file_name"] = _png(r).tolist()
         rows.append(r)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tests.common import REPO, config_path
+from tests.common import REPO, config_path, run_in_process
 from tests.test_gallery import DATASET, write_fake_run
 
 LABELS = {"H1": 0, "H2": 0, "H3": 0, "C1": 1, "C2": 1, "C3": 1}
@@ -146,6 +146,7 @@ def test_refusals_name_the_folder(tmp_path):
         aggregate({"a": a, "d": d}, bootstrap=0)
 
 
+@pytest.mark.slow
 def test_tools_report_aggregate_as_typed(tmp_path):
     a = _make(str(tmp_path), "a", A)
     d = _make(str(tmp_path), "d", D)
@@ -157,8 +158,7 @@ def test_tools_report_aggregate_as_typed(tmp_path):
     res = json.load(open(out / "results.json"))
     assert res["differences"]["d - a"]["auc"]["diff"] == pytest.approx(5 / 27)
     assert (out / "report.html").exists() and "| d - a |" in (out / "report.md").read_text()
-    bad = subprocess.run(cmd[:-1] + ["d=" + ",".join([d[1], d[0], d[2]])], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+    bad = run_in_process(cmd[1:-1] + ["d=" + ",".join([d[1], d[0], d[2]])])  # the refusal: no second start-up
     assert bad.returncode == 2 and f"error: {d[1]}: SEED 1" in bad.stderr
 
 
@@ -188,6 +188,7 @@ def test_seed_folders_keep_the_run_guarantees(tmp_path):
         run_rows(configs, str(tmp_path / "new"), seeds=[0, 0])
 
 
+@pytest.mark.slow
 def test_demo_over_seeds_as_typed(tiny_datasets, tmp_path):
     """tools/demo.py --seeds on the tiny sets: seed_*/ runs with their own reports and the aggregate over them."""
     from detectron2.data import DatasetCatalog
@@ -241,7 +242,7 @@ def test_demo_over_seeds_as_typed(tiny_datasets, tmp_path):
     md = (out / "report.md").read_text()
     assert "over training seeds" in md and "the same for every training seed" in md
     assert "[seed 0](seed_0/report.md)" in md and "## Gallery" in md
-    for ref in [r for r in md.split("](")[1:]]:
+    for ref in md.split("](")[1:]:
         path = ref.split(")")[0]
         assert not path.startswith(("/", "http")) and (out / path).exists(), path
 
@@ -257,5 +258,5 @@ def test_demo_over_seeds_as_typed(tiny_datasets, tmp_path):
     assert result["figures"]["patient_auc"] == pytest.approx(per_seed[0]["auc"], nan_ok=True)
     assert result["figures"]["num_patients"] == 2 and "breakdown" in result  # the tiny sets are synthetic
     assert {p: p.read_bytes() for p in seed_dir.rglob("*") if p.is_file()} == before
-    refused = subprocess.run(cmd + ["--opts", "SEED", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    refused = run_in_process(cmd[1:] + ["--opts", "SEED", "1"])
     assert refused.returncode == 2 and "do not apply" in refused.stderr

@@ -106,6 +106,7 @@ def test_official_split():
         official_split(records)
 
 
+@pytest.mark.slow
 def test_split_tool_refuses_records_without_split(tmp_path):
     records = _records({"a": (1, 1), "b": (0, 2)})
     save_records(records, str(tmp_path / "records.json"))
@@ -118,7 +119,7 @@ def test_split_tool_refuses_records_without_split(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ cross-validation
-FAKE_TRAIN = r'''
+FAKE_TRAIN = r"""
 import ast, json, os, sys
 argv = sys.argv[1:]
 start = argv.index("--config-file") + 2 + (argv[argv.index("--config-file") + 2] == "--resume")
@@ -132,7 +133,7 @@ open(os.path.join(out, "model_final.pth"), "wb").close()
 json.dump({"bbox": {"AP50": plan["ap50"][test]}}, open(os.path.join(out, "inference", "eval_results.json"), "w"))
 json.dump(plan["dets"][test], open(os.path.join(out, "inference", test, "coco_instances_results.json"), "w"))
 open(os.path.join(out, "inference", test, "patients.csv"), "w").write("patient_id,label,score\n")
-'''
+"""
 
 
 def _box(pid, k, lat, box=None):
@@ -141,7 +142,7 @@ def _box(pid, k, lat, box=None):
             "annotations": [{"bbox": box, "bbox_mode": 0, "category_id": 0}] if box else []}
 
 
-@pytest.fixture()
+@pytest.fixture
 def cv_tree(tmp_path):
     """Two folds. fold0 tests A (a1 lesion [10, 10, 50, 50], a2 negative) and B (b1); fold1 tests C (c1 lesion
     [100, 100, 140, 140]) and D (d1, d2). Boxes (XYWH) and scores as COCOEvaluator writes them."""

@@ -23,6 +23,7 @@ def _args(config, out, *extra, opts=()):
         ["--config-file", config_path(config), *extra, "OUTPUT_DIR", str(out), *TRAIN_OPTS, *opts])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["synthetic/a_positives_only.yaml", "synthetic/b_with_negatives.yaml",
                                     "synthetic/c_top_likelihood.yaml", "synthetic/d_tl_similarity.yaml"])
 def test_few_iterations_give_finite_losses(tiny_datasets, tmp_path, config):
@@ -33,7 +34,7 @@ def test_few_iterations_give_finite_losses(tiny_datasets, tmp_path, config):
     rows = [r for r in map(json.loads, open(tmp_path / "metrics.json")) if "total_loss" in r]
     losses = {k: v for k, v in max(rows, key=lambda r: r["iteration"]).items() if k.startswith("loss_")}
     assert {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"} <= set(losses)
-    if config.startswith("synthetic/c") or config.startswith("synthetic/d"):
+    if config.startswith(("synthetic/c", "synthetic/d")):
         assert "loss_rpn_tl" in losses
     if config.startswith("synthetic/d"):
         assert "loss_sim" in losses
@@ -41,12 +42,16 @@ def test_few_iterations_give_finite_losses(tiny_datasets, tmp_path, config):
     assert os.path.exists(tmp_path / "model_final.pth")
 
 
+@pytest.mark.slow
 def test_eval_only_reports_ap50(tiny_datasets, tmp_path):
     from mammo_tl.engine.launcher import main
 
-    main(_args("synthetic/a_positives_only.yaml", tmp_path / "train", opts=["SOLVER.MAX_ITER", "2"]))
+    # no bootstrap: its intervals are not compared here (test_metrics.py checks them), and 1000 resamples per
+    # level cost more than the training
+    boot = ["TEST.PATIENT.BOOTSTRAP", "0"]
+    main(_args("synthetic/a_positives_only.yaml", tmp_path / "train", opts=["SOLVER.MAX_ITER", "2", *boot]))
     res = main(_args("synthetic/a_positives_only.yaml", tmp_path / "eval", "--eval-only",
-                     opts=["MODEL.WEIGHTS", str(tmp_path / "train" / "model_final.pth")]))
+                     opts=["MODEL.WEIGHTS", str(tmp_path / "train" / "model_final.pth"), *boot]))
     # the same weights evaluated at the end of training: --eval-only must reproduce every figure
     at_end = json.load(open(tmp_path / "train" / "inference" / "eval_results.json"))
     assert res["bbox"]["AP50"] == pytest.approx(at_end["bbox"]["AP50"], nan_ok=True)
@@ -61,7 +66,7 @@ def test_coco_ap50_of_ground_truth_boxes_is_100(tiny_datasets, tmp_path):
     from mammo_tl.engine import Trainer
     from tests.common import tiny_cfg
 
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(opts=["TEST.PATIENT.BOOTSTRAP", "0"])  # AP50 only: no patient-level intervals
     cfg.OUTPUT_DIR = str(tmp_path)
     evaluator = Trainer.build_evaluator(cfg, "mammo_synth_tiny_test")
     evaluator.reset()
@@ -87,6 +92,7 @@ main(default_argument_parser().parse_args(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tiny_datasets, tmp_path):
     out = tmp_path / "run"
 
@@ -120,6 +126,7 @@ def test_resume_after_sigkill(tiny_datasets, tmp_path):
     assert iters[-1] == done + 2
 
 
+@pytest.mark.slow
 def test_patient_eval_during_training_and_best_checkpoint_survives_resume(tiny_datasets, tmp_path):
     from mammo_tl.engine import Trainer
     from mammo_tl.engine.hooks import BestCheckpointHook
