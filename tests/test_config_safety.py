@@ -121,6 +121,7 @@ COMMANDS = {
 SAVED = ("predict_saved_config", "report_aggregate", "phantom_difficulty_run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_refuses_the_tag(tmp_path, command):
     child, base, marker = _evil_chain(tmp_path)

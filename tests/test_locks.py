@@ -139,6 +139,7 @@ def test_separate_names_are_separate_locks(tmp_path):
         assert lock_holder(folder, ".mammo_tl.shard-1-of-2.lock").startswith("shard 1/2 (pid")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stale", [False, True], ids=["free", "stale_lock_left"])
 def test_processes_racing_for_one_folder_one_wins(tmp_path, stale):
     """Four processes ask for one folder at the same instant, three rounds: exactly one wins each round, also when

@@ -85,6 +85,7 @@ def test_thresholds_must_be_numbers_within_the_scores_range(tmp_path, threshold,
     assert load_operating_points(str(path))["points"]["sensitivity_1"]["threshold"] == -1.0
 
 
+@pytest.mark.slow
 def test_choose_on_validation_evaluate_and_report(tiny_datasets, tmp_path):
     """tools/operating_points.py as typed, then --eval-only and the report at the stored points."""
     from mammo_tl.engine.launcher import main
