@@ -109,3 +109,37 @@ def test_froc_negatives_add_false_positives():
 def test_froc_requires_every_image():
     with pytest.raises(KeyError):
         froc({"A": np.zeros((0, 4))}, {}, {})
+
+
+def test_bootstrap_equals_one_resample_at_a_time_with_sklearn():
+    """The vectorised bootstrap draws the same resamples as one resample at a time from the same generator, and
+    its metrics on each equal scikit-learn's AUC and the counts' ratios (ties and one-class resamples included)."""
+    from sklearn.metrics import roc_auc_score
+
+    from mammo_tl.evaluation.metrics import _bootstrap
+
+    r = np.random.default_rng(3)
+    y = np.array([1, 0, 0, 1, 0, 0, 0, 0])  # 2 of 8: about one resample in ten holds no positive patient
+    s, s_other = np.round(r.random(8), 1), np.round(r.random(8), 1)  # rounded: ties
+    got = _bootstrap(y, s, 0.5, 300, seed=5, s_other=None, chunk=7)  # chunks that do not divide 300
+    diff = _bootstrap(y, s, 0.5, 300, seed=5, s_other=s_other, chunk=300)
+    rng = np.random.default_rng(5)
+    one_class = 0
+    for i in range(300):
+        idx = rng.integers(0, 8, 8)
+        yy = y[idx]
+
+        def metrics(scores, yy=yy):
+            pred = scores > 0.5
+            pos, neg = yy == 1, yy == 0
+            return {"auc": roc_auc_score(yy, scores) if 0 < pos.sum() < len(yy) else np.nan,
+                    "sensitivity": (pred & pos).sum() / pos.sum() if pos.any() else np.nan,
+                    "specificity": (~pred & neg).sum() / neg.sum() if neg.any() else np.nan,
+                    "accuracy": (pred == pos).mean()}
+
+        a, b = metrics(s[idx]), metrics(s_other[idx])
+        one_class += bool(np.isnan(a["auc"]))
+        for k in a:
+            np.testing.assert_allclose(got[k][i], a[k], atol=1e-12)
+            np.testing.assert_allclose(diff[k][i], b[k] - a[k], atol=1e-12)
+    assert one_class > 0  # some resamples hold one class: their AUC is NaN in both

@@ -100,7 +100,7 @@ def test_identical_runs_differ_by_exactly_zero(tmp_path):
 
 def test_pooled_bootstrap_auc_matches_sklearn_on_resamples():
     """The vectorised resample metrics equal sklearn's (AUC with ties) and the plain counts."""
-    from mammo_tl.evaluation.aggregate import _batch_metrics
+    from mammo_tl.evaluation.metrics import batch_metrics as _batch_metrics
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, (40, 12))

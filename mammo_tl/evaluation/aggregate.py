@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config import ConfigFileError, differing_keys, flatten_config, load_yaml_file
 from ..files import atomic_write_json
-from .metrics import _interval, _point_metrics
+from .metrics import _interval, _point_metrics, batch_metrics
 from .report import _md_table, add_gallery, find_eval_dir, html_table, load_run
 
 PATIENT_KEYS = ("auc", "accuracy", "sensitivity", "specificity")
@@ -145,27 +145,6 @@ def summarise(values):
             "max": max(finite) if finite else nan, "n": len(finite), "values": vals}
 
 
-def _batch_metrics(y, s, t, with_auc):
-    """Patient metrics of each row of (replicates x patients) labels y and scores s at threshold t."""
-    pred = s > t
-    pos = y == 1
-    tp = np.sum(pred & pos, axis=1)
-    fp = np.sum(pred & ~pos, axis=1)
-    n1 = pos.sum(axis=1)
-    n0 = y.shape[1] - n1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = {"sensitivity": np.where(n1 > 0, tp / np.maximum(n1, 1), np.nan),
-               "specificity": np.where(n0 > 0, (n0 - fp) / np.maximum(n0, 1), np.nan),
-               "accuracy": (tp + n0 - fp) / y.shape[1]}
-        if with_auc:  # Mann-Whitney: equals sklearn's roc_auc_score, ties counting one half
-            from scipy.stats import rankdata
-
-            ranks = rankdata(s, axis=1)
-            u = np.sum(np.where(pos, ranks, 0.0), axis=1) - n1 * (n1 + 1) / 2.0
-            out["auc"] = np.where((n1 > 0) & (n0 > 0), u / np.maximum(n1 * n0, 1), np.nan)
-    return out
-
-
 def pooled_difference(y, pairs, metrics, bootstrap=1000, seed=0, alpha=0.05, chunk=500):
     """Pooled paired difference over seeds on the same patients.
 
@@ -194,8 +173,8 @@ def pooled_difference(y, pairs, metrics, bootstrap=1000, seed=0, alpha=0.05, chu
         y_resampled = y[idx]
         acc = {m: np.zeros(n) for m in metrics}
         for sb, tb, so, to in pairs:
-            mb = _batch_metrics(y_resampled, sb[idx], tb, with_auc)
-            mo = _batch_metrics(y_resampled, so[idx], to, with_auc)
+            mb = batch_metrics(y_resampled, sb[idx], tb, with_auc)
+            mo = batch_metrics(y_resampled, so[idx], to, with_auc)
             for m in metrics:
                 acc[m] += mo[m] - mb[m]
         for m in metrics:

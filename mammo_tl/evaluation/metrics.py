@@ -70,18 +70,48 @@ def patient_metrics(scores: Mapping, labels: Mapping, threshold: float = 0.5, bo
     return out
 
 
-def _bootstrap(y, s, threshold, n, seed, s_other=None):
+def _bootstrap(y, s, threshold, n, seed, s_other=None, chunk=500):
+    """The metrics on ``n`` resamples of the patients (with ``s_other``: its metrics minus ``s``'s on the same
+    resample). Resamples are drawn ``chunk`` at a time and their metrics computed at once (:func:`batch_metrics`);
+    the draws are those of one resample at a time from the same generator."""
     rng = np.random.default_rng(seed)
     samples = {m: [] for m in PATIENT_METRICS}
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        m = _point_metrics(y[idx], s[idx], threshold)
+    done = 0
+    while done < n:
+        k = min(chunk, n - done)
+        idx = rng.integers(0, len(y), (k, len(y)))
+        m = batch_metrics(y[idx], s[idx], threshold)
         if s_other is not None:
-            other = _point_metrics(y[idx], s_other[idx], threshold)
-            m = {k: other[k] - m[k] for k in PATIENT_METRICS}
-        for k in PATIENT_METRICS:
-            samples[k].append(m[k])
-    return {k: np.array(v, dtype=np.float64) for k, v in samples.items()}
+            other = batch_metrics(y[idx], s_other[idx], threshold)
+            m = {key: other[key] - m[key] for key in PATIENT_METRICS}
+        for key in PATIENT_METRICS:
+            samples[key].append(m[key])
+        done += k
+    return {key: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for key, v in samples.items()}
+
+
+def batch_metrics(y: np.ndarray, s: np.ndarray, t: float, with_auc: bool = True) -> dict[str, np.ndarray]:
+    """Patient metrics of each row of (replicates x patients) labels y and scores s at threshold t, as
+    :func:`_point_metrics` computes them for one row (NaN where undefined), vectorised over the rows."""
+    pred = s > t
+    pos = y == 1
+    tp = np.sum(pred & pos, axis=1)
+    fp = np.sum(pred & ~pos, axis=1)
+    n1 = pos.sum(axis=1)
+    n0 = y.shape[1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {"sensitivity": np.where(n1 > 0, tp / np.maximum(n1, 1), np.nan),
+               "specificity": np.where(n0 > 0, (n0 - fp) / np.maximum(n0, 1), np.nan),
+               "accuracy": (tp + n0 - fp) / y.shape[1]}
+        if with_auc:  # Mann-Whitney: equals sklearn's roc_auc_score, ties counting one half
+            from scipy.stats import rankdata
+
+            ranks = rankdata(s, axis=1)
+            u = np.sum(np.where(pos, ranks, 0.0), axis=1) - n1 * (n1 + 1) / 2.0
+            out["auc"] = np.where((n1 > 0) & (n0 > 0), u / np.maximum(n1 * n0, 1), np.nan)
+    return out
+
+
 
 
 def _interval(values, alpha):
