@@ -71,16 +71,6 @@ def default_workers() -> int:
     return min(4, cpus)
 
 
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _build_cfg(config_file, opts, min_score):
     if not os.path.isfile(config_file):
         raise PredictError(f"--config-file {config_file}: file not found")

@@ -12,6 +12,7 @@ import os
 
 import yaml
 
+from ..config import flatten_config
 from ..files import FolderLock, FolderLocked, sha256_file, writable_folder_problem
 from ..outputs import OutputError, write_json
 from .predict_options import PredictError
@@ -26,16 +27,6 @@ MANIFEST_VERSION = 1
 _RESUME_IGNORED_KEYS = ("MODEL.DEVICE", "MODEL.WEIGHTS")
 # Options a run.json written before they existed stands for with these values.
 _OPTION_DEFAULTS = {"amp": False, "patients_sha256": None, "operating_point": None}
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _run_record(cfg, options):
@@ -54,7 +45,7 @@ def _resume_differences(old, new):
         before = old_options.get(k, _OPTION_DEFAULTS.get(k))
         if before != v:
             diffs.append(f"--{k.replace('_', '-')} ({before!r} then, {v!r} now)")
-    a, b = (_flat(yaml.safe_load(r["config"]) or {}) for r in (old, new))
+    a, b = (flatten_config(yaml.safe_load(r["config"]) or {}) for r in (old, new))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUME_IGNORED_KEYS)
     if keys:
         diffs.append("config " + ", ".join(f"{k} ({a.get(k)!r} then, {b.get(k)!r} now)" for k in keys[:6])
