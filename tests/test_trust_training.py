@@ -194,6 +194,16 @@ def _records_with_variants():
     return recs
 
 
+def _saved_variants(tmp_path):
+    """_records_with_variants() saved as a records JSON in tmp_path; its path."""
+    recs = _records_with_variants()
+    for r in recs:
+        r["annotations"] = [dict(a, bbox_mode=0, category_id=0) for a in r["annotations"]]
+    path = str(tmp_path / "records.json")
+    save_records(recs, path)
+    return path
+
+
 def _side_of(split, ids):
     return {i: ("test" if any(r["image_id"] == i for r in split[1]) else "train") for i in ids}
 
@@ -221,11 +231,7 @@ def test_disjointness_check_sees_ids_differing_in_case_or_spaces():
 
 
 def test_split_tool_reports_the_variants(tmp_path):
-    recs = _records_with_variants()
-    for r in recs:
-        r["annotations"] = [dict(a, bbox_mode=0, category_id=0) for a in r["annotations"]]
-    path = str(tmp_path / "records.json")
-    save_records(recs, path)
+    path = _saved_variants(tmp_path)
     p = _run("tools/split_dataset.py", "random", "--records", path, "--output", str(tmp_path / "s"),
              "--test-fraction", "0.5")
     assert p.returncode == 0, p.stderr
@@ -236,11 +242,7 @@ def test_split_tool_reports_the_variants(tmp_path):
 
 def test_split_check_refuses_one_file_given_twice(tmp_path):
     """`check a.json a.json` shares every patient with itself: refused, not passed as one split."""
-    recs = _records_with_variants()
-    for r in recs:
-        r["annotations"] = [dict(a, bbox_mode=0, category_id=0) for a in r["annotations"]]
-    path = str(tmp_path / "records.json")
-    save_records(recs, path)
+    path = _saved_variants(tmp_path)
     alias = str(tmp_path / "." / "records.json")
     p = _run("tools/split_dataset.py", "check", path, alias)
     assert p.returncode == 1, p.stdout + p.stderr
@@ -251,11 +253,7 @@ def test_split_check_refuses_one_file_given_twice(tmp_path):
 # ---- k folds: a split into fewer folds never leaves old folds to train --------------------------------------------
 
 def test_kfold_into_a_folder_with_more_folds_refused(tmp_path):
-    recs = _records_with_variants()
-    for r in recs:
-        r["annotations"] = [dict(a, bbox_mode=0, category_id=0) for a in r["annotations"]]
-    path = str(tmp_path / "records.json")
-    save_records(recs, path)
+    path = _saved_variants(tmp_path)
     folds = str(tmp_path / "folds")
     assert _run("tools/split_dataset.py", "kfold", "--records", path, "--output", folds, "--folds", "4").returncode == 0
     p = _run("tools/split_dataset.py", "kfold", "--records", path, "--output", folds, "--folds", "2")
@@ -283,11 +281,7 @@ def test_cross_validate_refuses_stale_folds_before_training(tmp_path):
 
 
 def load_records_of(tmp_path):
-    recs = _records_with_variants()
-    for r in recs:
-        r["annotations"] = [dict(a, bbox_mode=0, category_id=0) for a in r["annotations"]]
-    path = str(tmp_path / "records.json")
-    save_records(recs, path)
+    path = _saved_variants(tmp_path)
     return load_records(path, check_files=False)
 
 
