@@ -19,7 +19,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mammo_tl.data import image_io
-from mammo_tl.data.inputs import SkippedImage, describe
+from mammo_tl.data.inputs import describe
 from mammo_tl.engine.predict_command import PredictError, run_predict
 from mammo_tl.engine.predictor import MammoPredictor
 from mammo_tl.files import FolderLock
@@ -138,19 +138,30 @@ def test_a_file_changed_after_it_was_predicted_is_counted(tmp_path, config, monk
     assert preds[0]["file_mtime_ns"] != 2_000_000_000
 
 
-def test_a_dicom_file_written_while_it_is_decoded_is_skipped_not_mixed(tmp_path, monkeypatch):
-    path = make_dicom(tmp_path / "x.dcm", breast_phantom(seed=1))
-    real = image_io.read_dicom
+def test_a_dicom_file_written_while_it_is_decoded_is_not_mixed(tmp_path, monkeypatch):
+    """The file is read once: pixels, header and hash all describe the bytes read, even when another image lands
+    in the file while they are decoded."""
+    import pydicom
+
+    path = make_dicom(tmp_path / "x.dcm", breast_phantom(seed=1), patient_id="FIRST")
+    expected = _sha(path)
+    real_read, real_dcmread = image_io.read_dicom, pydicom.dcmread
 
     def read_then_change(p, **kw):
-        result = real(p, **kw)
+        result = real_read(p, **kw)
         make_dicom(p, breast_phantom(seed=5), patient_id="OTHER")  # another image lands meanwhile
         return result
 
+    def dcmread_from_memory_only(source, *a, **k):
+        assert not isinstance(source, (str, os.PathLike)), "the DICOM file was opened a second time"
+        return real_dcmread(source, *a, **k)
+
     monkeypatch.setattr(image_io, "read_dicom", read_then_change)
-    with pytest.raises(SkippedImage, match="changed while it was read") as e:
-        describe(str(path))
-    assert e.value.kind == "changed_while_read"
+    monkeypatch.setattr(pydicom, "dcmread", dcmread_from_memory_only)
+    image, meta = describe(str(path))
+    assert meta["file_sha256"] == expected != _sha(path)  # the bytes decoded, not the file as it is now
+    assert meta["patient_id"] == "FIRST"
+    np.testing.assert_array_equal(image, breast_phantom(seed=1))
 
 
 def test_a_png_is_decoded_from_the_bytes_it_is_keyed_by(tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ def read_mammogram(path: str | os.PathLike, apply_voi: bool = True, max_pixels: 
 
 
 def read_dicom(path: str | os.PathLike, apply_voi: bool = True, max_pixels: int | None = None,
-               keep_integers: bool = False) -> tuple[np.ndarray, dict, Dataset]:
+               keep_integers: bool = False, data: bytes | None = None) -> tuple[np.ndarray, dict, Dataset]:
     """Read a mammogram DICOM.
 
     Returns ``(image, meta, header)``: ``image`` is the stored pixel grid (rows x columns) as float32 with
@@ -54,13 +54,14 @@ def read_dicom(path: str | os.PathLike, apply_voi: bool = True, max_pixels: int 
     float32 copy for callers that take any dtype, such as :func:`~mammo_tl.data.preprocess.preprocess`.
     ``header`` is the pydicom dataset without its pixel data (every field of the source, identifying ones
     included: never write it to logs or JSON). Any failure raises :class:`DicomReadError` naming the file and the cause.
+    ``data``: the file's bytes, already read (e.g. to hash exactly what is decoded); ``path`` then only names it.
     """
     path = str(path)
     # pydicom's warnings about malformed elements quote raw header bytes, names included: never shown
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return _read_mammogram(path, apply_voi, max_pixels, keep_integers)
+            return _read_mammogram(path, apply_voi, max_pixels, keep_integers, data)
         except DicomReadError:
             raise
         except (KeyboardInterrupt, SystemExit):
@@ -71,13 +72,16 @@ def read_dicom(path: str | os.PathLike, apply_voi: bool = True, max_pixels: int 
             raise DicomReadError(path, f"corrupt DICOM ({type(e).__name__}: {e})") from None
 
 
-def _read_mammogram(path, apply_voi, max_pixels, keep_integers):
+def _read_mammogram(path, apply_voi, max_pixels, keep_integers, data=None):
+    import io
+
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    check_regular_file(path, DicomReadError)
+    if data is None:
+        check_regular_file(path, DicomReadError)
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path if data is None else io.BytesIO(data))
     except InvalidDicomError as e:
         raise DicomReadError(path, f"not a DICOM file ({e})") from None
     except Exception as e:  # truncated or mangled headers surface as many exception types

@@ -95,42 +95,25 @@ class FileIdentity(NamedTuple):
     sha256: str
 
 
-def _sha256_stat(path):
-    """(FileIdentity of the file's current bytes, its os.stat before reading)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return FileIdentity(st.st_size, st.st_mtime_ns, h.hexdigest()), st
-
-
 def read_stored_image_identified(path, max_pixels=None, keep_integers=False):
     """(:class:`StoredImage`, :class:`FileIdentity`) of an input: the identity describes exactly the bytes
     the pixels (and a DICOM header) were decoded from.
 
-    PNG/TIFF/JPEG are read into memory once, hashed and decoded from that copy. DICOM is decoded by
-    :func:`~mammo_tl.data.dicom.read_dicom` from the file, hashed before and after: when the two differ (the
-    file was written while it was read), :class:`ImageReadError` of kind ``changed_while_read``. The same
-    checks as :func:`read_stored_image` come first (regular file, pixel budget from the header)."""
+    Every file is read into memory once, hashed, and decoded (pixels and DICOM header) from that copy, so a file
+    written while it is read can never mix two contents. The same checks as :func:`read_stored_image` come first
+    (regular file; the pixel budget from the header, before decoding)."""
     path = str(path)
     if is_dicom_path(path):
         check_regular_file(path)
         try:
-            before, _ = _sha256_stat(path)
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
         except OSError as e:
             raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
-        stored = StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers))
-        try:
-            after, _ = _sha256_stat(path)
-        except OSError as e:
-            raise ImageReadError(path, f"changed while it was read ({type(e).__name__}: {e.strerror})",
-                                 kind="changed_while_read") from None
-        if after != before:
-            raise ImageReadError(path, "changed while it was read (its size, time or sha256 differ before and "
-                                       "after decoding); predict it again once it is written",
-                                 kind="changed_while_read")
-        return stored, before
+        identity = FileIdentity(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+        stored = StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers, data=data))
+        return stored, identity
     check_regular_file(path)
     size = _header_size(path, max_pixels)
     if size is not None:
