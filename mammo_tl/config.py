@@ -134,10 +134,16 @@ def add_mammo_tl_config(cfg):
 
     # --- Negative images in the ROI head ("suspected targets") -----------------------------------
     cfg.MODEL.ROI_HEADS.SUSPECTED_TARGET = CN()
-    # The negative image's highest-objectness proposals always among its sampled RoIs (as background);
-    # detectron2 would otherwise sample them at random. Also the upper bound of K in the similarity loss.
-    # Default: BATCH_SIZE_PER_IMAGE * POSITIVE_FRACTION of detectron2's defaults = the largest possible K.
+    # The upper bound of K in the similarity loss (the negative image's highest-objectness proposals paired with
+    # the positive image's foreground ones) and, with FORCE_TOP_PROPOSALS, how many of them are forced into the
+    # negative image's sampled RoIs. Default: BATCH_SIZE_PER_IMAGE * POSITIVE_FRACTION of detectron2's
+    # defaults = the largest possible K.
     cfg.MODEL.ROI_HEADS.SUSPECTED_TARGET.NUM_TOP_PROPOSALS = 128
+    # True: the negative image's NUM_TOP_PROPOSALS highest-objectness proposals are always among its sampled RoIs
+    # (as background) in the classification loss; False: detectron2 samples its RoIs at random. The paper does
+    # not describe forced sampling, so the default is off; configs/synthetic/d_tl_similarity.yaml sets it on, as
+    # its results were measured, and configs/synthetic_ddsm/e_forced_sampling.yaml measures it as its own row.
+    cfg.MODEL.ROI_HEADS.SUSPECTED_TARGET.FORCE_TOP_PROPOSALS = False
 
     # --- Similarity loss (eq. 3, 4) ---------------------------------------------------------------
     cfg.MODEL.ROI_HEADS.SIMILARITY = CN()

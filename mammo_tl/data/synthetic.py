@@ -10,11 +10,19 @@ are drawn per breast (the same masses in every view of that breast, placed anew 
 * a positive patient has one breast with 1 or 2 *malignant masses*, each annotated with a box: margins
   spiculated, indistinct, microlobulated or (a fraction ``circumscribed_fraction``) circumscribed;
 * every other breast is negative (``annotations: []``);
-* every breast, with cancer or not, holds a *benign look-alike* with probability ``lookalike_prob``, never
-  annotated (the suspected targets the method is about): oval, round, lobulated and obscured masses, cysts
-  with a dark halo, intramammary lymph nodes with a fatty hilum. The same rate in every breast: how many
-  look-alikes a breast holds says nothing about cancer;
+* *benign look-alikes* are never annotated (the suspected targets the method is about): oval, round,
+  lobulated and obscured masses, cysts with a dark halo, intramammary lymph nodes with a fatty hilum;
 * any breast may hold a cluster of bright specks (calcification-like distractors, never annotated).
+
+Which breasts are imaged and which hold look-alikes is the set's *protocol* (``SyntheticSpec.protocol``):
+
+* ``screening`` (generator version 3 as it was): 2 to 4 views per patient; every breast, with cancer or
+  not, holds a look-alike with probability ``lookalike_prob``, so how many look-alikes a breast holds says
+  nothing about cancer; the negative patients are healthy women.
+* ``ddsm`` (the paper's public experiment, DDSM's malignant and benign cases): a case images one breast, CC
+  and MLO. A positive (malignant) case's breast holds its 1 or 2 cancers and a look-alike with probability
+  ``malignant_lookalike_prob``; a negative (benign) case's breast holds 1 or 2 look-alikes and no cancer,
+  so every negative image holds a suspected target.
 
 Sizes and contrasts of both classes come from the same ranges; the glandular tissue masks part of a lesion's
 contrast (``masking``), so lesions show less in dense breasts.
@@ -51,6 +59,11 @@ logger = logging.getLogger(__name__)
 # Bump when the generator's output changes for the same spec, so cached sets are regenerated.
 GENERATOR_VERSION = 3
 VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
+# which breasts a case images and which hold look-alikes (module docstring, docs/phantom.md section 1)
+PROTOCOLS = ("screening", "ddsm")
+# the paper's DDSM case mix (malignant, benign): training 304 : 296 cases, test 45 : 55
+DDSM_TRAIN_MIX = (304, 296)
+DDSM_TEST_MIX = (45, 55)
 MAX_VALUE = 65535
 
 # --- tissue (intensities as fractions of the 16-bit range; docs/phantom.md) ---
@@ -121,6 +134,27 @@ class SyntheticSpec:
     # standard deviation of the white (quantum) noise, as a fraction of the 16-bit range
     quantum_noise: float = 0.008
     write_dicom: bool = False
+    # "screening" or "ddsm" (PROTOCOLS; module docstring): which breasts are imaged and hold look-alikes.
+    # Under "ddsm" the positive patients are malignant cases and the negative ones benign cases.
+    protocol: str = "screening"
+    # "ddsm" only: chance that a malignant case's breast also holds a look-alike (docs/phantom.md, section 1)
+    malignant_lookalike_prob: float = 0.1
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"SyntheticSpec.protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        for name in ("lookalike_prob", "malignant_lookalike_prob", "calcification_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"SyntheticSpec.{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
+
+
+def case_mix(total: int, mix: tuple[int, int]) -> tuple[int, int]:
+    """``total`` patients split as the ratio ``mix`` (positive, negative), the positive count rounded to the
+    nearest integer: e.g. ``case_mix(200, DDSM_TEST_MIX) == (90, 110)``."""
+    if total < 0 or min(mix) < 0 or sum(mix) == 0:
+        raise ValueError(f"case_mix: need total >= 0 and a mix of non-negative counts, got {total}, {mix}")
+    positive = math.floor(total * mix[0] / sum(mix) + 0.5)
+    return positive, total - positive
 
 
 # ------------------------------------------------------------------------------------------------ tissue
@@ -503,13 +537,35 @@ def draw_patient(rng: np.random.Generator, spec: SyntheticSpec,
     return views, density, gf, beta, breasts
 
 
+def draw_ddsm_case(rng: np.random.Generator, spec: SyntheticSpec,
+                   label: int) -> tuple[list[tuple[str, str]], str, float, float, dict[str, dict]]:
+    """A case of the ``ddsm`` protocol, as :func:`draw_patient` returns a patient: one breast (left or right),
+    its CC and MLO views. Malignant (``label`` 1): 1 or 2 cancers and a look-alike with probability
+    ``malignant_lookalike_prob``; benign (0): 1 or 2 look-alikes, no cancer."""
+    side = "LR"[int(rng.integers(2))]
+    views = [(side, "CC"), (side, "MLO")]
+    density = DENSITY_CATEGORIES[int(rng.choice(4, p=DENSITY_PREVALENCE))]
+    gf = float(rng.uniform(*GLANDULAR_FRACTION[density]))
+    beta = float(rng.uniform(*BETA_RANGE))
+    if label:
+        masses = [draw_lesion(rng, spec, True) for _ in range(int(rng.integers(1, 3)))]
+        looks = [draw_lesion(rng, spec, False) for _ in range(int(rng.random() < spec.malignant_lookalike_prob))]
+    else:
+        masses = []
+        looks = [draw_lesion(rng, spec, False) for _ in range(int(rng.integers(1, 3)))]
+    calcifications = int(rng.random() < spec.calcification_prob)
+    return views, density, gf, beta, {side: dict(masses=masses, lookalikes=looks, calcifications=calcifications)}
+
+
 LESION_KEYS = ("class", "kind", "shape", "margin", "radius", "contrast", "box", "center")
 
 
 def generate(root: str, spec: SyntheticSpec | None = None, progress: bool = True) -> dict[str, str]:
     """Write a synthetic data set under ``root``; returns the paths of annotations.json and patients.csv.
 
-    Deterministic: the same spec gives byte-identical images and annotations.
+    Deterministic: the same spec gives byte-identical images and annotations. The spec, its protocol included,
+    is recorded in annotations.json (``info.spec``); a ``screening`` set's files are those generator version 3
+    wrote before protocols existed, byte for byte, but for the two new keys of ``info.spec``.
     """
     from tqdm import tqdm
 
@@ -519,10 +575,11 @@ def generate(root: str, spec: SyntheticSpec | None = None, progress: bool = True
     labels = [1] * spec.num_positive_patients + [0] * spec.num_negative_patients
     rng.shuffle(labels)
     records, truth, patients = [], [], []
+    draw = draw_ddsm_case if spec.protocol == "ddsm" else draw_patient
     bar = tqdm(total=len(labels), desc=f"synthetic mammograms -> {root}", unit="patient", disable=not progress)
     for p, label in enumerate(labels):
         patient_id = f"SYN{spec.seed:03d}_{p:05d}"
-        views, density, gf, beta, breasts = draw_patient(rng, spec, label)
+        views, density, gf, beta, breasts = draw(rng, spec, label)
         lo, hi = GLANDULAR_FRACTION[density]
         for laterality, view in views:
             b = breasts[laterality]
@@ -568,13 +625,15 @@ def generate(root: str, spec: SyntheticSpec | None = None, progress: bool = True
     for im, extra in zip(coco["images"], truth):
         im.update(extra)
     atomic_write_json(coco, ann_path)
-    logger.info("synthetic set %s: %d patients (%d positive), %d images, %d masses", root, len(patients),
-                sum(labels), len(records), sum(len(r["annotations"]) for r in records))
+    logger.info("synthetic set %s (%s protocol): %d patients (%d positive), %d images, %d masses", root,
+                spec.protocol, len(patients), sum(labels), len(records),
+                sum(len(r["annotations"]) for r in records))
     return {"annotations": ann_path, "patients": csv_path}
 
 
 def matches_spec(root: str, spec: SyntheticSpec) -> bool:
-    """True when ``root`` holds a complete set generated from ``spec`` by this generator version."""
+    """True when ``root`` holds a complete set generated from ``spec`` (its protocol included) by this generator
+    version; a set made under another protocol, or by a generator that recorded none, does not match."""
     try:
         with open(os.path.join(root, "annotations.json")) as f:
             info = json.load(f).get("info", {})

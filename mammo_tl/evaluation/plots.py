@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -66,4 +66,82 @@ def plot_froc(curves: Mapping[str, Mapping], path: str, max_fppi: float = 8.0) -
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_budget_curve(rows: Sequence[Mapping], metrics: Sequence[tuple[str, str]], path: str) -> None:
+    """One panel per metric (key, label) against training iterations (log axis): per config its mean over seeds
+    (line) and every seed (dots). ``rows``: dicts with iterations, config, seed and each metric key (NaN: left
+    out of its panel). Writes PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    iters = sorted({r["iterations"] for r in rows})
+    cols = 3
+    nrows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 3.2 * nrows), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, metrics):
+        for i, name in enumerate(configs):
+            color = f"C{i}"
+            mine = [r for r in rows if r["config"] == name and np.isfinite(r[key])]
+            ax.plot([r["iterations"] for r in mine], [r[key] for r in mine], "o", color=color, alpha=0.4, ms=4)
+            xs, ys = [], []
+            for n in iters:
+                vals = [r[key] for r in mine if r["iterations"] == n]
+                if vals:
+                    xs.append(n)
+                    ys.append(float(np.mean(vals)))
+            ax.plot(xs, ys, "-", color=color, label=name)
+        ax.set_xscale("log")
+        ax.set_xticks(iters, [str(n) for n in iters])
+        ax.minorticks_off()
+        ax.set(title=label, xlabel="training iterations", ylim=(0, 1.01))
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_score_distributions(runs: Mapping[str, Mapping[str, Sequence[float]]], path: str,
+                             threshold: float = 0.5) -> None:
+    """runs: name -> finding -> scores. One row per finding, a box plot (with every score as a dot) per run, the
+    threshold as a dotted line. Writes PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    findings = list(dict.fromkeys(g for groups in runs.values() for g in groups))
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(findings) * max(1, len(names))))
+    width = 0.8 / max(1, len(names))
+    rng = np.random.default_rng(0)  # the dots' vertical jitter only
+    for i, name in enumerate(names):
+        pos, data = [], []
+        for j, g in enumerate(findings):
+            v = list(runs[name].get(g, []))
+            if v:
+                pos.append(j + (i - (len(names) - 1) / 2) * width)
+                data.append(v)
+        if not data:
+            continue
+        color = f"C{i}"
+        style = {"color": color}
+        ax.boxplot(data, positions=pos, widths=width * 0.8, orientation="horizontal", showfliers=False,
+                   manage_ticks=False, boxprops=style, medianprops=style, whiskerprops=style, capprops=style)
+        for p, v in zip(pos, data):
+            ax.plot(v, p + rng.uniform(-0.25, 0.25, len(v)) * width, ".", color=color, alpha=0.35, ms=3)
+        ax.plot([], [], "s", color=color, label=name)
+    ax.axvline(threshold, ls=":", color="grey")
+    ax.set_yticks(range(len(findings)), findings)
+    ax.invert_yaxis()
+    ax.set(xlabel="score", xlim=(-0.02, 1.02), title="scores by finding (test images)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from .gallery import GalleryUnavailable, gallery_html, gallery_markdown, make_gallery
-from .metrics import paired_difference
+from .metrics import box_iou, paired_difference
 from .operating_points import FILE_NAME as OP_FILE_NAME
 from .operating_points import load_operating_points, metrics_at_points
-from .plots import plot_froc, plot_roc
+from .plots import plot_froc, plot_roc, plot_score_distributions
 
 COLUMNS = (("ap50", "mAP (AP50)"), ("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
            ("specificity", "specificity"))
@@ -186,7 +186,10 @@ def make_report(runs: Mapping[str, str], output_dir: str, baseline: str | None =
                   "tools/operating_points.py), never on the test patients:", "", _md_table(point_header, point_rows),
                   ""]
     lines += ["![ROC](roc.png) ![FROC](froc.png)", ""]
+    scores_md, scores_parts = add_score_distributions(loaded, output_dir, results)
+    lines += scores_md
     gallery_md, gallery_parts = add_gallery(loaded, output_dir, gallery, results)
+    gallery_parts = [*scores_parts, *gallery_parts]
     lines += gallery_md
     md = "\n".join(lines)
     with open(os.path.join(output_dir, "report.md"), "w") as f:
@@ -196,6 +199,128 @@ def make_report(runs: Mapping[str, str], output_dir: str, baseline: str | None =
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     return results, md
+
+
+# a finding's score: the highest box whose IoU with the finding's box is at least this (0 when none), as the
+# phantom's look-alike cost counts a box "on" a benign finding (mammo_tl/engine/phantom_difficulty.py)
+FINDING_IOU = 0.3
+NO_CANCER = "no cancer: patient's highest box"
+
+
+def phantom_truth_of_run(eval_dir: str) -> tuple[dict | None, str]:
+    """(image id -> the phantom's truth, "") for a run evaluated on (part of) one synthetic set, found from the
+    images it evaluated (eval_dir/images.json: ROOT/images/<file> beside ROOT/annotations.json, every id the
+    set's own); (None, why not) otherwise, e.g. for real data."""
+    from ..data.synthetic import load_phantom_truth
+
+    path = os.path.join(eval_dir, "images.json")
+    if not os.path.exists(path):
+        return None, f"{path} not found"
+    with open(path) as f:
+        images = json.load(f)
+    roots = {os.path.dirname(os.path.dirname(os.path.abspath(im["file_name"]))) for im in images}
+    if len(roots) != 1:
+        return None, f"the images of {path} are not of one synthetic set"
+    root = roots.pop()
+    ann = os.path.join(root, "annotations.json")
+    try:
+        with open(ann) as f:
+            coco = json.load(f)
+    except (OSError, ValueError):
+        return None, f"{root} holds no readable annotations.json: not a synthetic set"
+    if "generator_version" not in coco.get("info", {}):
+        return None, f"{ann} was not written by the phantom's generator"
+    files = {im["id"]: os.path.join(root, im["file_name"]) for im in coco["images"]}
+    for im in images:
+        if files.get(im["image_id"]) != os.path.abspath(im["file_name"]):
+            return None, (f"{path}: image {im['image_id']} is {im['file_name']}, but {files.get(im['image_id'])} in "
+                          f"{ann}")
+    try:
+        truth = load_phantom_truth(root)
+    except ValueError as e:
+        return None, str(e)
+    ids = {im["image_id"] for im in images}
+    return {i: t for i, t in truth.items() if i in ids}, ""
+
+
+def finding_scores(eval_dir: str, patient_scores: Mapping[str, float], patient_labels: Mapping[str, int],
+                   truth: Mapping[int, Mapping], iou_threshold: float = FINDING_IOU) -> dict[str, list[float]]:
+    """Scores by finding, for one evaluated run: "cancer" (every malignant mass), "look-alike: <kind>" (every
+    benign look-alike of that kind), each the highest score of the run's boxes (inference/<dataset>/
+    coco_instances_results.json) whose IoU with its box is at least ``iou_threshold`` (0 when none), and
+    :data:`NO_CANCER`: the patient score (highest box) of every patient without cancer."""
+    from ..data.synthetic import LOOKALIKE_KINDS
+
+    with open(os.path.join(eval_dir, "coco_instances_results.json")) as f:
+        detections = json.load(f)
+    boxes, scores = {}, {}
+    for d in detections:
+        x, y, w, h = d["bbox"]
+        boxes.setdefault(d["image_id"], []).append([x, y, x + w, y + h])
+        scores.setdefault(d["image_id"], []).append(d["score"])
+    out = OrderedDict([("cancer", [])] + [(f"look-alike: {k}", []) for k in LOOKALIKE_KINDS])
+    for image_id in sorted(truth):
+        b = np.asarray(boxes.get(image_id, []), dtype=np.float64).reshape(-1, 4)
+        s = np.asarray(scores.get(image_id, []), dtype=np.float64)
+        for les in truth[image_id]["lesions"]:
+            group = "cancer" if les["class"] == "malignant" else f"look-alike: {les['kind']}"
+            on = box_iou(np.asarray([les["box"]], dtype=np.float64), b)[0] >= iou_threshold if len(b) else []
+            out.setdefault(group, []).append(float(s[on].max()) if np.any(on) else 0.0)
+    out[NO_CANCER] = [float(patient_scores[p]) for p in sorted(patient_labels) if patient_labels[p] == 0]
+    return out
+
+
+def _summary(values: Sequence[float], threshold: float) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return {"n": 0}
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return {"n": len(v), "median": float(med), "q1": float(q1), "q3": float(q3),
+            "share_at_threshold": float(np.mean(v >= threshold)), "scores": [float(x) for x in v]}
+
+
+def add_score_distributions(loaded: Mapping[str, dict], output_dir: str, results: dict) -> tuple[list[str], list[str]]:
+    """The section on what moved (Markdown lines, HTML parts): per run, the scores of cancers, of each look-alike
+    kind and of the patients without cancer (their highest box), from the phantom's truth, with scores.png; a
+    note instead for runs not evaluated on a synthetic set. Stores them in ``results["score_distributions"]``."""
+    dists, skipped = OrderedDict(), OrderedDict()
+    for name, r in loaded.items():
+        truth, why = phantom_truth_of_run(r["eval_dir"])
+        if truth is None:
+            skipped[name] = why
+            continue
+        groups = finding_scores(r["eval_dir"], r["scores"], r["labels"], truth)
+        dists[name] = OrderedDict((g, _summary(v, r["threshold"])) for g, v in groups.items())
+    results["score_distributions"] = dict(dists, **({"unavailable": dict(skipped)} if skipped else {}))
+    lines, parts = ["## Scores by finding", ""], ["<h2>Scores by finding</h2>"]
+    if skipped:
+        note = "No phantom truth for " + "; ".join(f"{n} ({w})" for n, w in skipped.items()) + "."
+        lines += [note, ""]
+        parts.append(f"<p>{html.escape(note)}</p>")
+    if not dists:
+        return lines, parts
+    threshold = next(iter(loaded.values()))["threshold"]
+    intro = (f"Per run, the score of every cancer and every look-alike of the test images (its highest box with IoU "
+             f">= {FINDING_IOU} with it; 0 when none) and the highest box of every patient without cancer: median "
+             f"[quartiles], the share scoring at least {threshold:g}, and how many there are.")
+    every = list(dict.fromkeys(g for groups in dists.values() for g in groups))
+    findings = [g for g in every if any(groups.get(g, {}).get("n") for groups in dists.values())]
+    if len(findings) < len(every):
+        intro += f" None in the test images: {', '.join(g for g in every if g not in findings)}."
+
+    def cell(d):
+        if not d or not d["n"]:
+            return "none"
+        return (f"{d['median']:.3f} [{d['q1']:.3f}, {d['q3']:.3f}]; {_fmt(d['share_at_threshold'])} >= "
+                f"{threshold:g}; n {d['n']}")
+
+    header = ["finding", *dists]
+    rows = [[g, *(cell(groups.get(g)) for groups in dists.values())] for g in findings]
+    plot_score_distributions({n: {g: d.get("scores", []) for g, d in gs.items()} for n, gs in dists.items()},
+                             os.path.join(output_dir, "scores.png"), threshold)
+    lines += [intro, "", _md_table(header, rows), "", "![scores by finding](scores.png)", ""]
+    parts += [f"<p>{html.escape(intro)}</p>", html_table(header, rows), "<p><img src='scores.png'></p>"]
+    return lines, parts
 
 
 def _md_table(header, rows):

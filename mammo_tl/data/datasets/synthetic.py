@@ -9,7 +9,7 @@ import threading
 
 from detectron2.data import DatasetCatalog
 
-from ..synthetic import SyntheticSpec, generate, load_synthetic, matches_spec
+from ..synthetic import DDSM_TEST_MIX, DDSM_TRAIN_MIX, SyntheticSpec, case_mix, generate, load_synthetic, matches_spec
 from .common import register_records
 
 logger = logging.getLogger(__name__)
@@ -22,6 +22,22 @@ BUILTIN_SYNTHETIC = {
     # patients disjoint from both (the seed is in every patient id): where operating points are chosen
     "mammo_synth_val": SyntheticSpec(num_positive_patients=30, num_negative_patients=60, seed=2),
 }
+
+
+def _ddsm(total, mix, seed):
+    pos, neg = case_mix(total, mix)
+    return SyntheticSpec(num_positive_patients=pos, num_negative_patients=neg, seed=seed, protocol="ddsm")
+
+
+# The same phantom under the paper's DDSM protocol (malignant and benign cases, one breast of two views each;
+# mammo_tl.data.synthetic): the paper's case mix, training 304 : 296 (152 : 148 of 300 cases, 600 images),
+# test and validation 45 : 55 (90 : 110 of 200 cases; 45 : 55 of 100). Seeds of their own: no patient id is
+# shared with a screening set.
+BUILTIN_SYNTHETIC.update({
+    "mammo_synth_ddsm_train": _ddsm(300, DDSM_TRAIN_MIX, seed=20),
+    "mammo_synth_ddsm_test": _ddsm(200, DDSM_TEST_MIX, seed=21),
+    "mammo_synth_ddsm_val": _ddsm(100, DDSM_TEST_MIX, seed=22),
+})
 _lock = threading.Lock()
 
 
@@ -32,14 +48,14 @@ def synthetic_root(name):
 
 def register_synthetic(name, root, spec: SyntheticSpec = None):
     """Register ``name`` for the set in ``root``; with ``spec``, generate it there when missing or made
-    from another spec or generator version."""
+    from another spec (another protocol included) or generator version."""
 
     def load():
         if spec is not None and not matches_spec(root, spec):
             with _lock:
                 if not matches_spec(root, spec):
                     if os.path.exists(os.path.join(root, "annotations.json")):
-                        logger.warning("%s: %s holds a set made from another spec or generator version: "
+                        logger.warning("%s: %s holds a set made from another spec, protocol or generator version: "
                                        "generating it again", name, root)
                         os.remove(os.path.join(root, "annotations.json"))
                     logger.info("Generating synthetic set %s in %s", name, root)
