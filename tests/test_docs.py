@@ -122,6 +122,13 @@ def test_undocumented_runs_and_options():
     found = [(str(s), t, why) for s, t, why in checker.undocumented(runs, commands, doc_text)]
     assert found == [("tools/report.py --bootstrap --output --run", "t1", "options no doc mentions: --bootstrap"),
                      ("tools/demo.py --output", "t3", "no doc shows tools/demo.py")]
+    # an option a script passes only to a copy of itself is not a user's: not reported, and really hidden there
+    bench = extract("```bash\npython bench/train_step.py --iters 4\n```\n", "b.md")
+    child = [(script_shape("bench/train_step.py", ["--iters", "4", "--only", "method"]), "t4")]
+    assert checker.undocumented(child, bench, "python bench/train_step.py --iters 4") == []
+    for script, option in checker.INTERNAL_OPTIONS:
+        source = open(os.path.join(REPO, script)).read()
+        assert re.search(rf'add_argument\("{option}".*help=argparse.SUPPRESS', source), (script, option)
 
 
 def test_sitecustomize_logs_a_script_and_its_arguments(tmp_path):

@@ -62,6 +62,13 @@ EXEMPT = {
 }
 
 
+# Options a script passes only to a copy of itself that it starts (hidden from --help), never typed by a user:
+# (script, option) -> who passes it.
+INTERNAL_OPTIONS = {
+    ("bench/train_step.py", "--only"): "train_step.py --memory measures each variant in a process of its own",
+}
+
+
 class Shape(NamedTuple):
     script: str            # "tools/train_net.py", or "make"
     sub: Optional[str]     # subcommand, or make's target
@@ -323,7 +330,8 @@ def undocumented(runs, commands, doc_text):
         if (shape.script, shape.sub) not in documented:
             why = f"no doc shows {shape.script}" + (f" {shape.sub}" if shape.sub else "")
         else:
-            hidden = sorted(f for f in shape.flags if f != "--help" and not re.search(re.escape(f) + r"\b", doc_text))
+            hidden = sorted(f for f in shape.flags if f != "--help" and (shape.script, f) not in INTERNAL_OPTIONS
+                            and not re.search(re.escape(f) + r"\b", doc_text))
             why = f"options no doc mentions: {' '.join(hidden)}" if hidden else None
         if why and (shape.script, shape.sub, why) not in seen:
             seen.add((shape.script, shape.sub, why))
