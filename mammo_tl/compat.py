@@ -15,6 +15,10 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_detectron2() -> None:
@@ -51,7 +55,8 @@ def cpu_ddp() -> Iterator[None]:
 
     original = d2_defaults.create_ddp_model
 
-    def create_ddp_model(model, *, fp16_compression=False, **kwargs):
+    def create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False,
+                         **kwargs) -> torch.nn.Module:
         if "device_ids" not in kwargs:
             param = next(model.parameters(), None)
             if param is not None and param.device.type == "cpu":

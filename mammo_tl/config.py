@@ -6,7 +6,11 @@ refuses a key given twice in one mapping. detectron2's own ``CfgNode.merge_from_
 ``yaml.unsafe_load``, which runs code named in the file; :func:`get_mammo_tl_cfg` returns a
 :class:`SafeCfgNode`, whose ``merge_from_file`` never does.
 """
+from __future__ import annotations
+
 import os
+from collections.abc import Container, Mapping
+from typing import Any
 
 import yaml
 from detectron2.config import CfgNode as CN  # noqa: N817  (detectron2's own name for it)
@@ -23,7 +27,7 @@ class _ConfigLoader(yaml.SafeLoader):
     """yaml.SafeLoader (plain scalars, lists and mappings only) that refuses duplicate keys: YAML would keep the
     last one and drop the first silently."""
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -38,7 +42,7 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml_file(path):
+def load_yaml_file(path: str | os.PathLike) -> Any:
     """The YAML file ``path`` as plain data (dicts, lists, strings, numbers, booleans, None).
 
     Raises :class:`ConfigFileError` naming the file and line for a tag that would construct a Python object
@@ -79,7 +83,8 @@ class SafeCfgNode(CN):
     never with ``yaml.unsafe_load``, whatever ``allow_unsafe`` a caller passes."""
 
     @classmethod
-    def load_yaml_with_base(cls, filename, allow_unsafe=False, _chain=()):
+    def load_yaml_with_base(cls, filename: str | os.PathLike, allow_unsafe: bool = False,
+                            _chain: tuple[str, ...] = ()) -> dict:
         """fvcore's ``_BASE_`` inheritance (a base path is relative to the file naming it; a list of bases
         merges in order), each file read as data. A ``_BASE_`` cycle is refused."""
         filename = os.fspath(filename)
@@ -105,13 +110,13 @@ class SafeCfgNode(CN):
         _merge_a_into_b(cfg, merged, filename)
         return merged
 
-    def merge_from_file(self, cfg_filename, allow_unsafe=False):
+    def merge_from_file(self, cfg_filename: str | os.PathLike, allow_unsafe: bool = False) -> None:
         if not os.path.isfile(cfg_filename):
             raise ConfigFileError(f"{cfg_filename}: config file not found")
         super().merge_from_file(cfg_filename, allow_unsafe=False)
 
 
-def as_safe_cfg(cfg):
+def as_safe_cfg(cfg: CN) -> SafeCfgNode:
     """``cfg`` (a detectron2 CfgNode, nested nodes included) turned into a :class:`SafeCfgNode` in place, keeping
     its flags (frozen, new_allowed). Returns it."""
     if isinstance(cfg, CN):
@@ -121,7 +126,7 @@ def as_safe_cfg(cfg):
     return cfg
 
 
-def add_mammo_tl_config(cfg):
+def add_mammo_tl_config(cfg: CN) -> CN:
     """Add every mammo_tl key, with its default, to ``cfg`` (a detectron2 CfgNode) in place."""
     # --- Top likelihood loss (eq. 1, 2): RPN loss of negative images -----------------------------
     cfg.MODEL.RPN.TOP_LIKELIHOOD = CN()
@@ -208,7 +213,7 @@ def add_mammo_tl_config(cfg):
     return cfg
 
 
-def get_mammo_tl_cfg():
+def get_mammo_tl_cfg() -> SafeCfgNode:
     """detectron2's default config with mammo_tl's keys added, as a :class:`SafeCfgNode` (files merged into it
     are read as data)."""
     from detectron2.config import get_cfg
@@ -216,7 +221,7 @@ def get_mammo_tl_cfg():
     return as_safe_cfg(add_mammo_tl_config(get_cfg()))
 
 
-def flatten_config(node, prefix=""):
+def flatten_config(node: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
     """A config (CfgNode or nested dicts, as config.yaml holds it) as {"KEY.SUB": value}."""
     out = {}
     for k, v in (node or {}).items():
@@ -230,6 +235,6 @@ def _plain(v):
     return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
-def differing_keys(a, b, ignore=()):
+def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Container[str] = ()) -> list[str]:
     """Keys (other than ``ignore``) whose values differ between two flattened configs."""
     return sorted(k for k in a.keys() | b.keys() if k not in ignore and _plain(a.get(k)) != _plain(b.get(k)))

@@ -1,10 +1,13 @@
 """File helpers shared by preparation, evaluation and prediction: content hashes, atomic writes and folder locks."""
+from __future__ import annotations
+
 import hashlib
 import json
 import os
+from typing import Any
 
 
-def sha256_file(path, block=1 << 20):
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -13,7 +16,7 @@ def sha256_file(path, block=1 << 20):
     return h.hexdigest()
 
 
-def atomic_write_json(obj, path, **kwargs):
+def atomic_write_json(obj: Any, path: str | os.PathLike, **kwargs) -> None:
     """json.dump to a temporary file beside ``path``, then rename: a killed run never leaves half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -22,7 +25,7 @@ def atomic_write_json(obj, path, **kwargs):
     os.replace(tmp, path)
 
 
-def atomic_write_bytes(path, data: bytes):
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -31,12 +34,12 @@ def atomic_write_bytes(path, data: bytes):
     os.replace(tmp, path)
 
 
-def atomic_write_text(path, text: str):
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def writable_folder_problem(folder):
+def writable_folder_problem(folder: str | os.PathLike) -> str | None:
     """None when ``folder`` is (or can be made) a folder a file can be written to; else why not. Checked by
     writing and removing a probe file, before any long work that would write there."""
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -99,7 +102,7 @@ def _flock(fd, shared=False):
     return True
 
 
-def lock_holder(folder, name=LOCK_NAME):
+def lock_holder(folder: str | os.PathLike, name: str = LOCK_NAME) -> str | None:
     """A description of the live process holding ``folder/name`` (or of a holder on another host, which cannot be
     checked from here), or None when the lock is free. Probes without taking the lock for more than a moment."""
     import socket
@@ -141,7 +144,7 @@ class FolderLock:
         self.fd = None
 
     @property
-    def held(self):
+    def held(self) -> bool:
         return self.fd is not None
 
     def _refuse(self, holder, fd):
@@ -149,7 +152,7 @@ class FolderLock:
         raise FolderLocked(f"{self.folder} is in use by {_describe(holder)}: one run writes a folder at a time; "
                            f"wait for it to finish or use another folder")
 
-    def acquire(self):
+    def acquire(self) -> FolderLock:
         import datetime
         import logging
         import socket
@@ -194,7 +197,7 @@ class FolderLock:
             return self
         raise FolderLocked(f"{self.folder}: its lock {self.path} kept changing; another process is starting there")
 
-    def release(self):
+    def release(self) -> None:
         if not self.held:
             return
         fd, self.fd = self.fd, None

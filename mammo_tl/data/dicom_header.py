@@ -5,14 +5,22 @@ The header dataset returned by :func:`read_header` holds every identifying field
 DICOM writers (:mod:`mammo_tl.outputs.dicom_pr`, :mod:`mammo_tl.outputs.dicom_sr`) pass it on; what the
 rest of mammo_tl takes from it is the patient id, the side and the view, each with where it came from.
 """
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from .image_checks import ImageReadError, check_regular_file
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 # The mammography views (ACR MQCM abbreviations, the values View Position uses) and their codes in the View
 # Code Sequence: SNOMED CT and the older SNOMED RT ids of DICOM CID 4014 "View for Mammography" (the Y-X
@@ -46,7 +54,7 @@ _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
 @contextlib.contextmanager
-def quiet():
+def quiet() -> Iterator[None]:
     """pydicom's warnings about malformed elements quote the values, names included: neither warned nor
     logged while this is active."""
     log = logging.getLogger("pydicom")
@@ -60,7 +68,7 @@ def quiet():
         log.setLevel(level)
 
 
-def read_header(path):
+def read_header(path: str | os.PathLike) -> Dataset:
     """The pydicom dataset of ``path`` up to its pixel data. Raises
     :class:`~mammo_tl.data.image_checks.ImageReadError` naming the file when it is not a readable DICOM."""
     import pydicom
@@ -74,7 +82,7 @@ def read_header(path):
             raise ImageReadError(path, f"DICOM header cannot be read ({type(e).__name__})") from None
 
 
-def read_header_and_hash(path):
+def read_header_and_hash(path: str | os.PathLike) -> tuple[Dataset, str, int]:
     """(header, sha256 hex, size in bytes) of ``path`` from one read of its bytes: the header is parsed from the
     very bytes that are hashed, so a file replaced between the two cannot pair one file's header with another's
     hash. Raises :class:`~mammo_tl.data.image_checks.ImageReadError` as :func:`read_header` does."""
@@ -95,7 +103,7 @@ def read_header_and_hash(path):
     return header, hashlib.sha256(data).hexdigest(), len(data)
 
 
-def uid_problem(value):
+def uid_problem(value: Any) -> str | None:
     """Why ``value`` is not a valid DICOM UID (PS3.5 9.1: at most 64 characters, digit components without
     leading zeros joined by dots), or None when it is one. The value itself is never quoted."""
     text = str(value)
@@ -106,7 +114,7 @@ def uid_problem(value):
     return None
 
 
-def invalid_references(ds):
+def invalid_references(ds: Dataset) -> list[tuple[str, str]]:
     """[(keyword, why)] for each of :data:`REFERENCE_UIDS` the header holds but that is not a valid UID."""
     out = []
     for keyword in REFERENCE_UIDS:
@@ -117,7 +125,7 @@ def invalid_references(ds):
     return out
 
 
-def patient_module(ds):
+def patient_module(ds: Dataset) -> tuple[str, ...]:
     """The values of :data:`PATIENT_MODULE` as text ("" when absent), leading and trailing spaces removed."""
     return tuple(_text(ds, k) for k in PATIENT_MODULE)
 
@@ -131,12 +139,12 @@ def _text(ds, keyword):
     return "" if v is None else str(v).strip()
 
 
-def side(value) -> str:
+def side(value: Any) -> str:
     """"L" or "R" for L/R/LEFT/RIGHT in any case, else "" (U unpaired, B both and anything else)."""
     return _SIDES.get(str(value or "").strip().upper(), "")
 
 
-def laterality(ds):
+def laterality(ds: Dataset) -> tuple[str, str | None]:
     """(side, source) from ImageLaterality, then Laterality (series level), then the FrameLaterality of an
     enhanced image's shared frame anatomy; ("", None) when none holds L or R."""
     for keyword in ("ImageLaterality", "Laterality"):
@@ -151,7 +159,7 @@ def laterality(ds):
     return (s, "dicom:FrameLaterality") if s else ("", None)
 
 
-def view_from_code(item):
+def view_from_code(item: Dataset) -> str:
     """The view abbreviation of a coded view (an item with CodeValue and CodingSchemeDesignator), or ""."""
     scheme = _text(item, "CodingSchemeDesignator").upper()
     if scheme not in _SNOMED_SCHEMES:
@@ -159,7 +167,7 @@ def view_from_code(item):
     return _VIEW_CODES.get(_text(item, "CodeValue").upper(), "")
 
 
-def view(ds):
+def view(ds: Dataset) -> tuple[str, str | None]:
     """(view, source): the coded View Code Sequence (Type 1 in the mammography IOD), then View Position
     when it holds one of :data:`VIEWS`; ("", None) otherwise."""
     try:
@@ -176,7 +184,7 @@ def view(ds):
     return "", None
 
 
-def parse_cbis_ddsm_patient_id(text):
+def parse_cbis_ddsm_patient_id(text: str | None) -> dict[str, str] | None:
     """{"patient_id": "P_xxxxx", "laterality": "L"|"R", "view": "CC"|"MLO"} for a CBIS-DDSM PatientID such
     as ``Mass-Test_P_00820_LEFT_CC`` (or ``..._CC_1``); None for anything else."""
     m = CBIS_DDSM_PATIENT_ID.match(str(text or "").strip())
@@ -185,7 +193,7 @@ def parse_cbis_ddsm_patient_id(text):
     return {"patient_id": m["patient"].upper(), "laterality": side(m["side"]), "view": m["view"].upper()}
 
 
-def identify(ds):
+def identify(ds: Dataset) -> dict[str, tuple[str, str | None]]:
     """{"patient_id": (value, source), "laterality": (...), "view": (...)} from the header alone: a
     CBIS-DDSM PatientID gives its patient, and its side and view where the header's own fields hold none.
     Values are "" with source None when the header does not say."""
@@ -200,6 +208,6 @@ def identify(ds):
     return out
 
 
-def missing_references(ds):
+def missing_references(ds: Dataset) -> list[str]:
     """The names of :data:`REFERENCE_UIDS` the header lacks (empty values count as missing)."""
     return [k for k in REFERENCE_UIDS if not _text(ds, k)]

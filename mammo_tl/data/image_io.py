@@ -5,11 +5,13 @@ the training mapper and tools/prepare_dataset.py (through :func:`read_image`, it
 tools/predict.py (:func:`mammo_tl.data.inputs.describe`). :func:`image_size` reads only the header, for the
 data set converters. The checks every reader makes before decoding, and ImageReadError, live in
 image_checks.py (re-exported here)."""
+from __future__ import annotations
+
 import hashlib
 import io
 import os
 import warnings
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -60,10 +62,11 @@ class StoredImage(NamedTuple):
     # DICOM: :func:`~mammo_tl.data.dicom.read_dicom`'s meta; other formats: rows, columns
     meta: dict
     # DICOM: the pydicom dataset without its pixel data (identifying fields included); other formats: None
-    header: Optional[object]
+    header: object | None
 
 
-def read_stored_image(path, max_pixels=None, keep_integers=False) -> StoredImage:
+def read_stored_image(path: str | os.PathLike, max_pixels: int | None = None,
+                      keep_integers: bool = False) -> StoredImage:
     """The stored pixel grid (rows x columns) as float32, brighter = denser tissue, with its metadata.
 
     PNG/TIFF/JPEG are read unchanged (16-bit kept); DICOM through :func:`mammo_tl.data.dicom.read_dicom`.
@@ -95,7 +98,8 @@ class FileIdentity(NamedTuple):
     sha256: str
 
 
-def read_stored_image_identified(path, max_pixels=None, keep_integers=False):
+def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None = None,
+                                 keep_integers: bool = False) -> tuple[StoredImage, FileIdentity]:
     """(:class:`StoredImage`, :class:`FileIdentity`) of an input: the identity describes exactly the bytes
     the pixels (and a DICOM header) were decoded from.
 
@@ -145,12 +149,12 @@ def _pixels_and_meta(img, keep_integers):
     return img, {"rows": int(img.shape[0]), "columns": int(img.shape[1])}, None
 
 
-def read_image(path, max_pixels=None, keep_integers=False) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int | None = None, keep_integers: bool = False) -> np.ndarray:
     """The pixels of :func:`read_stored_image`."""
     return read_stored_image(path, max_pixels=max_pixels, keep_integers=keep_integers).pixels
 
 
-def image_size(path) -> tuple:
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of a stored image from its header, without decoding its pixels (DICOM Rows and
     Columns; the PNG/TIFF/JPEG header). Raises :class:`ImageReadError` naming the file."""
     path = str(path)
@@ -167,7 +171,7 @@ def image_size(path) -> tuple:
     return size[1], size[0]
 
 
-def to_model_input(image: np.ndarray, percentiles=(0.0, 100.0)) -> np.ndarray:
+def to_model_input(image: np.ndarray, percentiles: tuple[float, float] = (0.0, 100.0)) -> np.ndarray:
     """Window a single-channel image to 0..255 (float32) and repeat it to 3 channels (H, W, 3).
 
     The window runs from the image's ``percentiles[0]`` to its ``percentiles[1]`` percentile; (0, 100)

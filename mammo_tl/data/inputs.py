@@ -1,5 +1,7 @@
 """Input files of tools/predict.py: which files, their pixels, and who, which breast and which view each
 shows (the --patients CSV, the DICOM header, the file name), with where each came from."""
+from __future__ import annotations
+
 import csv
 import hashlib
 import io
@@ -7,11 +9,16 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import dicom_header
 from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_stored_image_identified
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
@@ -41,7 +48,7 @@ def _inside(path, folders):
     return any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
 
 
-def list_inputs(paths, exclude=()):
+def list_inputs(paths: Iterable[str], exclude: Iterable[str | None] = ()) -> tuple[list[str], int]:
     """Files given directly, plus image files found (recursively, sorted) in folders; a file reached twice
     (a folder and a file in it) is listed once. Files in the folders ``exclude`` (predict's own output
     folders, whose overlays are images too) are left out, with a warning giving their number; the count is
@@ -77,7 +84,7 @@ def list_inputs(paths, exclude=()):
     return unique, excluded
 
 
-def image_key(path) -> str:
+def image_key(path: str | os.PathLike) -> str:
     """A name unique to the file, for overlays and unknown patients: its stem and a hash of its full path
     (a/x.dcm and b/x.dcm differ)."""
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -85,7 +92,7 @@ def image_key(path) -> str:
     return f"{stem}_{digest}"
 
 
-def read_regular_file(path, error=PatientsCsvError):
+def read_regular_file(path: str | os.PathLike, error: type[Exception] = PatientsCsvError) -> bytes:
     """The bytes of ``path``, read once; ``error`` naming it for anything but a regular file (a FIFO or
     ``<(...)`` would block or read differently on a second look) or a file that cannot be read."""
     try:
@@ -100,7 +107,7 @@ def read_regular_file(path, error=PatientsCsvError):
         raise error(f"{path}: cannot be read ({type(e).__name__}: {e.strerror or e})") from None
 
 
-def read_patients_csv(path, data=None):
+def read_patients_csv(path: str, data: bytes | None = None) -> dict[str, dict[str, Any]]:
     """--patients: {real path of an image: {"patient_id", "laterality", "view", "row"}} from a CSV with the
     columns file, patient_id and optionally laterality (L/R/LEFT/RIGHT) and view (one of
     :data:`~mammo_tl.data.dicom_header.VIEWS`). ``file`` is absolute or relative to the CSV's folder; an empty
@@ -173,7 +180,8 @@ def _from_file_name(path):
     return {"patient_id": m["patient"], "laterality": m["lat"].upper(), "view": m["view"].upper()} if m else {}
 
 
-def identify(path, header=None, patient=None):
+def identify(path: str, header: Dataset | None = None,
+             patient: Mapping[str, Any] | None = None) -> tuple[str, str, str, dict[str, str], dict[str, str] | None]:
     """(patient_id, laterality, view, source, conflict) of an input. Each field is taken from the first that
     gives it: the --patients CSV entry ``patient``, the DICOM ``header`` (its own fields, and a CBIS-DDSM
     PatientID), the file name; ``source`` says which for each ("patients_csv", "dicom:<keyword>",
@@ -202,7 +210,8 @@ def identify(path, header=None, patient=None):
     return values["patient_id"], values["laterality"], values["view"], source, conflict
 
 
-def describe(path, max_pixels=DEFAULT_MAX_PIXELS, patient=None):
+def describe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+             patient: Mapping[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """(image, meta) of an input file. meta: patient_id, laterality, view and their ``source`` (see
     :func:`identify`; ``patient`` is the file's --patients CSV entry, if any), ``laterality_conflict``, and
     ``file_size``, ``file_mtime_ns``, ``file_sha256`` of the bytes decoded (see

@@ -14,6 +14,8 @@ so for such files the source's SHA-256 is stored too and checked on every later 
 written atomically (temporary file in the same folder, then rename), the sidecar last: a sidecar implies
 a complete PNG.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
@@ -22,7 +24,9 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing import Pool
+from typing import Any
 
 import cv2
 import numpy as np
@@ -49,7 +53,7 @@ class PrepareError(Exception):
     """Bad options or shard files; the message names the file or option and what was expected."""
 
 
-def parse_shard(text):
+def parse_shard(text: str) -> tuple[int, int]:
     """'I/N' -> (I, N), shards numbered from 1 (1/3, 2/3, 3/3)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not m:
@@ -63,18 +67,18 @@ def parse_shard(text):
     return i, n
 
 
-def shard_of(path, num_shards):
+def shard_of(path: str, num_shards: int) -> int:
     """The shard (1..num_shards) an image belongs to: by a hash of its absolute path, so the assignment does
     not depend on the order or number of other records."""
     h = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(h[:8], "big") % num_shards + 1
 
 
-def records_digest(records):
+def records_digest(records: Iterable[Mapping[str, Any]]) -> str:
     """SHA-256 of the converted records (paths made absolute, numbers as floats), identical for the records
     in memory and the same records read back from records.json."""
 
-    def canon(v):
+    def canon(v: Any) -> Any:
         if isinstance(v, dict):
             return {str(k): canon(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
@@ -97,7 +101,7 @@ def _entry_name(key):
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def atomic_write(path, data: bytes):
+def atomic_write(path: str, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it: readers see the old file or the
     whole new one, never a part."""
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
@@ -173,7 +177,7 @@ def _prepare_one(job):
     index, record, images, options, previous = job
     path = os.path.abspath(record["file_name"])
 
-    def skipped(kind, reason):
+    def skipped(kind: str, reason: str) -> dict[str, Any]:
         return {"index": index, "status": "skipped", "kind": kind, "reason": reason}
 
     try:
@@ -230,7 +234,8 @@ def _size_mismatch(shape, record):
     return f"image is {shape[1]}x{shape[0]}, record says {record['width']}x{record['height']}"
 
 
-def prepared_record(record, transform, file_name, options):
+def prepared_record(record: Mapping[str, Any], transform: MammoTransform, file_name: str,
+                    options: Mapping[str, Any]) -> dict[str, Any]:
     """The record of the cached image: boxes in its pixels, the transform, the options it was prepared with
     and the original file kept."""
     boxes = transform.apply_boxes([a["bbox"] for a in record["annotations"]]) if record["annotations"] else []
@@ -248,8 +253,9 @@ def _shard_paths(out_dir, i, n):
             os.path.join(out_dir, f"report.shard-{i}-of-{n}.json"))
 
 
-def prepare_dataset(records, out_dir, size=(512, 512), crop=True, flip=False, workers=2, progress=True,
-                    shard=None, prune_stale=False):
+def prepare_dataset(records: Sequence[dict], out_dir: str, size: Sequence[int] | None = (512, 512), crop: bool = True,
+                    flip: bool = False, workers: int = 2, progress: bool = True, shard: tuple[int, int] | None = None,
+                    prune_stale: bool = False) -> tuple[list[dict], dict[str, Any]]:
     """Prepare ``records`` into ``out_dir``/images; returns (prepared records, report dict).
 
     Writes records.json and report.json to out_dir, or with ``shard=(i, n)`` only shard i's share of the
@@ -355,7 +361,7 @@ def _report(records, results, options, digest, stale):
     rebuilt = [r for r in results if r["status"] == "rebuilt"]
     skipped = [r for r in results if r["status"] == "skipped"]
 
-    def item(r):
+    def item(r: Mapping[str, Any]) -> dict[str, Any]:
         rec = records[r["index"]]
         return {"file_name": os.path.abspath(rec["file_name"]), "image_id": rec["image_id"], "reason": r["reason"]}
 
@@ -390,7 +396,7 @@ def _finish(records, prepared, results, options, digest, out_dir, prune_stale):
 
 
 def _summary(report):
-    def why(counts):
+    def why(counts: Mapping[str, int]) -> str:
         return f" ({', '.join(f'{n} {r}' for r, n in counts.items())})" if counts else ""
 
     return (f"{report['used']} of {report['inputs']} images used: {report['prepared']} prepared, {report['cached']} "
@@ -414,7 +420,8 @@ def _stale_entries(images, used_png_names, prune):
     return {"stale_cache_files": files, "stale_cache_bytes": size, "stale_pruned": bool(prune and files)}
 
 
-def merge_shards(records, out_dir, num_shards=None, prune_stale=False):
+def merge_shards(records: Sequence[dict], out_dir: str, num_shards: int | None = None,
+                 prune_stale: bool = False) -> tuple[list[dict], dict[str, Any]]:
     """Combine shards 1..N of ``records`` prepared into ``out_dir`` into records.json and report.json,
     exactly as one unsharded run would have written them. Refuses (:class:`PrepareError`, naming the
     shard) a missing shard, or one made with other options or from other converted records."""
@@ -509,5 +516,5 @@ class _Serial:
         return False
 
     @staticmethod
-    def imap_unordered(fn, jobs, chunksize=1):
+    def imap_unordered(fn: Callable[[Any], Any], jobs: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
         return map(fn, jobs)

@@ -9,8 +9,11 @@ Patients are grouped by :func:`~mammo_tl.data.datasets.common.patient_key`: ids 
 space ("P001", "p001", "P001 ") are one patient and always land on one side (:func:`patient_id_variants` lists
 them; tools/split_dataset.py reports them). The records keep their ids as written.
 """
+from __future__ import annotations
+
 import math
 import os
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -21,7 +24,7 @@ __all__ = ["patient_id_variants", "patient_key", "kfold_split", "random_split", 
 OFFICIAL_SPLITS = {"training": "train", "test": "test"}
 
 
-def patient_labels(records):
+def patient_labels(records: Iterable[dict]) -> dict[str, int]:
     """patient key (:func:`patient_key`) -> 1 when any of its images has a box, else 0."""
     labels = {}
     for r in records:
@@ -30,7 +33,7 @@ def patient_labels(records):
     return labels
 
 
-def summarize(records):
+def summarize(records: Sequence[dict]) -> dict[str, int]:
     """What a split holds: images, positive/negative images, patients, positive/negative patients."""
     labels = patient_labels(records)
     pos = sum(1 for r in records if r["annotations"])
@@ -40,7 +43,7 @@ def summarize(records):
             "negative_patients": len(labels) - pos_patients}
 
 
-def describe(name, records):
+def describe(name: str, records: Sequence[dict]) -> str:
     s = summarize(records)
     return (f"{name}: {s['images']} images ({s['positive_images']} positive, {s['negative_images']} negative), "
             f"{s['patients']} patients ({s['positive_patients']} positive, {s['negative_patients']} negative)")
@@ -80,7 +83,7 @@ def _select(records, patients):
     return [r for r in records if patient_key(r["patient_id"]) in patients]
 
 
-def official_split(records, source="records"):
+def official_split(records: Iterable[dict], source: str = "records") -> tuple[list[dict], list[dict]]:
     """(train, test) from each record's ``split`` (VinDr-Mammo: "training" or "test"), refusing records
     without one and splits that share a patient."""
     sides = {"train": [], "test": []}
@@ -101,7 +104,7 @@ def official_split(records, source="records"):
     return sides["train"], sides["test"]
 
 
-def kfold_split(records, folds, seed=0):
+def kfold_split(records: Sequence[dict], folds: int, seed: int = 0) -> list[tuple[list[dict], list[dict]]]:
     """[(train, test)] for k = 0..folds-1: every patient in exactly one test fold, folds stratified by
     patient label (positive patients dealt to the folds in turn, then negative patients continuing the
     turn, so fold sizes differ by at most one patient)."""
@@ -128,7 +131,7 @@ def kfold_split(records, folds, seed=0):
     return out
 
 
-def random_split(records, test_fraction, seed=0):
+def random_split(records: Sequence[dict], test_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(train, test): round(test_fraction x n) of the n positive patients, and likewise of the negative
     patients, go to the test side (halves round up)."""
     if not 0 < test_fraction < 1:
@@ -152,7 +155,8 @@ def random_split(records, test_fraction, seed=0):
     return train, test
 
 
-def paper_ddsm_split(records, seed=0, train=(304, 296), test=(45, 55)):
+def paper_ddsm_split(records: Sequence[dict], seed: int = 0, train: tuple[int, int] = (304, 296),
+                     test: tuple[int, int] = (45, 55)) -> tuple[list[dict], list[dict]]:
     """Draw (train records, test records): ``train`` = (#malignant, #benign) images (paper: 304, 296) and
     ``test`` likewise (paper: 45, 55), by seed, with no patient on both sides.
 
@@ -194,7 +198,7 @@ def _still_needed(quota, pools):
     return [q - len(p) for q, p in zip(quota, pools)]
 
 
-def write_split(out_dir, train, test):
+def write_split(out_dir: str, train: Iterable[dict], test: Iterable[dict]) -> list[str]:
     """Write out_dir/train.json and out_dir/test.json; returns their paths."""
     paths = []
     for name, recs in (("train", train), ("test", test)):

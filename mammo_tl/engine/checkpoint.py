@@ -10,17 +10,23 @@
   allowed and logged; a checkpoint matching none of the model's weights is refused.
 * ``--resume`` with an empty or dangling ``OUTPUT_DIR/last_checkpoint`` names that file and what it holds.
 """
+from __future__ import annotations
+
 import logging
 import os
 import pickle
 import posixpath
 from collections import Counter
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
+
+if TYPE_CHECKING:
+    from detectron2.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ class WeightsError(ValueError):
     """Weights that cannot be used for the purpose at hand; the message names the file and the cause."""
 
 
-def is_model_zoo_url(path) -> bool:
+def is_model_zoo_url(path: str | os.PathLike) -> bool:
     """True for detectron2's model zoo: ``detectron2://...``, ``https://dl.fbaipublicfiles.com/detectron2/...``."""
     path = str(path)
     if path.startswith("detectron2://"):
@@ -76,12 +82,13 @@ class MammoCheckpointer(DetectionCheckpointer):
         self._source = None  # the path as given (a URL before download), for the trust check and messages
 
     @classmethod
-    def like(cls, other, *, purpose="train", trusted_pickle=False):
+    def like(cls, other: DetectionCheckpointer, *, purpose: str = "train",
+             trusted_pickle: bool = False) -> MammoCheckpointer:
         """A MammoCheckpointer with ``other``'s model, folder and checkpointables."""
         return cls(other.model, other.save_dir, purpose=purpose, trusted_pickle=trusted_pickle,
                    save_to_disk=other.save_to_disk, **other.checkpointables)
 
-    def load(self, path, checkpointables=None):
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
         if not path:
             if self.purpose == "train":
                 logger.warning("MODEL.WEIGHTS is empty: training from random initialisation")
@@ -100,7 +107,7 @@ class MammoCheckpointer(DetectionCheckpointer):
             # detectron2 resets this only on success, and asserts it is unset on the next load
             self._source, self._parsed_url_during_load = None, None
 
-    def resume_or_load(self, path, *, resume=True):
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         if resume and self.has_checkpoint():
             return self.load(self._last_checkpoint())
         return self.load(path, checkpointables=[])
@@ -194,7 +201,7 @@ class MammoCheckpointer(DetectionCheckpointer):
         return incompatible
 
 
-def load_model_weights(model, cfg, *, purpose, resume=False):
+def load_model_weights(model: torch.nn.Module, cfg: CfgNode, *, purpose: str, resume: bool = False) -> dict[str, Any]:
     """Load cfg.MODEL.WEIGHTS (or, with ``resume`` and an OUTPUT_DIR/last_checkpoint, that checkpoint) into
     ``model`` for ``purpose`` ("train", "predict" or "evaluate"); raises :class:`WeightsError` naming the
     file and what is wrong. tools/train_net.py --eval-only calls it with purpose="evaluate"."""
@@ -214,7 +221,7 @@ def _as_tensor(key, value, source):
     return torch.from_numpy(np.array(array, copy=True))
 
 
-def convert_pickle_weights(src, dst, *, trusted=False):
+def convert_pickle_weights(src: str | os.PathLike, dst: str | os.PathLike, *, trusted: bool = False) -> dict[str, Any]:
     """Read a ``.pkl`` weights file once and write its weights pickle-free to ``dst`` (a ``.pth`` that
     ``torch.load(weights_only=True)`` reads). detectron2's ``__author__`` / ``matching_heuristics`` are kept,
     so loading ``dst`` renames Caffe2 weights exactly as loading ``src`` would. ``src`` must be a model zoo

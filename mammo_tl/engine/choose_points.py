@@ -1,6 +1,10 @@
 """Operating points of a trained model, chosen on a validation set (tools/operating_points.py)."""
+from __future__ import annotations
+
 import logging
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import inference_on_dataset
@@ -12,10 +16,13 @@ from ..evaluation.operating_points import OperatingPointError, choose_operating_
 from .checkpoint import load_model_weights
 from .trainer import Trainer
 
+if TYPE_CHECKING:
+    from detectron2.config import CfgNode
+
 logger = logging.getLogger(__name__)
 
 
-def build_cfg(config_file, opts=()):
+def build_cfg(config_file: str | os.PathLike, opts: Sequence[str] = ()) -> CfgNode:
     """The config as train_net.py builds it, without writing anything to OUTPUT_DIR."""
     cfg = get_mammo_tl_cfg()
     cfg.merge_from_file(config_file)
@@ -25,7 +32,8 @@ def build_cfg(config_file, opts=()):
     return cfg
 
 
-def choose_points(cfg, dataset, sensitivities=(0.90, 0.95), specificities=(0.90,), output=None):
+def choose_points(cfg: CfgNode, dataset: str, sensitivities: Sequence[float] = (0.90, 0.95),
+                  specificities: Sequence[float] = (0.90,), output: str | None = None) -> tuple[str, dict[str, Any]]:
     """Run the model of cfg.MODEL.WEIGHTS on ``dataset`` (validation: refused when it is, or shares patients
     with, one of cfg.DATASETS.TEST), choose the operating points on its patients and write them beside the
     weights (or to ``output``). Returns (path, points)."""

@@ -12,11 +12,15 @@ Each fold trains in its own process (tools/train_net.py's command line). A fold 
 interrupted one resumed, only while its saved config.yaml equals the one asked for (MODEL.DEVICE aside) and its
 fold files are the ones it was trained on; otherwise it is refused, naming what differs.
 """
+from __future__ import annotations
+
 import json
 import logging
 import os
 import re
 import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +32,9 @@ from ..files import atomic_write_json, sha256_file
 from ..evaluation.evaluators import PatientEvaluator
 from .experiments import TRAIN_COMMAND, config_differences, expected_config
 
+if TYPE_CHECKING:
+    from detectron2.config import CfgNode
+
 logger = logging.getLogger(__name__)
 FOLD_DIR = re.compile(r"^fold(\d+)$")
 MARKER = "cross_validation.json"
@@ -38,7 +45,7 @@ class CrossValidationError(RuntimeError):
     """Folds, config or a fold's run that cannot be cross-validated; the message names the file or fold."""
 
 
-def find_folds(folds_dir):
+def find_folds(folds_dir: str) -> list[tuple[int, str, str]]:
     """[(k, train.json, test.json)] of folds_dir/fold<k>/, sorted by k, numbered 0..K-1 without gaps."""
     if not os.path.isdir(folds_dir):
         raise CrossValidationError(f"{folds_dir}: folds folder not found (tools/split_dataset.py kfold writes it)")
@@ -61,7 +68,7 @@ def find_folds(folds_dir):
     return folds
 
 
-def check_folds(folds):
+def check_folds(folds: Iterable[tuple[int, str, str]]) -> None:
     """Before any training: the folds must be one K-fold split of one set of images, as tools/split_dataset.py
     kfold writes them: every fold holds the same images (train + test), and every image is in exactly one fold's
     test set, so no patient is in two. Folds left by an earlier split into more folds, or of other records, are
@@ -91,7 +98,7 @@ def check_folds(folds):
                                    "split again with tools/split_dataset.py kfold into an empty --output") from None
 
 
-def check_opts(opts):
+def check_opts(opts: Sequence[str]) -> None:
     if len(opts) % 2:
         raise CrossValidationError(f"config overrides must be KEY VALUE pairs, got {list(opts)}")
     taken = [k for k in opts[::2] if k in RESERVED_KEYS]
@@ -100,7 +107,7 @@ def check_opts(opts):
                                    "--output); leave them out")
 
 
-def dataset_names(cfg, config_file):
+def dataset_names(cfg: CfgNode, config_file: str) -> tuple[str, str]:
     """(training set name, test set name) of a config that names exactly one of each."""
     if len(cfg.DATASETS.TRAIN) != 1 or len(cfg.DATASETS.TEST) != 1:
         raise CrossValidationError(f"{config_file}: DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} and DATASETS.TEST "
@@ -108,7 +115,7 @@ def dataset_names(cfg, config_file):
     return cfg.DATASETS.TRAIN[0], cfg.DATASETS.TEST[0]
 
 
-def fold_overrides(names, k, train_json, test_json, out_dir):
+def fold_overrides(names: Sequence[str], k: int, train_json: str, test_json: str, out_dir: str) -> list[str]:
     """KEY VALUE overrides that point a config at fold k: its records files under fold-specific names."""
     train, test = (f"{n}_fold{k}" for n in names)
     entries = [f"{train}={os.path.abspath(train_json)}", f"{test}={os.path.abspath(test_json)}"]
@@ -116,7 +123,7 @@ def fold_overrides(names, k, train_json, test_json, out_dir):
             "DATASETS.TEST", repr((test,)), "OUTPUT_DIR", out_dir]
 
 
-def fold_outputs(out_dir, test_name):
+def fold_outputs(out_dir: str, test_name: str) -> dict[str, str]:
     """Files a finished fold's evaluation leaves (COCOEvaluator's and PatientEvaluator's)."""
     inference = os.path.join(out_dir, "inference", test_name)
     return {"model": os.path.join(out_dir, "model_final.pth"),
@@ -125,7 +132,7 @@ def fold_outputs(out_dir, test_name):
             "patients": os.path.join(inference, "patients.csv")}
 
 
-def check_fold_run(out_dir, expected_cfg, records):
+def check_fold_run(out_dir: str, expected_cfg: CfgNode, records: Iterable[str]) -> None:
     """Refuse a fold folder that holds a run of another config (MODEL.DEVICE aside: a fold may resume on
     another machine) or of other fold files; record the fold files' hashes for the next check."""
     saved = os.path.join(out_dir, "config.yaml")
@@ -148,7 +155,8 @@ def check_fold_run(out_dir, expected_cfg, records):
         atomic_write_json({"records": hashes}, marker, indent=1)
 
 
-def run_folds(config_file, folds_dir, output, opts=(), train_command=TRAIN_COMMAND, extra_args=()):
+def run_folds(config_file: str, folds_dir: str, output: str, opts: Sequence[str] = (),
+              train_command: Sequence[str] = TRAIN_COMMAND, extra_args: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Train and evaluate each fold in turn (``train_command`` --config-file ... in its own process),
     reusing a finished fold and resuming an interrupted one. Returns [{k, out_dir, dataset, test_name,
     test_json}] of all folds."""
@@ -181,7 +189,8 @@ def run_folds(config_file, folds_dir, output, opts=(), train_command=TRAIN_COMMA
     return runs
 
 
-def read_fold_predictions(coco_results, records):
+def read_fold_predictions(coco_results: str,
+                          records: Iterable[Mapping]) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
     """image_id -> (boxes XYXY (n, 4), scores (n,)) from COCOEvaluator's coco_instances_results.json, with an
     empty entry for each test image without a box; refuses boxes of images that are not in ``records``."""
     with open(coco_results) as f:
@@ -198,7 +207,7 @@ def read_fold_predictions(coco_results, records):
             for i in boxes}
 
 
-def fold_ap50(eval_results, test_name):
+def fold_ap50(eval_results: str, test_name: str) -> float:
     with open(eval_results) as f:
         res = json.load(f)
     res = res.get(test_name, res)
@@ -208,7 +217,8 @@ def fold_ap50(eval_results, test_name):
         raise CrossValidationError(f"{eval_results}: no bbox AP50 for {test_name}") from None
 
 
-def pool_folds(runs, output, threshold=0.5, bootstrap=1000, seed=0, name=None):
+def pool_folds(runs: Sequence[Mapping[str, Any]], output: str, threshold: float = 0.5, bootstrap: int = 1000,
+               seed: int = 0, name: str | None = None) -> dict[str, Any]:
     """One evaluation of all folds' test patients: each image scored by the model of the fold that tested
     it. Writes OUTPUT/inference/<name>/ (as PatientEvaluator does for a run) and
     OUTPUT/inference/eval_results.json; returns the results dict."""
@@ -245,7 +255,8 @@ def pool_folds(runs, output, threshold=0.5, bootstrap=1000, seed=0, name=None):
     return out
 
 
-def cross_validate(config_file, folds_dir, output, opts=(), train_command=TRAIN_COMMAND, extra_args=()):
+def cross_validate(config_file: str, folds_dir: str, output: str, opts: Sequence[str] = (),
+                   train_command: Sequence[str] = TRAIN_COMMAND, extra_args: Sequence[str] = ()) -> dict[str, Any]:
     """run_folds, then pool_folds with the config's TEST.PATIENT settings."""
     runs = run_folds(config_file, folds_dir, output, opts, train_command, extra_args)
     cfg = expected_config(config_file, opts)

@@ -22,17 +22,24 @@ chooses each run's operating points on mammo_synth_val):
 
 (``tools/run_ablation.py`` with the same arguments runs the same rows without the operating points.)
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..config import differing_keys, flatten_config, get_mammo_tl_cfg
 from ..files import atomic_write_json, sha256_file
 from ..evaluation.aggregate import write_aggregate_report
 from ..evaluation.report import make_report
+
+if TYPE_CHECKING:
+    from detectron2.config import CfgNode
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_COMMAND = [sys.executable, "-m", "mammo_tl.engine.launcher"]  # what tools/train_net.py runs
@@ -42,7 +49,7 @@ class RunMismatch(RuntimeError):
     """An output folder holds a run made with another config."""
 
 
-def expected_config(config_file, opts):
+def expected_config(config_file: str, opts: Sequence[str]) -> CfgNode:
     """The config train_net.py builds from ``config_file`` and ``opts`` (as plain nested dicts)."""
     cfg = get_mammo_tl_cfg()
     cfg.merge_from_file(config_file)
@@ -50,7 +57,7 @@ def expected_config(config_file, opts):
     return cfg
 
 
-def load_saved_config(saved_yaml):
+def load_saved_config(saved_yaml: str) -> CfgNode:
     """A run's saved config.yaml as a config (keys this version does not know are kept, not refused)."""
     saved = get_mammo_tl_cfg()
     saved.set_new_allowed(True)
@@ -58,7 +65,7 @@ def load_saved_config(saved_yaml):
     return saved
 
 
-def config_differences(saved_yaml, cfg):
+def config_differences(saved_yaml: str, cfg: CfgNode) -> list[str]:
     """Keys whose values differ between a run's saved config.yaml and ``cfg`` (both as train_net saw them)."""
     return differing_keys(flatten_config(load_saved_config(saved_yaml)), flatten_config(cfg))
 
@@ -66,12 +73,12 @@ def config_differences(saved_yaml, cfg):
 INPUTS_FILE = "run_inputs.json"
 
 
-def inputs_digest(cfg):
+def inputs_digest(cfg: CfgNode) -> str:
     """SHA-256 of the records of every DATASETS.TRAIN and DATASETS.TEST set of ``cfg``, as train_net loads them."""
     return run_inputs(cfg)[0]
 
 
-def run_inputs(cfg):
+def run_inputs(cfg: CfgNode) -> tuple[str, list[str]]:
     """(SHA-256 of the records of every DATASETS.TRAIN and DATASETS.TEST set of ``cfg`` as train_net loads them,
     the sorted absolute paths of the image files those records name)."""
     from detectron2.data import DatasetCatalog
@@ -132,14 +139,14 @@ def _check_inputs(out, inputs, finished):
     atomic_write_json({"records_sha256": digest, "images": current}, path)
 
 
-def config_name(config_file):
+def config_name(config_file: str) -> str:
     return os.path.splitext(os.path.basename(config_file))[0]
 
 
 SEED_DIR = "seed_{}"
 
 
-def check_rows(configs, output, extra_opts, seeds):
+def check_rows(configs: Sequence[str], output: str, extra_opts: Sequence[str], seeds: Sequence[int] | None) -> None:
     """Refuse what would mix layouts or seeds: two configs of one name, SEED in the opts together with
     ``seeds``, repeated or negative seeds, and an ``output`` that holds the other layout's runs."""
     names = [config_name(c) for c in configs]
@@ -162,8 +169,10 @@ def check_rows(configs, output, extra_opts, seeds):
                               f"to {os.path.join(output, SEED_DIR.format('<s>'), name)}: choose another --output")
 
 
-def run_rows(configs, output, extra_opts=(), bootstrap=1000, title="mammo_tl results", num_gpus=1, tag="rows",
-             after_training=None, seeds=None, note=None):
+def run_rows(configs: Sequence[str], output: str, extra_opts: Sequence[str] = (), bootstrap: int = 1000,
+             title: str = "mammo_tl results", num_gpus: int = 1, tag: str = "rows",
+             after_training: Callable[[str, list[str], str], Any] | None = None, seeds: Sequence[int] | None = None,
+             note: str | None = None) -> dict[str, Any]:
     """Train and evaluate each config file into ``output/<name>``, then write the comparison report
     (tools/report.py's layout, the first config as baseline) to ``output``. ``after_training(config_file,
     opts, run_dir)`` runs for each row once it is trained (e.g. to choose its operating points). Returns the

@@ -4,9 +4,14 @@ which is how mammo_tl's own experiment runners start trainings).
 Before any process is launched, the main process reads the config (as data: mammo_tl.config), takes OUTPUT_DIR's
 folder lock (mammo_tl.files.FolderLock; held until every worker has finished, --eval-only included) and, with
 --resume, checks that OUTPUT_DIR's saved config.yaml is the config asked for (:func:`check_resume`)."""
+from __future__ import annotations
+
+import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -21,6 +26,9 @@ from .checkpoint import WeightsError, load_model_weights
 from .preflight import ConfigError, check_output_dir, preflight
 from .trainer import Trainer, operating_points_of
 
+if TYPE_CHECKING:
+    from detectron2.config import CfgNode
+
 
 # Keys a resumed run may change: where it runs and how many loader processes feed it (neither changes what is
 # trained), and OUTPUT_DIR itself (a run folder moved or reached by another path).
@@ -32,7 +40,7 @@ RESUME_MAY_DIFFER = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "OUTPUT_DIR")
 ITERATION_SCHEDULES = ("WarmupMultiStepLR",)
 
 
-def build_cfg(args):
+def build_cfg(args: argparse.Namespace) -> CfgNode:
     """The frozen config of the command line: the file (read as data), then the KEY VALUE overrides."""
     cfg = get_mammo_tl_cfg()
     cfg.merge_from_file(args.config_file)
@@ -44,7 +52,7 @@ def build_cfg(args):
     return cfg
 
 
-def check_resume(cfg):
+def check_resume(cfg: CfgNode) -> None:
     """--resume continues the run in OUTPUT_DIR only with the config that run was started with: refuse when its
     saved config.yaml differs in any key but :data:`RESUME_MAY_DIFFER` (and SOLVER.MAX_ITER under a schedule of
     :data:`ITERATION_SCHEDULES`, with a warning), naming the keys, or when the folder holds a checkpoint but no
@@ -90,7 +98,7 @@ def _training_config(out):
     return None
 
 
-def setup(args):
+def setup(args: argparse.Namespace) -> CfgNode:
     cfg = build_cfg(args)
     register_json_datasets(cfg.DATASETS.REGISTER_JSON)
     check_output_dir(cfg.OUTPUT_DIR)  # before default_setup, which writes its log and config there
@@ -107,7 +115,7 @@ def setup(args):
     return cfg
 
 
-def main(args):
+def main(args: argparse.Namespace) -> dict | None:
     cfg = setup(args)
     preflight(cfg, eval_only=args.eval_only)
     if args.eval_only:
@@ -123,7 +131,7 @@ def main(args):
     return trainer.train()
 
 
-def cli(argv=None, prog="train_net.py"):
+def cli(argv: Sequence[str] | None = None, prog: str = "train_net.py") -> None:
     """detectron2's training command line (--config-file, --num-gpus, --resume, --eval-only, KEY VALUE ...);
     a config or data error, or an OUTPUT_DIR in use by another run, ends the process with its message instead of
     a traceback (exit status 1)."""

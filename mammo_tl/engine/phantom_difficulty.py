@@ -212,7 +212,7 @@ def phantom_statistics(root: str, image_ids: Collection[int] | None = None) -> d
                 for key in (les["class"], f"{les['class']}/{les['kind']}", f"{les['class']}/density {t['density']}"):
                     groups[key].append(v)
 
-    def summary(v):
+    def summary(v: Sequence[float]) -> dict[str, float]:
         v = np.asarray(v)
         p10, p50, p90 = np.percentile(v, [10, 50, 90])
         return {"n": len(v), "mean": float(v.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90)}
@@ -302,7 +302,7 @@ def format_summary(result: Mapping) -> str:
              f"  FROC CPM (0.125-8 FP/image)             {f['froc_cpm']:.3f}"]
     b = result.get("breakdown")
     if b:
-        def fmt(d):
+        def fmt(d: Mapping[str, Mapping]) -> str:
             return ", ".join(f"{k} {v['rate']:.2f} (n={v['n']})" for k, v in d.items())
         lines += [f"  at that point: masses found by margin:  {fmt(b['malignant_by_margin'])}",
                   f"                 by density:            {fmt(b['malignant_by_density'])}",

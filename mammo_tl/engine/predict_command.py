@@ -11,10 +11,13 @@ The parts: :mod:`.predict_options` (options checked before any work), :mod:`.pre
 lock, manifest, previous run, resume keyed by file content), :mod:`.predict_loader` (the DataLoader and the
 batch loop); here :func:`run_predict` ties them together and :func:`_finish` writes the tables.
 """
+from __future__ import annotations
+
 import contextlib
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -33,9 +36,11 @@ from .predictor import MammoPredictor
 logger = logging.getLogger(__name__)
 
 
-def run_predict(config_file, inputs, output, opts=(), overlay=False, min_score=0.05, max_pixels=None,
-                resume=False, overwrite=False, *, dicom_out=None, patients=None, workers=None, batch_size=1,
-                device=None, amp=False, operating_point=None, operating_points=None):
+def run_predict(config_file: str, inputs: Sequence[str], output: str, opts: Sequence[str] = (), overlay: bool = False,
+                min_score: float = 0.05, max_pixels: int | None = None, resume: bool = False, overwrite: bool = False,
+                *, dicom_out: str | None = None, patients: str | None = None, workers: int | None = None,
+                batch_size: int = 1, device: str | None = None, amp: bool = False, operating_point: str | None = None,
+                operating_points: str | None = None) -> tuple[list[dict], list[dict]]:
     """Predict every input file; see tools/predict.py. Returns (predictions, skipped) as written to
     predictions.json and skipped.json. Raises PredictError (or WeightsError) naming what is wrong."""
     min_score = check_min_score(min_score)
@@ -114,7 +119,8 @@ class _Run:
         reuse, changed = reusable_records(done, self.files)
         return reuse, changed, not_inputs
 
-    def predict(self, resume, overwrite, *, entries, overlay, min_score, max_pixels, workers, batch_size, amp):
+    def predict(self, resume: bool, overwrite: bool, *, entries: Mapping[str, dict], overlay: bool, min_score: float,
+                max_pixels: int, workers: int, batch_size: int, amp: bool) -> tuple[list[dict], list[dict]]:
         out, dicom, files, point = self.out, self.dicom, self.files, self.point
         done, changed, not_inputs = self._previous(resume, overwrite)
         predictor = MammoPredictor(self.cfg, amp=amp)  # refuses missing or partial weights before any change

@@ -1,8 +1,12 @@
 """The DataLoader that decodes and prepares the inputs in worker processes, and the batch loop that runs the
 model on them and yields one prediction record per input, in input order."""
+from __future__ import annotations
+
 import itertools
 import logging
 import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,6 +18,9 @@ from ..outputs import OutputError
 from ..outputs.overlay import draw_overlay, overlay_base
 from .predict_options import PredictError
 from .predict_output import OVERLAYS
+
+if TYPE_CHECKING:
+    from .predictor import MammoPredictor
 
 logger = logging.getLogger(__name__)
 # What a prediction record takes from the input's meta (laterality_conflict only where there is one).
@@ -69,7 +76,9 @@ def _lower_priority(worker_id):
         pass
 
 
-def prepared_inputs(predictor, files, *, max_pixels=DEFAULT_MAX_PIXELS, workers=0, patients=None, overlay=False):
+def prepared_inputs(predictor: MammoPredictor, files: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    workers: int = 0, patients: Mapping[str, dict] | None = None,
+                    overlay: bool = False) -> Iterator[dict[str, Any]]:
     """Yield the inputs decoded and prepared for the model (see :class:`_Inputs`), in order. Each of the
     ``workers`` DataLoader processes decodes one image at a time, so the first results arrive after one
     image's decoding; predict_files forms the batches from consecutive images in the main process."""
@@ -85,8 +94,10 @@ def prepared_inputs(predictor, files, *, max_pixels=DEFAULT_MAX_PIXELS, workers=
         raise _worker_stopped(e, workers) from None
 
 
-def predict_files(predictor, files, *, max_pixels=DEFAULT_MAX_PIXELS, min_score=0.05, workers=0, batch_size=1,
-                  patients=None, output=None, threshold=None):
+def predict_files(predictor: MammoPredictor, files: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  min_score: float = 0.05, workers: int = 0, batch_size: int = 1,
+                  patients: Mapping[str, dict] | None = None, output: str | None = None,
+                  threshold: float | None = None) -> Iterator[dict[str, Any]]:
     """Yield the prediction record of every file (see :mod:`mammo_tl.outputs`), in order. ``workers``
     DataLoader processes decode and prepare the images while the model runs on ``batch_size`` of them at a
     time. ``patients``: file -> --patients CSV entry. ``output``: write overlays in output/overlays/ (colours

@@ -1,8 +1,11 @@
 """tools/predict.py's options: checked before any work, each error naming the option or file at fault."""
+from __future__ import annotations
+
 import hashlib
 import logging
 import math
 import os
+from typing import Any
 
 import torch
 
@@ -18,7 +21,7 @@ class PredictError(Exception):
     """tools/predict.py cannot run or finish; the message names the file, folder or option at fault."""
 
 
-def check_min_score(value) -> float:
+def check_min_score(value: Any) -> float:
     """--min-score: a finite number in [0, 1]."""
     try:
         v = float(value)
@@ -29,7 +32,7 @@ def check_min_score(value) -> float:
     return v
 
 
-def check_max_pixels(value) -> int:
+def check_max_pixels(value: Any) -> int:
     """--max-pixels: a whole number of pixels > 0."""
     try:
         f = float(value)
@@ -52,12 +55,12 @@ def _whole_number(option, value, minimum):
     return v
 
 
-def check_workers(value) -> int:
+def check_workers(value: Any) -> int:
     """--workers: processes decoding images beside the model, 0 or more (0: decoded in this process)."""
     return _whole_number("--workers", value, 0)
 
 
-def check_batch_size(value) -> int:
+def check_batch_size(value: Any) -> int:
     """--batch-size: images per model call, 1 or more."""
     return _whole_number("--batch-size", value, 1)
 

@@ -6,9 +6,13 @@ that owns it, "files": {name: sha256}} of every file predict wrote there (null w
 appended to). --overwrite removes only listed files whose content is unchanged; --dicom-out belongs to one
 --output, and another --output writing into it is refused.
 """
+from __future__ import annotations
+
 import json
 import logging
 import os
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -92,10 +96,10 @@ class _Folder:
         _writable_folder(folder, self.option)
         self.manifest = None  # read once the folder is locked
 
-    def path(self, *names):
+    def path(self, *names: str) -> str:
         return os.path.join(self.folder, *names)
 
-    def lock(self):
+    def lock(self) -> FolderLock:
         """The folder's lock (files.FolderLock), acquired, then the folder's manifest read; PredictError naming
         the holder when another process holds it."""
         try:
@@ -130,7 +134,7 @@ class _Folder:
         return isinstance(name, str) and name == os.path.normpath(name) and not os.path.isabs(name) \
             and not name.startswith("..") and name not in (MANIFEST, ".mammo_tl.lock")
 
-    def write_manifest(self, owner, files):
+    def write_manifest(self, owner: str, files: Mapping[str, str | None]) -> None:
         """Replace manifest.json: ``files`` {name: sha256 or None (being written)} owned by ``owner``."""
         self.manifest = {"format_version": MANIFEST_VERSION, "written_by": "tools/predict.py",
                          "output": owner, "files": dict(sorted(files.items()))}
@@ -139,10 +143,10 @@ class _Folder:
         except OutputError as e:
             raise PredictError(str(e)) from None
 
-    def listed(self):
+    def listed(self) -> dict[str, str | None]:
         return dict(self.manifest["files"]) if self.manifest else {}
 
-    def present(self):
+    def present(self) -> list[str]:
         """Every file in the folder (and its overlays/), relative names, but the manifest and the lock."""
         names = []
         for sub in ("", OVERLAYS):
@@ -155,7 +159,8 @@ class _Folder:
                     names.append(name)
         return names
 
-    def removal_plan(self, listed, removable_unhashed=()):
+    def removal_plan(self, listed: Mapping[str, str | None],
+                     removable_unhashed: Collection[str] = ()) -> tuple[list[str], list[str], list[str]]:
         """(names to remove, names left: listed but changed, names left: not listed) for --overwrite.
         ``removable_unhashed``: listed names without a sha256 known to be this tool's anyway."""
         remove, changed = [], []
@@ -168,12 +173,12 @@ class _Folder:
         unlisted = [n for n in self.present() if n not in listed]
         return remove, changed, unlisted
 
-    def remove(self, names):
+    def remove(self, names: Iterable[str]) -> None:
         _remove([self.path(n) for n in names] + ([self.path(MANIFEST)] if os.path.lexists(self.path(MANIFEST))
                                                  else []))
         self.manifest = None
 
-    def warn_left(self, changed, unlisted):
+    def warn_left(self, changed: Sequence[str], unlisted: Sequence[str]) -> None:
         if changed:
             logger.warning("--overwrite: %s: %d file(s) written by the previous run but changed since, left in "
                            "place: %s", self.folder, len(changed), _few(changed))
@@ -191,14 +196,14 @@ class _Output(_Folder):
 
     option = "--output"
 
-    def previous_run(self):
+    def previous_run(self) -> list[str]:
         found = [n for n in (JSONL, RUN) + FINAL_FILES + (MANIFEST,) if os.path.exists(self.path(n))]
         overlays = self.path(OVERLAYS)
         if os.path.isdir(overlays) and os.listdir(overlays):
             found.append(OVERLAYS + "/")
         return found
 
-    def remove_previous_run(self):
+    def remove_previous_run(self) -> None:
         """--overwrite: the files the manifest lists, unchanged, and the overlays the previous run's records
         name with their sha256, go; everything else stays, named in a warning. Refused (nothing removed) when
         a file this run writes would stay: it would be replaced without having been ours."""
@@ -272,17 +277,17 @@ class _DicomFolder(_Folder):
     def _own_name(self, name):
         return super()._own_name(name) and os.sep not in name
 
-    def present(self):
+    def present(self) -> list[str]:
         return sorted(n for n in os.listdir(self.folder) if os.path.isfile(self.path(n)) and self._own_name(n))
 
-    def previous_run(self):
+    def previous_run(self) -> list[str]:
         return sorted(n for n in os.listdir(self.folder)
                       if self._is_ours(n) and os.path.isfile(os.path.join(self.folder, n)))
 
-    def owner(self):
+    def owner(self) -> str | None:
         return self.manifest.get("output") if self.manifest else None
 
-    def check_owner(self, output, resume):
+    def check_owner(self, output: str, resume: bool) -> None:
         """Refuse another --output's folder, and (with --resume) a folder whose files no manifest accounts
         for: a report written now must cover every image of its study that this folder's reports cover."""
         owner = self.owner()
@@ -298,7 +303,7 @@ class _DicomFolder(_Folder):
                 f"--output wrote them, so --resume cannot tell whether its reports would cover them: use "
                 f"another --dicom-out, or --overwrite (which leaves those files in place)")
 
-    def remove_previous_run(self):
+    def remove_previous_run(self) -> list[str]:
         remove, changed, unlisted = self.removal_plan(self.listed())
         self.remove(remove)
         self.warn_left(changed, unlisted)
@@ -329,7 +334,7 @@ def _resumable_records(out, record):
 FILE_KEYS = ("file_size", "file_mtime_ns", "file_sha256")
 
 
-def content_change(record):
+def content_change(record: Mapping[str, Any]) -> str | None:
     """Why a previous prediction no longer describes its file (None when the file's size, modification time
     and sha256 still equal the record's)."""
     path = record["file_name"]
@@ -348,7 +353,7 @@ def content_change(record):
     return None if sha == record["file_sha256"] else "its content changed"
 
 
-def reusable_records(done, files):
+def reusable_records(done: Mapping[str, dict], files: Iterable[str]) -> tuple[dict[str, dict], dict[str, str]]:
     """--resume: (the previous records of ``files`` whose file is unchanged, {file: why predicted again})."""
     reuse, changed = {}, {}
     for f in files:

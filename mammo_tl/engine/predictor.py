@@ -1,6 +1,9 @@
 """Inference on stored mammograms (DICOM or PNG) with boxes in the original pixel grid. Reading the inputs,
 and who, which breast and which view each shows, is mammo_tl.data.inputs."""
+from __future__ import annotations
+
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -21,7 +24,7 @@ class PreparedImage:
     tensor: torch.Tensor
     transform: MammoTransform
 
-    def pin_memory(self):
+    def pin_memory(self) -> PreparedImage:
         """Called by torch's DataLoader (pin_memory=True), so the copy to the GPU can overlap the model."""
         return PreparedImage(self.tensor.pin_memory(), self.transform)
 
@@ -74,7 +77,7 @@ class MammoPredictor:
         return self.predict_batch([image])[0]
 
     @torch.no_grad()
-    def predict_batch(self, images):
+    def predict_batch(self, images: Sequence[np.ndarray | PreparedImage]) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(boxes, scores)] for a list of images (pixel grids or :class:`PreparedImage`), run as one batch."""
         prepared = [im if isinstance(im, PreparedImage) else self.prepare(im) for im in images]
         inputs = [{"image": p.tensor, "height": p.transform.size[0], "width": p.transform.size[1]}

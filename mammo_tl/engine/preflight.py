@@ -15,13 +15,20 @@ Warnings (not errors): a dataset in both TRAIN and TEST, patients shared by TRAI
 compare them, case and white space aside: mammo_tl.data.datasets.common.patient_key), a test set with
 only one class of patient (AUC undefined), images prepared at another size than INPUT.FIXED_SIZE.
 """
+from __future__ import annotations
+
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from detectron2.data import DatasetCatalog
 
 from ..files import writable_folder_problem
+
+if TYPE_CHECKING:
+    from detectron2.config import CfgNode
 
 logger = logging.getLogger(__name__)
 URL_PREFIXES = ("detectron2://", "https://", "http://", "catalog://", "manifold://")
@@ -31,7 +38,7 @@ class ConfigError(ValueError):
     """A config that cannot train or evaluate; the message names the key (and file) at fault."""
 
 
-def check_output_dir(path):
+def check_output_dir(path: str) -> None:
     if not path:
         raise ConfigError("OUTPUT_DIR is empty: name a folder for checkpoints and results")
     problem = writable_folder_problem(path)
@@ -39,7 +46,7 @@ def check_output_dir(path):
         raise ConfigError(f"OUTPUT_DIR {path!r}: {problem}")
 
 
-def check_weights_source(weights, trusted_pickle=False):
+def check_weights_source(weights: str, trusted_pickle: bool = False) -> None:
     from .checkpoint import is_model_zoo_url
 
     if weights.endswith(".pkl") and not trusted_pickle and not is_model_zoo_url(weights):
@@ -77,7 +84,7 @@ def _map_one(mapper, record, key, name):
                           f"({type(e).__name__}: {e})") from e
 
 
-def check_prepared_options(cfg, records, key, name):
+def check_prepared_options(cfg: CfgNode, records: Iterable[Mapping], key: str, name: str) -> None:
     """Records made by tools/prepare_dataset.py carry the options they were prepared with."""
     options = Counter()
     for r in records:
@@ -102,7 +109,7 @@ def check_prepared_options(cfg, records, key, name):
                        key, name, list(size), list(cfg.INPUT.FIXED_SIZE))
 
 
-def preflight(cfg, eval_only=False):
+def preflight(cfg: CfgNode, eval_only: bool = False) -> dict[str, int]:
     """Run every check above for ``cfg`` (frozen, datasets registered); raise ConfigError at the first
     problem. Returns {dataset name: number of records} of what was checked."""
     from ..data import MammogramDatasetMapper, split_positive_negative

@@ -1,6 +1,11 @@
 """Trainer(DefaultTrainer): mammogram loaders, the paired loader, Adam, evaluators."""
+from __future__ import annotations
+
 import json
 import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
@@ -18,8 +23,13 @@ from ..evaluation.operating_points import OperatingPointError, load_operating_po
 from .checkpoint import MammoCheckpointer
 from .hooks import BestCheckpointHook
 
+if TYPE_CHECKING:
+    from detectron2.config import CfgNode
+    from detectron2.engine import HookBase
+    from detectron2.evaluation import DatasetEvaluator
 
-def build_optimizer(cfg, model):
+
+def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SOLVER.OPTIMIZER: "ADAM" (the paper) or "SGD" (detectron2's own builder)."""
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "SGD":
@@ -38,7 +48,7 @@ def build_optimizer(cfg, model):
     return maybe_add_gradient_clipping(cfg, optimizer)
 
 
-def operating_points_of(cfg):
+def operating_points_of(cfg: CfgNode) -> dict[str, dict]:
     """TEST.PATIENT.OPERATING_POINTS resolved for --eval-only: name -> point, checked against MODEL.WEIGHTS;
     {} for none. (Never during training: the points belong to the weights they were chosen for.)"""
     key = cfg.TEST.PATIENT.OPERATING_POINTS
@@ -56,7 +66,7 @@ def operating_points_of(cfg):
     return load_operating_points(key, weights)["points"]
 
 
-def build_train_loader(cfg):
+def build_train_loader(cfg: CfgNode) -> torch.utils.data.DataLoader:
     """The paired loader when DATALOADER.PAIRED.ENABLED, else detectron2's loader (which drops
     negative images unless DATALOADER.FILTER_EMPTY_ANNOTATIONS is False)."""
     mapper = MammogramDatasetMapper(cfg, is_train=True)
@@ -71,19 +81,20 @@ class Trainer(DefaultTrainer):
             super().__init__(cfg)
 
     @classmethod
-    def build_train_loader(cls, cfg):
+    def build_train_loader(cls, cfg: CfgNode) -> torch.utils.data.DataLoader:
         return build_train_loader(cfg)
 
     @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> torch.utils.data.DataLoader:
         return build_detection_test_loader(cfg, dataset_name, mapper=MammogramDatasetMapper(cfg, is_train=False))
 
     @classmethod
-    def build_optimizer(cls, cfg, model):
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(cfg, model)
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None, operating_points=None):
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None,
+                        operating_points: Mapping[str, dict] | None = None) -> DatasetEvaluators:
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         # COCOEvaluator records the COCO file it converts to as metadata "json_file" and reads any such file
         # as-is later. mammo_tl's datasets never set it, so a value here is an earlier conversion, possibly
@@ -101,7 +112,8 @@ class Trainer(DefaultTrainer):
         ])
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None):
+    def test(cls, cfg: CfgNode, model: torch.nn.Module,
+             evaluators: DatasetEvaluator | Sequence[DatasetEvaluator] | None = None) -> OrderedDict:
         """detectron2's test(), plus the results written to OUTPUT_DIR/inference/eval_results.json."""
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
@@ -111,7 +123,7 @@ class Trainer(DefaultTrainer):
                 json.dump(results, f, indent=1, default=float)
         return results
 
-    def build_hooks(self):
+    def build_hooks(self) -> list[HookBase]:
         # DefaultTrainer.__init__ makes a plain DetectionCheckpointer just before calling build_hooks, which
         # hands it to the checkpoint hooks: swapped here, resume_or_load and every hook use the safe loader
         self.checkpointer = MammoCheckpointer.like(self.checkpointer, purpose="train",

@@ -16,11 +16,16 @@ and averages the per-seed differences on that resample (patient-level metrics on
 and get the mean difference and the seeds' signs, no interval). The report also says how many seeds' differences
 share the sign of the pooled one.
 """
+from __future__ import annotations
+
 import html
 import os
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..config import ConfigFileError, differing_keys, flatten_config, load_yaml_file
 from ..files import atomic_write_json
@@ -37,7 +42,7 @@ class AggregateError(ValueError):
     """Runs that cannot be aggregated or compared; the message names the folder."""
 
 
-def read_run_config(run_dir):
+def read_run_config(run_dir: str) -> dict[str, Any]:
     """A run's saved config.yaml (read as data: mammo_tl.config.load_yaml_file), flattened (KEY.SUB -> value)."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path):
@@ -49,7 +54,7 @@ def read_run_config(run_dir):
         raise AggregateError(str(e)) from None
 
 
-def check_evaluated(run_dir):
+def check_evaluated(run_dir: str) -> None:
     """Refuse a run without inference/eval_results.json holding a bbox AP50: its AP50 would be NaN, and a mean
     "over seeds" would silently be over fewer seeds than listed."""
     import json
@@ -71,12 +76,12 @@ def check_evaluated(run_dir):
                              "run again (tools/train_net.py --eval-only) or leave it out")
 
 
-def config_differences(a, b, ignore=SEED_KEYS):
+def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Sequence[str] = SEED_KEYS) -> list[str]:
     """Keys (other than ``ignore``) whose values differ between two flattened configs."""
     return differing_keys(a, b, ignore)
 
 
-def check_runs(configs):
+def check_runs(configs: Mapping[str, Sequence[str]]) -> OrderedDict[str, list]:
     """configs: name -> list of run folders (one per seed). Returns name -> list of seeds (their config SEED)
     after the checks of the module docstring."""
     if not configs:
@@ -136,7 +141,7 @@ def _values(r, points):
     return v, ops
 
 
-def summarise(values):
+def summarise(values: Iterable[float]) -> dict[str, Any]:
     """mean, min, max and number of the finite values (NaN when none), with all values."""
     vals = [float(x) for x in values]
     finite = [x for x in vals if np.isfinite(x)]
@@ -145,7 +150,8 @@ def summarise(values):
             "max": max(finite) if finite else nan, "n": len(finite), "values": vals}
 
 
-def pooled_difference(y, pairs, metrics, bootstrap=1000, seed=0, alpha=0.05, chunk=500):
+def pooled_difference(y: ArrayLike, pairs: Iterable[Sequence[ArrayLike]], metrics: Sequence[str], bootstrap: int = 1000,
+                      seed: int = 0, alpha: float = 0.05, chunk: int = 500) -> dict[str, dict[str, Any]]:
     """Pooled paired difference over seeds on the same patients.
 
     ``y``: labels (patients); ``pairs``: one (s_base, t_base, s_other, t_other) per seed, scores in the order of
@@ -193,7 +199,8 @@ def _signs(per_seed, diff):
     return {"positive": pos, "negative": neg, "zero": zero, "agree": agree, "n": len(per_seed)}
 
 
-def aggregate(configs, bootstrap=1000, seed=0, alpha=0.05):
+def aggregate(configs: Mapping[str, Sequence[str]], bootstrap: int = 1000, seed: int = 0,
+              alpha: float = 0.05) -> tuple[dict[str, Any], OrderedDict[str, list[dict]]]:
     """configs: name -> run folders (one per seed, the same seed order for every name; the first name is the
     baseline). Returns (results, loaded runs)."""
     seeds = check_runs(configs)
@@ -278,8 +285,10 @@ def _diff_cell(d):
     return s + f"; {g['agree']}/{g['n']} seeds {sign}"
 
 
-def write_aggregate_report(configs, output_dir, bootstrap=1000, seed=0, title="mammo_tl: over training seeds",
-                           per_seed_reports=(), gallery=3, note=None):
+def write_aggregate_report(configs: Mapping[str, Sequence[str]], output_dir: str, bootstrap: int = 1000, seed: int = 0,
+                           title: str = "mammo_tl: over training seeds",
+                           per_seed_reports: Sequence[tuple[int, str]] = (), gallery: int = 3,
+                           note: str | None = None) -> tuple[dict[str, Any], str]:
     """Aggregate ``configs`` (name -> run folders, one per seed) and write report.md, report.html and
     results.json to ``output_dir`` (and the gallery of the first seed's runs to output_dir/gallery/).
     ``per_seed_reports``: (seed, path relative to output_dir) of each seed's own report, linked from it.

@@ -13,11 +13,14 @@ Thresholds are taken between distinct validation scores (midpoints), so the rule
 gives exactly the validation figures stored with each point. The file ``operating_points.json`` is written
 beside the weights and keyed by their sha256: it is refused for any other weights.
 """
+from __future__ import annotations
+
 import json
 import math
 import os
 import stat
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +74,8 @@ def choose_operating_points(scores: Mapping, labels: Mapping, sensitivities: Seq
     return out
 
 
-def write_operating_points(points, weights_path, validation_dataset, num_patients, path=None):
+def write_operating_points(points: dict[str, Any], weights_path: str, validation_dataset: str, num_patients: int,
+                           path: str | None = None) -> str:
     """Write ``operating_points.json`` beside the weights (or at ``path``); returns the path."""
     path = path or os.path.join(os.path.dirname(os.path.abspath(weights_path)), FILE_NAME)
     unreachable = points.pop("unreachable", {})
@@ -87,7 +91,7 @@ def write_operating_points(points, weights_path, validation_dataset, num_patient
 THRESHOLD_RANGE = (-1.0, 1.0)
 
 
-def load_operating_points(path, weights_path=None):
+def load_operating_points(path: str, weights_path: str | None = None) -> dict[str, Any]:
     """The ``points`` of an operating_points.json, checked against ``weights_path`` (by sha256) when given.
     Every threshold must be a number (not a boolean) in :data:`THRESHOLD_RANGE`; the file must be a regular
     file (a FIFO would block)."""
@@ -125,7 +129,8 @@ def load_operating_points(path, weights_path=None):
     return data
 
 
-def metrics_at_points(scores: Mapping, labels: Mapping, points: Mapping, bootstrap: int = 1000, seed: int = 0):
+def metrics_at_points(scores: Mapping, labels: Mapping, points: Mapping, bootstrap: int = 1000,
+                      seed: int = 0) -> dict[str, dict]:
     """name -> patient_metrics at each point's threshold (test figures for thresholds chosen elsewhere)."""
     return {name: patient_metrics(scores, labels, float(p["threshold"]), bootstrap, seed)
             for name, p in points.items()}

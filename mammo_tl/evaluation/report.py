@@ -308,7 +308,7 @@ def add_score_distributions(loaded: Mapping[str, dict], output_dir: str, results
     if len(findings) < len(every):
         intro += f" None in the test images: {', '.join(g for g in every if g not in findings)}."
 
-    def cell(d):
+    def cell(d: Mapping | None) -> str:
         if not d or not d["n"]:
             return "none"
         return (f"{d['median']:.3f} [{d['q1']:.3f}, {d['q3']:.3f}]; {_fmt(d['share_at_threshold'])} >= "

@@ -17,15 +17,18 @@ or ``{"file_name", "status": "skipped", "kind", "reason"}``.
 JSON, CSV, overlays and logs carry no more of the patient than the patient id; the DICOM objects carry the
 source's patient module, as the viewers that show them beside the source need.
 """
+from __future__ import annotations
+
 import json
 import os
+from typing import Any
 
 
 class OutputError(Exception):
     """An output that cannot be written; the message names the file and the cause."""
 
 
-def write_text(path, text):
+def write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a temporary file renamed over it)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
@@ -38,5 +41,5 @@ def write_text(path, text):
         raise OutputError(f"{path}: cannot be written ({type(e).__name__}: {e})") from None
 
 
-def write_json(path, obj):
+def write_json(path: str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=1) + "\n")

@@ -24,16 +24,20 @@ What is trusted, and what is left out (still predicted; counted in the summary b
 UIDs are derived from what the object shows (name-based UUIDs under the 2.25 root): writing the same results
 again, e.g. after --resume, gives the same objects, never a second copy of them in an archive.
 """
+from __future__ import annotations
+
 import hashlib
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..data.dicom_header import (PATIENT_MODULE, invalid_references, missing_references, patient_module, quiet,
                                  read_header_and_hash)
 from ..data.image_checks import ImageReadError, is_dicom_path
 from . import OutputError
-from .dicom_common import Algorithm, derived_uid  # noqa: F401  (Algorithm: part of this module's API)
+from .dicom_common import Algorithm, derived_uid  # Algorithm: part of this module's API
 
 logger = logging.getLogger(__name__)
 def _refused(what, e):
@@ -53,16 +57,17 @@ def _save(ds, path):
         raise OutputError(f"{path}: cannot be written ({type(e).__name__}: {e})") from None
 
 
-def is_output_file(name) -> bool:
+def is_output_file(name: str) -> bool:
     """A file name this module writes."""
     return name.startswith(("PR_", "SR_")) and name.endswith(".dcm")
 
 
-def sr_file_name(study_uid) -> str:
+def sr_file_name(study_uid: str) -> str:
     return f"SR_{hashlib.sha1(str(study_uid).encode()).hexdigest()[:16]}.dcm"
 
 
-def write_dicom_outputs(folder, items, algorithm):
+def write_dicom_outputs(folder: str, items: Sequence[tuple[Mapping[str, Any], str]],
+                        algorithm: Algorithm) -> tuple[dict[str, dict], dict[str, Any]]:
     """Write the presentation states and reports of a run into ``folder``.
 
     ``items``: (prediction record, name) per predicted image in input order; the name is unique to the file

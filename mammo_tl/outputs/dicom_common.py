@@ -1,10 +1,17 @@
 """What the presentation states and reports share: the algorithm's identity, content-derived UIDs, the
 reference copy of a source header and the rectangle of a box (imported by dicom.py, dicom_pr.py, dicom_sr.py)."""
+from __future__ import annotations
+
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING
 
 from .. import __version__
+
+if TYPE_CHECKING:
+    import numpy as np
+    from pydicom import Dataset
 
 NAME = MANUFACTURER = "mammo_tl"
 # Series numbers of the presentation states and reports added to each study: high, to sort after the source's.
@@ -23,7 +30,7 @@ class Algorithm:
     config_name: str
     weights_sha256: str
     min_score: float
-    operating_point: Optional[tuple[str, float]] = None
+    operating_point: tuple[str, float] | None = None
     version: str = __version__
 
     @property
@@ -35,7 +42,7 @@ class Algorithm:
         """Device Serial Number: the weights' sha256, shortened; it identifies the trained model."""
         return (self.weights_sha256 or "unknown")[:16]
 
-    def parameters(self):
+    def parameters(self) -> list[str]:
         """The Algorithm Parameters of TID 4019, as text."""
         out = [f"config: {self.config_name}", f"weights sha256: {self.weights_sha256}",
                f"reported: {self.reported}"]
@@ -43,7 +50,7 @@ class Algorithm:
             out.append(f"operating point: {self.operating_point[0]}, recall above {self.operating_point[1]:g}")
         return out
 
-    def key(self):
+    def key(self) -> tuple:
         return (self.version, self.config_name, self.weights_sha256, self.min_score, self.operating_point)
 
 
@@ -52,7 +59,7 @@ def derived_uid(*parts) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, repr(parts)).int}"
 
 
-def reference_dataset(header):
+def reference_dataset(header: Dataset) -> Dataset:
     """A copy of the source header that highdicom can take as reference: Type 2 patient and study attributes
     present (empty when the source has none); nothing else changes."""
     ref = header.copy()
@@ -62,7 +69,7 @@ def reference_dataset(header):
     return ref
 
 
-def closed_rectangle(box):
+def closed_rectangle(box: Iterable[float]) -> np.ndarray:
     """The (5, 2) (column, row) points of a box [x1, y1, x2, y2] as a closed polyline."""
     import numpy as np
 
@@ -70,6 +77,6 @@ def closed_rectangle(box):
     return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]])
 
 
-def box_tracking_uid(header, index, box, score, algorithm):
+def box_tracking_uid(header: Dataset, index: int, box: Iterable[float], score: float, algorithm: Algorithm) -> str:
     """The tracking UID of a reported box, shared by its GSPS rectangle and its SR region."""
     return derived_uid("box", str(header.SOPInstanceUID), index, tuple(box), score, algorithm.key())

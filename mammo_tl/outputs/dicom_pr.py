@@ -6,7 +6,11 @@ without an operating point, the boxes; with one, boxes above its threshold are o
 and the others on ``MAMMO_TL_BELOW`` (amber). Coordinates are PIXEL units: 0,0 is the top left corner of
 the top left pixel, as for the boxes in predictions.json.
 """
+from __future__ import annotations
+
 import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
@@ -14,12 +18,17 @@ import numpy as np
 from .dicom_common import (MANUFACTURER, NAME, PR_SERIES_NUMBER, box_tracking_uid, closed_rectangle, derived_uid,
                     reference_dataset)
 
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from .dicom_common import Algorithm
+
 LAYER, RECALL_LAYER, BELOW_LAYER = "MAMMO_TL", "MAMMO_TL_RECALL", "MAMMO_TL_BELOW"
 CONTENT_LABEL = "MAMMO_TL"
 _RED, _AMBER, _WHITE = (255, 0, 0), (255, 200, 0), (255, 255, 255)
 
 
-def box_label(score) -> str:
+def box_label(score: float) -> str:
     """The text shown beside a box: the score as predictions.json holds it (5 decimals)."""
     return f"mass {score:.5f}"
 
@@ -39,7 +48,8 @@ def _label_box(box, text, rows, cols):
     return [left, top, left + tw, min(float(rows), top + th)]
 
 
-def presentation_state(header, record, algorithm, series_uid, instance_number):
+def presentation_state(header: Dataset, record: Mapping[str, Any], algorithm: Algorithm, series_uid: str,
+                       instance_number: int) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """The GSPS of one image: ``header`` its DICOM header, ``record`` its prediction record, ``algorithm`` a
     :class:`~mammo_tl.outputs.dicom.Algorithm`."""
     threshold = algorithm.operating_point[1] if algorithm.operating_point else None

@@ -16,7 +16,11 @@ The holes are found in highdicom's encoding, and the result checked against high
 second and last box; where either differs (another highdicom), highdicom builds every group of that image.
 Groups are written with undefined lengths (PS3.5 7.5), which readers accept as they do defined ones.
 """
+from __future__ import annotations
+
 import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
@@ -30,6 +34,11 @@ from tqdm import tqdm
 
 from .dicom_common import (MANUFACTURER, NAME, SR_SERIES_NUMBER, box_tracking_uid, closed_rectangle, derived_uid,
                            reference_dataset)
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from .dicom_common import Algorithm
 
 SCORE = codes.DCM.CertaintyOfFinding
 _SIDE_CODES = {"L": codes.SCT.Left, "R": codes.SCT.Right}
@@ -60,10 +69,10 @@ class _Image:
         self.boxes = np.asarray(record["boxes"], dtype=np.float64).reshape(-1, 4)
         self.scores = [float(s) for s in record["scores"]]
 
-    def identifier(self, i):
+    def identifier(self, i: int) -> str:
         return f"mass candidate {i + 1} of image {self.n}"
 
-    def group(self, i):
+    def group(self, i: int) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
         """Box ``i``'s planar ROI group (TID 1410), built by highdicom."""
         box, s = self.boxes[i], self.scores[i]
         tracking = hd.sr.TrackingIdentifier(uid=box_tracking_uid(self.header, i, box.tolist(), s, self.algorithm),
@@ -74,7 +83,7 @@ class _Image:
             algorithm_id=self.algorithm_id, finding_sites=self.sites,
             measurements=[hd.sr.Measurement(SCORE, s, codes.UCUM.NoUnits)])
 
-    def empty_group(self):
+    def empty_group(self) -> hd.sr.MeasurementsAndQualitativeEvaluations:
         """The image-level group (TID 1501) of an image without a reported box."""
         tracking = hd.sr.TrackingIdentifier(uid=derived_uid("no box", str(self.header.SOPInstanceUID),
                                                             self.algorithm.key()),
@@ -119,7 +128,7 @@ class _Layout:
     def __init__(self, image, encodings, parts):
         self.image, self.encodings, self.parts = image, encodings, parts
 
-    def values(self, i):
+    def values(self, i: int) -> dict[tuple[int, str], Any]:
         """{(tag, VR): value} of box ``i``, as highdicom sets them (TextContentItem, UIDRefContentItem,
         NumContentItem, ScoordContentItem)."""
         im, box, s = self.image, self.image.boxes[i], self.image.scores[i]
@@ -129,7 +138,7 @@ class _Layout:
                 (_GRAPHIC_DATA, "FL"): closed_rectangle(box).flatten().tolist()}
 
     @classmethod
-    def of(cls, image, encodings):
+    def of(cls, image: _Image, encodings: str | Sequence[str]) -> _Layout | None:
         layout = cls(image, encodings, None)
         encoded = _encode_group(image.group(0)[0], encodings)
         holes = []
@@ -149,13 +158,14 @@ class _Layout:
                 return None
         return layout
 
-    def encode(self, i):
+    def encode(self, i: int) -> bytes:
         values = self.values(i)
         return b"".join(p if isinstance(p, bytes) else _encode_element(*p, values[p], self.encodings)
                         for p in self.parts)
 
 
-def measurement_report(images, algorithm, series_uid, instance_number):
+def measurement_report(images: Sequence[tuple[Dataset, Mapping[str, Any]]], algorithm: Algorithm, series_uid: str,
+                       instance_number: int) -> hd.sr.Comprehensive3DSR:
     """The report of one study: ``images`` is [(DICOM header, prediction record)] of its predicted images,
     ``algorithm`` a :class:`~mammo_tl.outputs.dicom.Algorithm`."""
     refs = [reference_dataset(h) for h, _ in images]

@@ -9,9 +9,13 @@ CSV cells: text that a spreadsheet would read as a formula (starting with ``=``,
 or a carriage return, e.g. a --patients id) is written with a leading ``'``, as OWASP's CSV injection
 guidance says; the JSON files keep the text as it is.
 """
+from __future__ import annotations
+
 import csv
 import io
 from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 RECALL, NO_RECALL = "recall", "no recall"
 SIDES = (("L", "left"), ("R", "right"))
@@ -19,22 +23,23 @@ _RECORD_ONLY = ("status", "unknown_patient")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def csv_cell(text) -> str:
+def csv_cell(text: Any) -> str:
     """``text`` safe to open in a spreadsheet: a leading ``'`` when it starts like a formula."""
     text = str(text)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def image_score(record) -> float:
+def image_score(record: Mapping[str, Any]) -> float:
     """The image's highest box score; records of runs before ``max_score`` existed give it from ``scores``."""
     return float(record.get("max_score", max(record["scores"], default=0.0)))
 
 
-def decision(score, threshold) -> str:
+def decision(score: float, threshold: float) -> str:
     return RECALL if score > threshold else NO_RECALL
 
 
-def build(files, records, threshold=None):
+def build(files: Sequence[str], records: Mapping[str, Mapping[str, Any]],
+          threshold: float | None = None) -> dict[str, Any]:
     """The tables of a run, in input order: {"predictions", "skipped", "patients", "summary"}.
 
     ``records``: file name -> prediction record (see :mod:`mammo_tl.outputs`). ``patients``: one dict per
@@ -76,14 +81,14 @@ def build(files, records, threshold=None):
             "patients": [patients[k] for k in sorted(patients)], "summary": summary}
 
 
-def recall_counts(patients):
+def recall_counts(patients: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """{"patients_recalled", "breasts", "breasts_recalled"} of :func:`build`'s patients at a threshold."""
     breasts = [p[f"{side}_decision"] for p in patients for side, _ in SIDES if f"{side}_decision" in p]
     return {"patients_recalled": sum(p["decision"] == RECALL for p in patients), "breasts": len(breasts),
             "breasts_recalled": breasts.count(RECALL)}
 
 
-def patients_csv(patients, with_decisions=False):
+def patients_csv(patients: Sequence[Mapping[str, Any]], with_decisions: bool = False) -> str:
     """patients.csv: patient_id, score; with decisions also decision and, per side, its score and decision
     (empty when no image of that side was predicted). Patient ids go through :func:`csv_cell`; a row with a
     carriage return in a cell is written fully quoted (csv quotes only the line terminator, a newline)."""

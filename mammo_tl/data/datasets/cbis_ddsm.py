@@ -14,11 +14,15 @@ boxes (from the mask's extent; a mask whose size differs from its image is resca
 an image whose findings are all BENIGN or BENIGN_WITHOUT_CALLBACK becomes a negative image with its
 annotations removed (the paper's DDSM protocol). ``patient_id`` is the CBIS patient, e.g. "P_00001".
 """
+from __future__ import annotations
+
 import csv
 import logging
 import os
 import re
 from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -39,7 +43,7 @@ _STUDY = re.compile(r"-(\d{5})$")
 _SERIES = re.compile(r"^\d+\.\d+-(.+)-(\d{5})$")
 
 
-def read_cbis_csv(path):
+def read_cbis_csv(path: str) -> tuple[str, list[dict[str, Any]]]:
     """Rows of one case-description CSV as dicts with stripped values (``None`` for NA), plus its kind
     ("mass" or "calc") and a ``row`` number (1 = first data row)."""
     try:
@@ -97,7 +101,7 @@ class SeriesIndex:
             if s and r:
                 self.by_nbia[(subject, s.group(1), r.group(2))] += files
 
-    def series_files(self, csv_path):
+    def series_files(self, csv_path: str) -> list[str]:
         parts = csv_path.strip().replace("\\", "/").split("/")
         if len(parts) != 4:
             raise DatasetError(f"path {csv_path!r} does not have the 4 components Subject/Study/Series/file")
@@ -112,7 +116,8 @@ def _read_pixels(path):
     return pydicom.dcmread(path).pixel_array
 
 
-def mask_box(files, full_shape, report, what):
+def mask_box(files: Sequence[str], full_shape: tuple[int, int], report: SkipReport,
+             what: str) -> tuple[list[float] | None, str | None]:
     """Box [x1, y1, x2, y2] in full-image pixels from the ROI mask among ``files`` (told by content)."""
     masks, empty = [], []
     for f in files:
@@ -139,7 +144,8 @@ def mask_box(files, full_shape, report, what):
     return clip_box(box, w, h), None
 
 
-def load_cbis_ddsm(root, csv_files, strict=False, report=None, progress=True):
+def load_cbis_ddsm(root: str, csv_files: str | Iterable[str], strict: bool = False, report: SkipReport | None = None,
+                   progress: bool = True) -> list[dict]:
     """Dataset dicts from CBIS-DDSM CSVs (any of the four) and the DICOMs under ``root``.
 
     Each record: file_name (full-field DICOM), height, width, image_id (the image's TCIA subject, e.g.
@@ -217,12 +223,13 @@ def _note_cross_subset_duplicates(records, report):
         report.note(f"patient/side/view in both mass and calc subsets (kept as separate images): {n}")
 
 
-def register_cbis_ddsm(name, root, csv_files, cache=None, **kwargs):
+def register_cbis_ddsm(name: str, root: str, csv_files: str | Iterable[str], cache: str | None = None,
+                       **kwargs) -> None:
     """Register ``name``; with ``cache`` (a JSON path) the conversion runs once and is reused for as long
     as the CSVs (path, size, mtime), ``root`` and the options are the ones it was made from."""
     csv_files = [csv_files] if isinstance(csv_files, str) else list(csv_files)
 
-    def load():
+    def load() -> list[dict]:
         key = cache_key(root=os.path.abspath(root), csv=[file_key(p) for p in csv_files],
                         options={k: v for k, v in kwargs.items() if k != "report"})
         key_file = f"{cache}.key" if cache else None

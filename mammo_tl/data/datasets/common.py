@@ -1,17 +1,22 @@
 """Shared pieces of the dataset converters: skip reports, patient-disjointness, registration, CSV reading,
 cache keys (records themselves: mammo_tl.data.records)."""
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 # the record helpers live in mammo_tl.data.records; the converters and tools import them from here too
 from ..records import (CLASS_NAME, LATERALITY, DatasetError, box_annotation, clip_box, export_coco,  # noqa: F401
                        is_negative, laterality, load_records, save_records, validate_records)
 
 logger = logging.getLogger(__name__)
-# The one class mammo_tl detects (category_id 0 in records, 1 in COCO files).
+
+
 class SkipReport:
     """Counts what a converter leaves out, with the reason, so nothing is dropped silently.
 
@@ -24,32 +29,32 @@ class SkipReport:
         self.skipped = []  # (what, reason)
         self.notes = Counter()  # things kept but worth knowing (e.g. rescaled masks)
 
-    def skip(self, what, reason):
+    def skip(self, what: Any, reason: str) -> None:
         if self.strict:
             raise DatasetError(f"{what}: {reason}")
         self.skipped.append((str(what), reason))
 
-    def note(self, kind, what=None):
+    def note(self, kind: str, what: Any = None) -> None:
         self.notes[kind] += 1
         if what is not None:
             logger.info("%s: %s (%s)", self.name, kind, what)
 
-    def by_reason(self):
+    def by_reason(self) -> Counter[str]:
         return Counter(reason.split(":")[0] for _, reason in self.skipped)
 
-    def log(self, num_records):
+    def log(self, num_records: int) -> None:
         reasons = self.by_reason()
         logger.info("%s: %d images kept, %d skipped%s%s", self.name, num_records, len(self.skipped),
                     "".join(f"; {n} x {r}" for r, n in reasons.most_common()),
                     "".join(f"; {n} x {k}" for k, n in self.notes.most_common()))
 
-    def to_dict(self, num_records):
+    def to_dict(self, num_records: int) -> dict[str, Any]:
         return {"dataset": self.name, "kept": num_records, "skipped": len(self.skipped),
                 "skipped_by_reason": dict(self.by_reason()), "notes": dict(self.notes),
                 "skipped_items": [{"item": w, "reason": r} for w, r in self.skipped]}
 
 
-def patient_key(patient_id):
+def patient_key(patient_id: Any) -> str:
     """The key patients are grouped by in splits and overlap checks: the id with Unicode compatibility forms folded,
     surrounding and repeated white space removed, and case ignored. "P001", "p001" and "P001 " are one patient: two
     spellings of one person's id put on both sides of a split would leak that patient into the test set, while
@@ -59,7 +64,7 @@ def patient_key(patient_id):
     return " ".join(unicodedata.normalize("NFKC", str(patient_id)).split()).casefold()
 
 
-def patient_id_variants(records):
+def patient_id_variants(records: Iterable[Mapping]) -> dict[str, list[str]]:
     """{key: sorted distinct patient ids} for every :func:`patient_key` spelled more than one way in ``records``."""
     spellings = defaultdict(set)
     for r in records:
@@ -67,7 +72,7 @@ def patient_id_variants(records):
     return {k: sorted(v) for k, v in sorted(spellings.items()) if len(v) > 1}
 
 
-def check_patient_disjoint(splits):
+def check_patient_disjoint(splits: Mapping[str, Iterable[Mapping]]) -> None:
     """splits: split name -> records. Raises DatasetError naming patients found in more than one split, patients
     compared by :func:`patient_key` (ids differing only in case or white space are one patient)."""
     where = defaultdict(set)
@@ -79,7 +84,7 @@ def check_patient_disjoint(splits):
             seen[key].add((str(r["patient_id"]), split))
     shared = sorted(p for p, s in where.items() if len(s) > 1)
 
-    def show(key):
+    def show(key: str) -> str:
         ids = sorted({i for i, _ in seen[key]})
         if len(ids) == 1:
             return f"{ids[0]} ({'/'.join(sorted(where[key]))})"
@@ -92,18 +97,18 @@ def check_patient_disjoint(splits):
                            f"{' ...' if len(shared) > 20 else ''}")
 
 
-def file_key(path):
+def file_key(path: str | os.PathLike) -> list:
     """What identifies a file's content cheaply: absolute path, size and modification time (ns)."""
     st = os.stat(path)
     return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
 
 
-def cache_key(**parts):
+def cache_key(**parts) -> str:
     """A stable hash of everything a cached artefact was made from (JSON-serialisable parts)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def register_records(name, loader, **metadata):
+def register_records(name: str, loader: Callable[[], list[dict]], **metadata) -> None:
     """Register a loader under ``name`` with the single class mammo_tl detects."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -111,7 +116,7 @@ def register_records(name, loader, **metadata):
     MetadataCatalog.get(name).set(thing_classes=[CLASS_NAME], evaluator_type="coco", **metadata)
 
 
-def register_json_datasets(entries):
+def register_json_datasets(entries: Iterable[str]) -> None:
     """Register each "name=path/records.json" (config key DATASETS.REGISTER_JSON). A name already
     registered for the same file is left alone; for another file it is an error (never a silent reuse).
 
@@ -139,7 +144,8 @@ def register_json_datasets(entries):
         register_records(name, lambda p=path: load_records(p), records_file=path)
 
 
-def read_csv_rows(path, required, delimiter=",", hint=""):
+def read_csv_rows(path: str | os.PathLike, required: Iterable[str], delimiter: str = ",",
+                  hint: str = "") -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (row number from 1, row with stripped values) of a UTF-8 CSV whose header must hold
     ``required``; otherwise raise DatasetError naming the file (and the missing columns or bad row)."""
     import csv

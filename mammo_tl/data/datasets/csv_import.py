@@ -6,6 +6,8 @@ for an image with malignant lesions, 0 for a negative image. ``boxes``: ``x1 y1 
 pixels, several separated by ``;`` (required when label is 1, empty when 0). A record's ``image_id`` is its
 ``path`` as written in the CSV, so it does not change when rows are reordered.
 """
+from __future__ import annotations
+
 import os
 
 from ..image_io import image_size
@@ -15,7 +17,7 @@ from .common import (DatasetError, SkipReport, box_annotation, laterality, read_
 REQUIRED = ["patient_id", "path", "laterality", "view", "label"]
 
 
-def parse_boxes(text, where):
+def parse_boxes(text: str | None, where: str) -> list[list[float]]:
     boxes = []
     for part in (text or "").split(";"):
         if not part.strip():
@@ -30,7 +32,7 @@ def parse_boxes(text, where):
     return boxes
 
 
-def load_csv_dataset(csv_file, strict=False, report=None):
+def load_csv_dataset(csv_file: str, strict: bool = False, report: SkipReport | None = None) -> list[dict]:
     report = report or SkipReport(os.path.basename(csv_file), strict)
     base = os.path.dirname(os.path.abspath(csv_file))
     records = []
@@ -70,5 +72,5 @@ def load_csv_dataset(csv_file, strict=False, report=None):
     return validate_records(records, os.path.basename(csv_file), report=report)
 
 
-def register_csv_dataset(name, csv_file, **kwargs):
+def register_csv_dataset(name: str, csv_file: str, **kwargs) -> None:
     register_records(name, lambda: load_csv_dataset(csv_file, **kwargs), csv_file=csv_file)

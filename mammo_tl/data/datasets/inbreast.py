@@ -7,11 +7,14 @@ Images with BI-RADS >= ``min_positive_birads`` (default 4) and at least one targ
 positive; images with BI-RADS 1 to 3 are negative with their annotations removed (configurable).
 The patient is the hash in the file name (the CSV's Patient ID is "removed").
 """
+from __future__ import annotations
+
 import glob
 import logging
 import os
 import plistlib
 import re
+from collections.abc import Collection
 
 from ..image_io import image_size
 from .common import (DatasetError, SkipReport, box_annotation, clip_box, laterality,
@@ -29,7 +32,7 @@ def _birads_level(value, where):
     return int(m.group(1))
 
 
-def read_rois(xml_path):
+def read_rois(xml_path: str) -> list[tuple[str, list[tuple[float, float]]]]:
     """[(name, [(x, y), ...]), ...] of an OsiriX ROI plist."""
     try:
         with open(xml_path, "rb") as f:
@@ -50,8 +53,9 @@ def read_rois(xml_path):
     return out
 
 
-def load_inbreast(root, target_names=("Mass",), min_positive_birads=4, negative_birads=(1, 2, 3),
-                  strict=False, report=None):
+def load_inbreast(root: str, target_names: Collection[str] = ("Mass",), min_positive_birads: int = 4,
+                  negative_birads: Collection[int] = (1, 2, 3), strict: bool = False,
+                  report: SkipReport | None = None) -> list[dict]:
     report = report or SkipReport("inbreast", strict)
     csv_path = os.path.join(root, "INbreast.csv")
     if not os.path.exists(csv_path):
@@ -103,5 +107,5 @@ def load_inbreast(root, target_names=("Mass",), min_positive_birads=4, negative_
     return validate_records(records, "inbreast", report=report)
 
 
-def register_inbreast(name, root, **kwargs):
+def register_inbreast(name: str, root: str, **kwargs) -> None:
     register_records(name, lambda: load_inbreast(root, **kwargs), root=root)

@@ -3,6 +3,8 @@
 Sets live under ``$MAMMO_TL_DATASETS/synthetic/<split>`` (default ``./datasets``) and are generated,
 deterministically, the first time they are asked for.
 """
+from __future__ import annotations
+
 import logging
 import os
 import threading
@@ -41,16 +43,16 @@ BUILTIN_SYNTHETIC.update({
 _lock = threading.Lock()
 
 
-def synthetic_root(name):
+def synthetic_root(name: str) -> str:
     base = os.environ.get("MAMMO_TL_DATASETS", "datasets")
     return os.path.join(base, "synthetic", name.replace("mammo_synth_", ""))
 
 
-def register_synthetic(name, root, spec: SyntheticSpec = None):
+def register_synthetic(name: str, root: str, spec: SyntheticSpec | None = None) -> None:
     """Register ``name`` for the set in ``root``; with ``spec``, generate it there when missing or made
     from another spec (another protocol included) or generator version."""
 
-    def load():
+    def load() -> list[dict]:
         if spec is not None and not matches_spec(root, spec):
             with _lock:
                 if not matches_spec(root, spec):
@@ -65,7 +67,7 @@ def register_synthetic(name, root, spec: SyntheticSpec = None):
     register_records(name, load, root=root)
 
 
-def register_builtin():
+def register_builtin() -> None:
     for name, spec in BUILTIN_SYNTHETIC.items():
         if name not in DatasetCatalog:
             register_synthetic(name, synthetic_root(name), spec)

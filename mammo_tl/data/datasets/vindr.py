@@ -8,11 +8,14 @@ breasts), their benign findings' boxes removed: they hold exactly the look-alike
 An image with a suspicious finding that is not a target (e.g. a BI-RADS 4 calcification only) is neither,
 and is skipped with that reason. Boxes are clipped to the image. The study is the patient.
 """
+from __future__ import annotations
+
 import ast
 import logging
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from .common import (DatasetError, SkipReport, box_annotation, clip_box, laterality, read_csv_rows,
                      register_records, validate_records)
@@ -43,8 +46,9 @@ def _categories(value, where):
     return [str(c).strip() for c in cats]
 
 
-def load_vindr_mammo(root, csv_file=None, split=None, target_categories=("Mass",), target_birads=(4, 5),
-                     strict=False, report=None, check_files=True):
+def load_vindr_mammo(root: str, csv_file: str | None = None, split: str | None = None,
+                     target_categories: Iterable[str] = ("Mass",), target_birads: Iterable[int | str] = (4, 5),
+                     strict: bool = False, report: SkipReport | None = None, check_files: bool = True) -> list[dict]:
     """Dataset dicts for VinDr-Mammo; ``split`` "training", "test" or None (both), as in the CSV."""
     report = report or SkipReport("vindr_mammo", strict)
     csv_file = csv_file or os.path.join(root, "finding_annotations.csv")
@@ -115,7 +119,7 @@ def load_vindr_mammo(root, csv_file=None, split=None, target_categories=("Mass",
     return validate_records(records, "vindr_mammo", report=report)
 
 
-def register_vindr_mammo(root, prefix="vindr_mammo", **kwargs):
+def register_vindr_mammo(root: str, prefix: str = "vindr_mammo", **kwargs) -> None:
     """Registers ``<prefix>_train`` and ``<prefix>_test`` (the official split)."""
     for name, split in ((f"{prefix}_train", "training"), (f"{prefix}_test", "test")):
         register_records(name, lambda s=split: load_vindr_mammo(root, split=s, **kwargs), root=root)
