@@ -98,6 +98,17 @@ class FileIdentity(NamedTuple):
     sha256: str
 
 
+def _read_whole(path):
+    """(the file's bytes, their :class:`FileIdentity`), from one read."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as e:
+        raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
+    return data, FileIdentity(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+
 def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None = None,
                                  keep_integers: bool = False) -> tuple[StoredImage, FileIdentity]:
     """(:class:`StoredImage`, :class:`FileIdentity`) of an input: the identity describes exactly the bytes
@@ -109,13 +120,7 @@ def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None
     path = str(path)
     if is_dicom_path(path):
         check_regular_file(path)
-        try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read()
-        except OSError as e:
-            raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
-        identity = FileIdentity(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+        data, identity = _read_whole(path)
         stored = StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers, data=data))
         return stored, identity
     check_regular_file(path)
@@ -123,18 +128,12 @@ def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None
     if size is not None:
         w, h = size
         check_pixel_budget(path, w * h, f"{w} x {h}", max_pixels)
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
-    except OSError as e:
-        raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
+    data, identity = _read_whole(path)
     # the budget again, on the bytes decoded: the file may have been replaced since its header was read
     size = _header_size(path, max_pixels, data)
     if size is not None:
         w, h = size
         check_pixel_budget(path, w * h, f"{w} x {h}", max_pixels)
-    identity = FileIdentity(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest())
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
         raise ImageReadError(path, "not a readable image (OpenCV could not decode it)")
