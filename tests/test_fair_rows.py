@@ -137,7 +137,7 @@ def test_similarity_loss_sees_the_suspected_targets_with_or_without_forced_sampl
     same foreground proposals; K <= 16 < NUM_TOP_PROPOSALS 32), while the classification loss differs (other
     RoIs of the negative image). Before the rows were pooled apart, X2 was the top of randomly sampled RoIs."""
     import mammo_tl.modeling.roi_heads as roi_heads
-    from tests.test_modeling import _losses, _pair
+    from tests.test_modeling import _losses, _pair, twin_models
 
     seen, original = [], roi_heads.similarity_loss
 
@@ -150,11 +150,7 @@ def test_similarity_loss_sees_the_suspected_targets_with_or_without_forced_sampl
               "penultimate"]
     on = tiny_cfg(opts=[*common, "MODEL.ROI_HEADS.SUSPECTED_TARGET.FORCE_TOP_PROPOSALS", True])
     off = tiny_cfg(opts=[*common, "MODEL.ROI_HEADS.SUSPECTED_TARGET.FORCE_TOP_PROPOSALS", False])
-    torch.manual_seed(2)
-    model_on = build_model(on)
-    model_off = build_model(off)
-    model_off.load_state_dict(model_on.state_dict())
-    model_on.train(), model_off.train()
+    model_on, model_off = twin_models(on, off, seed=2)
     batch = _pair(on)
     a, b = _losses(model_on, batch, seed=5), _losses(model_off, batch, seed=5)
     (x1_on, x2_on), (x1_off, x2_off) = seen

@@ -54,6 +54,16 @@ def _pair(cfg):
     return [mapper(positives[0]), mapper(negatives[0])]
 
 
+def twin_models(cfg_a, cfg_b, seed):
+    """Models of two configs with the same weights (those of ``cfg_a``'s, built after ``torch.manual_seed(seed)``),
+    in training mode."""
+    torch.manual_seed(seed)
+    a, b = build_model(cfg_a), build_model(cfg_b)
+    b.load_state_dict(a.state_dict())
+    a.train(), b.train()
+    return a, b
+
+
 def _losses(model, batch, seed=0):
     torch.manual_seed(seed)
     with EventStorage():
@@ -100,11 +110,7 @@ def test_components_switched_off_equal_detectron2(tiny_datasets):
     off = tiny_cfg(opts=["MODEL.RPN.TOP_LIKELIHOOD.ENABLED", False, "MODEL.ROI_HEADS.SIMILARITY.ENABLED", False,
                          "MODEL.ROI_HEADS.SUSPECTED_TARGET.NUM_TOP_PROPOSALS", 0])
     vanilla = tiny_cfg(opts=["MODEL.PROPOSAL_GENERATOR.NAME", "RPN", "MODEL.ROI_HEADS.NAME", "StandardROIHeads"])
-    torch.manual_seed(1)
-    model_off = build_model(off)
-    model_std = build_model(vanilla)
-    model_std.load_state_dict(model_off.state_dict())
-    model_off.train(), model_std.train()
+    model_off, model_std = twin_models(off, vanilla, seed=1)
     batch = _pair(off)
     a, b = _losses(model_off, batch, seed=3), _losses(model_std, batch, seed=3)
     assert set(b) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}

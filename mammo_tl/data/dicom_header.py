@@ -8,7 +8,6 @@ rest of mammo_tl takes from it is the patient id, the side and the view, each wi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -17,7 +16,7 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .image_checks import ImageReadError, check_regular_file
+from .image_checks import ImageReadError, check_regular_file, read_whole_file
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -90,17 +89,13 @@ def read_header_and_hash(path: str | os.PathLike) -> tuple[Dataset, str, int]:
 
     path = str(path)
     check_regular_file(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
+    data, identity = read_whole_file(path)
     with quiet():
         try:
             header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         except Exception as e:  # truncated or mangled headers surface as many exception types
             raise ImageReadError(path, f"DICOM header cannot be read ({type(e).__name__})") from None
-    return header, hashlib.sha256(data).hexdigest(), len(data)
+    return header, identity.sha256, identity.size
 
 
 def uid_problem(value: Any) -> str | None:

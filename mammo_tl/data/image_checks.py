@@ -2,8 +2,10 @@
 (image_io.py, dicom.py, dicom_header.py) so they need not import each other."""
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+from typing import NamedTuple
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 # The readers' default pixel budget (rows x columns x frames), checked from the header before decoding: a
@@ -50,3 +52,24 @@ def check_pixel_budget(path: str | os.PathLike, pixels: int, shape_text: str, ma
     if pixels > limit:
         raise error(path, f"{shape_text} = {pixels:,} pixels, over the limit of {limit:,} pixels (max_pixels); "
                           "not decoded", kind="too_many_pixels")
+
+
+class FileIdentity(NamedTuple):
+    """What a prediction is keyed by: the bytes that were decoded (``sha256``) and the file's size and
+    modification time (ns) when they were read."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+def read_whole_file(path: str) -> tuple[bytes, FileIdentity]:
+    """(the file's bytes, their :class:`FileIdentity`), from one read; :class:`ImageReadError` naming the file
+    when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as e:
+        raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
+    return data, FileIdentity(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest())

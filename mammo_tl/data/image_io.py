@@ -7,7 +7,6 @@ data set converters. The checks every reader makes before decoding, and ImageRea
 image_checks.py (re-exported here)."""
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -18,6 +17,7 @@ import numpy as np
 
 from .dicom import read_dicom
 from .dicom_header import read_header
+from .image_checks import FileIdentity, read_whole_file
 from .image_checks import (DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, ImageReadError, check_pixel_budget,  # noqa: F401
                            check_regular_file, is_dicom_path)
 
@@ -89,26 +89,6 @@ def read_stored_image(path: str | os.PathLike, max_pixels: int | None = None,
     return StoredImage(*_pixels_and_meta(img, keep_integers))
 
 
-class FileIdentity(NamedTuple):
-    """What a prediction is keyed by: the bytes that were decoded (``sha256``) and the file's size and
-    modification time (ns) when they were read."""
-
-    size: int
-    mtime_ns: int
-    sha256: str
-
-
-def _read_whole(path):
-    """(the file's bytes, their :class:`FileIdentity`), from one read."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
-    except OSError as e:
-        raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
-    return data, FileIdentity(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest())
-
-
 def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None = None,
                                  keep_integers: bool = False) -> tuple[StoredImage, FileIdentity]:
     """(:class:`StoredImage`, :class:`FileIdentity`) of an input: the identity describes exactly the bytes
@@ -120,7 +100,7 @@ def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None
     path = str(path)
     if is_dicom_path(path):
         check_regular_file(path)
-        data, identity = _read_whole(path)
+        data, identity = read_whole_file(path)
         stored = StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers, data=data))
         return stored, identity
     check_regular_file(path)
@@ -128,7 +108,7 @@ def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None
     if size is not None:
         w, h = size
         check_pixel_budget(path, w * h, f"{w} x {h}", max_pixels)
-    data, identity = _read_whole(path)
+    data, identity = read_whole_file(path)
     # the budget again, on the bytes decoded: the file may have been replaced since its header was read
     size = _header_size(path, max_pixels, data)
     if size is not None:

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing import Pool
@@ -33,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..files import LOCK_NAME, FolderLock, FolderLocked, lock_holder, sha256_file
+from ..files import atomic_write_bytes as atomic_write  # the name tools/prepare_dataset.py imports
 from .records import box_annotation, save_records
 from .image_io import ImageReadError, check_regular_file, read_image
 from .preprocess import MammoTransform, preprocess
@@ -99,20 +99,6 @@ def _options(size, crop, flip):
 
 def _entry_name(key):
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it: readers see the old file or the
-    whole new one, never a part."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _source_key(st, path, options):

@@ -19,7 +19,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import ConfigFileError, differing_keys, flatten_config, get_mammo_tl_cfg
-from ..files import FolderLock, FolderLocked, atomic_write_bytes, atomic_write_text
+from ..files import FolderLock, FolderLocked, atomic_write_bytes
 from ..data.datasets.common import DatasetError, register_json_datasets
 from ..evaluation.operating_points import OperatingPointError
 from .checkpoint import WeightsError, load_model_weights
@@ -106,7 +106,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
     default_setup(cfg, args)
     if kept is not None:  # the training run's config.yaml stays what --resume checks; this run's goes beside it
         saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, EVAL_CONFIG), cfg.dump())
+        atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, EVAL_CONFIG), cfg.dump().encode("utf-8"))
         atomic_write_bytes(saved, kept)
         logging.getLogger(__name__).info("--eval-only into the training run %s: its config.yaml kept, this "
                                          "evaluation's config saved as %s", cfg.OUTPUT_DIR, EVAL_CONFIG)
