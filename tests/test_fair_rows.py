@@ -160,3 +160,20 @@ def test_similarity_loss_sees_the_suspected_targets_with_or_without_forced_sampl
     assert b["loss_sim"].item() == pytest.approx(a["loss_sim"].item(), rel=1e-5)
     assert b["loss_cls"].item() != pytest.approx(a["loss_cls"].item(), rel=1e-6)
     assert model_off.roi_heads.__dict__.get("_suspected_targets") is None  # consumed by the step
+
+
+def test_screening_rows_differ_from_the_ddsm_rows_by_their_data_only():
+    """configs/synthetic_screening/: rows a and d of the fair comparison on the screening protocol's sets. Each
+    differs from its configs/synthetic_ddsm/ row by the data sets alone, so both see one positive image per step,
+    and a -> d changes the same keys under both protocols."""
+    for row in ("a_positives_only", "d_tl_similarity"):
+        ddsm = flatten_config(_cfg(f"synthetic_ddsm/{row}.yaml"))
+        screening_cfg = _cfg(f"synthetic_screening/{row}.yaml")
+        assert set(differing_keys(ddsm, flatten_config(screening_cfg), ignore=("OUTPUT_DIR",))) == {
+            "DATASETS.TRAIN", "DATASETS.TEST"}, row
+        assert screening_cfg.DATASETS.TRAIN == ("mammo_synth_train",), row
+        assert screening_cfg.DATASETS.TEST == ("mammo_synth_test",), row
+        assert positive_images_per_run(screening_cfg) == 600, row
+    a, d = (flatten_config(_cfg(f"synthetic_screening/{r}.yaml")) for r in ("a_positives_only", "d_tl_similarity"))
+    a_ddsm, d_ddsm = (flatten_config(_cfg(f"synthetic_ddsm/{r}.yaml")) for r in ("a_positives_only", "d_tl_similarity"))
+    assert differing_keys(a, d, ignore=("OUTPUT_DIR",)) == differing_keys(a_ddsm, d_ddsm, ignore=("OUTPUT_DIR",))
