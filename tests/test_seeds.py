@@ -219,7 +219,8 @@ def test_demo_over_seeds_as_typed(tiny_datasets, tmp_path):
     opts = [v for i, v in enumerate(opts) if not (v == "SEED" or (i and opts[i - 1] == "SEED"))]
     out = tmp_path / "demo"
     cmd = [sys.executable, "tools/demo.py", "--output", str(out), "--seeds", "0", "1", "--bootstrap", "20",
-           "--validation-set", "sd_val", "--configs", config_path("synthetic/a_positives_only.yaml"), "--opts", *opts]
+           "--jobs", "1", "--validation-set", "sd_val", "--configs", config_path("synthetic/a_positives_only.yaml"),
+           "--opts", *opts]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     per_seed = {}

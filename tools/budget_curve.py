@@ -21,7 +21,7 @@ from detectron2.utils.logger import setup_logger
 from mammo_tl.config import ConfigFileError
 from mammo_tl.data.datasets.common import DatasetError
 from mammo_tl.engine.budget_curve import BudgetError, parse_budgets, run_budget_curve, write_budget_curve
-from mammo_tl.engine.demo import VALIDATION_SET
+from mammo_tl.engine.demo import DEMO_JOBS, VALIDATION_SET
 from mammo_tl.engine.experiments import RunMismatch, config_name
 
 if __name__ == "__main__":
@@ -32,9 +32,13 @@ if __name__ == "__main__":
                    help="training lengths and their seeds, e.g. 600:0,1 1200:0,1 2400:0")
     p.add_argument("--validation-set", default=VALIDATION_SET, help="registered set the operating points are chosen on")
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--jobs", type=int, default=DEMO_JOBS,
+                   help=f"trainings run at once, each with the CPU cores shared out (default {DEMO_JOBS})")
     p.add_argument("--table-only", action="store_true", help="only write the table and plot from the runs there")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
     a = p.parse_args()
+    if a.jobs < 1:
+        p.error(f"--jobs {a.jobs}: at least 1")
     try:
         budgets = parse_budgets(a.budgets)
     except BudgetError as e:
@@ -45,10 +49,11 @@ if __name__ == "__main__":
             write_budget_curve(a.output, [config_name(c) for c in a.configs], budgets)
         else:
             run_budget_curve(a.output, a.configs, budgets, extra_opts=a.opts, bootstrap=a.bootstrap,
-                             validation_set=a.validation_set)
+                             validation_set=a.validation_set, jobs=a.jobs)
     except (BudgetError, RunMismatch, ConfigFileError, DatasetError) as e:
         p.exit(2, f"budget_curve.py: error: {e}\n")
     except subprocess.CalledProcessError as e:
         p.exit(1, f"budget_curve.py: error: a training exited with status {e.returncode} ({' '.join(e.cmd)}); its "
-                  "OUTPUT_DIR's log.txt says why; run the same command again to resume\n")
+                  f"OUTPUT_DIR's log.txt{' and ' + e.output.split()[-1] if e.output else ''} say why; run the same "
+                  "command again to resume\n")
     print(f"wrote {a.output}/budget_curve.csv, .md, .json and .png")

@@ -66,7 +66,8 @@ def budget_dir(output: str, iters: int) -> str:
 
 
 def run_budget_curve(output: str, configs: Sequence[str], budgets: Sequence[tuple[int, list[int]]],
-                     extra_opts: Sequence[str] = (), bootstrap: int = 1000, validation_set: str | None = None) -> list:
+                     extra_opts: Sequence[str] = (), bootstrap: int = 1000, validation_set: str | None = None,
+                     jobs: int = 1) -> list:
     """Train and evaluate ``configs`` at every length of ``budgets`` (see the module docstring), then write the
     table and the plot; returns the table's rows."""
     from .demo import VALIDATION_SET, run_demo
@@ -74,7 +75,7 @@ def run_budget_curve(output: str, configs: Sequence[str], budgets: Sequence[tupl
     for iters, seeds in budgets:
         print(f"[budget] {iters} iterations, seeds {seeds}: {budget_dir(output, iters)}", flush=True)
         run_demo(budget_dir(output, iters), configs, extra_opts=[*extra_opts, *budget_opts(iters)],
-                 bootstrap=bootstrap, seeds=seeds, validation_set=validation_set or VALIDATION_SET)
+                 bootstrap=bootstrap, seeds=seeds, validation_set=validation_set or VALIDATION_SET, jobs=jobs)
     return write_budget_curve(output, [config_name(c) for c in configs], budgets)
 
 

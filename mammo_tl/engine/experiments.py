@@ -16,7 +16,7 @@ are whatever the configs name, the same for every seed. The paper's rows (a)-(d)
 on the built-in synthetic mammograms (12 runs of about 7 minutes on a 2-core CPU, 3 on a GPU; the demo's form also
 chooses each run's operating points on mammo_synth_val):
 
-    python tools/demo.py --output output/ablation_synthetic --seeds 0 1 2 \\
+    python tools/demo.py --output output/ablation_synthetic --seeds 0 1 2 --validation-set mammo_synth_val \\
         --configs configs/synthetic/a_positives_only.yaml configs/synthetic/b_with_negatives.yaml \\
         configs/synthetic/c_top_likelihood.yaml configs/synthetic/d_tl_similarity.yaml
 
@@ -172,7 +172,7 @@ def check_rows(configs: Sequence[str], output: str, extra_opts: Sequence[str], s
 def run_rows(configs: Sequence[str], output: str, extra_opts: Sequence[str] = (), bootstrap: int = 1000,
              title: str = "mammo_tl results", num_gpus: int = 1, tag: str = "rows",
              after_training: Callable[[str, list[str], str], Any] | None = None, seeds: Sequence[int] | None = None,
-             note: str | None = None) -> dict[str, Any]:
+             note: str | None = None, jobs: int = 1) -> dict[str, Any]:
     """Train and evaluate each config file into ``output/<name>``, then write the comparison report
     (tools/report.py's layout, the first config as baseline) to ``output``. ``after_training(config_file,
     opts, run_dir)`` runs for each row once it is trained (e.g. to choose its operating points). Returns the
@@ -180,16 +180,22 @@ def run_rows(configs: Sequence[str], output: str, extra_opts: Sequence[str] = ()
 
     With ``seeds`` (a list of training seeds): each seed's rows into ``output/seed_<s>/<name>`` (config SEED
     set to s) with that seed's report in ``output/seed_<s>/``, then the aggregate over seeds (``note``: a
-    sentence on the runs for it) in ``output``; returns the aggregate's results."""
+    sentence on the runs for it) in ``output``; returns the aggregate's results.
+
+    ``jobs`` > 1 trains that many configs at once, each in its own process with the CPU cores shared out
+    (:func:`train_at_once`): on a CPU, two one-thread trainings side by side take less time than one after
+    the other with two threads each."""
     check_rows(configs, output, extra_opts, seeds)
+    if jobs < 1 or (jobs > 1 and num_gpus > 1):
+        raise ValueError(f"--jobs {jobs}: at least 1, and 1 when every training uses {num_gpus} GPUs")
     if seeds is None:
-        return _run_configs(configs, output, extra_opts, bootstrap, title, num_gpus, tag, after_training)
+        return _run_configs(configs, output, extra_opts, bootstrap, title, num_gpus, tag, after_training, jobs)
     start = time.time()
     for s in seeds:
         print(f"[{tag}] training seed {s}: {len(configs)} config(s) into "
               f"{os.path.join(output, SEED_DIR.format(s))}", flush=True)
         _run_configs(configs, os.path.join(output, SEED_DIR.format(s)), [*extra_opts, "SEED", str(int(s))],
-                     bootstrap, f"{title}, training seed {s}", num_gpus, tag, after_training)
+                     bootstrap, f"{title}, training seed {s}", num_gpus, tag, after_training, jobs)
     runs = {config_name(c): [os.path.join(output, SEED_DIR.format(s), config_name(c)) for s in seeds]
             for c in configs}
     results, md = write_aggregate_report(runs, output, bootstrap=bootstrap, title=f"{title}, over training seeds",
@@ -202,31 +208,106 @@ def run_rows(configs: Sequence[str], output: str, extra_opts: Sequence[str] = ()
     return results
 
 
-def _run_configs(configs, output, extra_opts, bootstrap, title, num_gpus, tag, after_training):
+def _plan_run(config_file, output, extra_opts, bootstrap, num_gpus, tag):
+    """(name, run folder, opts, training command or None when the run is finished and reused); refuses a folder
+    that holds another config's run or one trained on other inputs."""
+    name = config_name(config_file)
+    out = os.path.join(output, name)
+    opts = ["OUTPUT_DIR", out, "TEST.PATIENT.BOOTSTRAP", str(bootstrap), *extra_opts]
+    cfg = expected_config(config_file, opts)
+    saved = os.path.join(out, "config.yaml")
+    if os.path.exists(saved):
+        diff = config_differences(saved, cfg)
+        if diff:
+            raise RunMismatch(f"{out} holds a run of another config (differing keys: {diff[:8]}"
+                              f"{' ...' if len(diff) > 8 else ''}): choose another --output or remove {out}")
+    finished = os.path.exists(os.path.join(out, "inference", "eval_results.json")) and \
+        os.path.exists(os.path.join(out, "model_final.pth"))
+    _check_inputs(out, run_inputs(cfg), finished)
+    if finished:
+        print(f"[{tag}] {name}: already trained and evaluated in {out} with this config, reusing it", flush=True)
+        return name, out, opts, None
+    cmd = [*TRAIN_COMMAND, "--config-file", config_file, "--num-gpus", str(num_gpus)]
+    if os.path.exists(os.path.join(out, "last_checkpoint")):
+        cmd.append("--resume")
+    return name, out, opts, [*cmd, *opts]
+
+
+def threads_per_job(jobs: int, cpu_count: int | None = None) -> int:
+    """Torch threads for each of ``jobs`` trainings run at once: the CPU cores shared out, at least 1."""
+    return max(1, (cpu_count if cpu_count is not None else (os.cpu_count() or 1)) // max(1, jobs))
+
+
+TRAINING_LOG = "training_output.log"  # a training's stdout and stderr when several run at once
+
+
+def _last_iteration(run_dir):
+    """The last iteration detectron2's metrics.json records in ``run_dir`` (-1 before the first)."""
+    last = -1
+    try:
+        with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    last = max(last, int(json.loads(line).get("iteration", -1)))
+                except (ValueError, AttributeError):
+                    continue
+    except OSError:
+        pass
+    return last
+
+
+def train_at_once(trainings: Sequence[tuple[str, str, list[str], int]], jobs: int, tag: str = "rows",
+                  poll: float = 2.0) -> None:
+    """Run the training commands ``trainings`` ((name, run folder, command, iterations)) ``jobs`` at a time,
+    each with OMP_NUM_THREADS = cores / jobs unless the caller's environment sets it; each one's output goes to
+    <run folder>/training_output.log, and a progress bar per running training follows its metrics.json. When a
+    training fails, the others are stopped and CalledProcessError names the failing command and its log."""
+    from tqdm import tqdm
+
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_job(jobs)))
+    pending, running = list(trainings), []
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                name, out, cmd, iters = pending.pop(0)
+                os.makedirs(out, exist_ok=True)
+                log = open(os.path.join(out, TRAINING_LOG), "ab")
+                print(f"[{tag}] training {name} ({env['OMP_NUM_THREADS']} thread(s)): {' '.join(cmd)}; output in "
+                      f"{log.name}", flush=True)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                bar = tqdm(total=iters, desc=name, unit="it", position=len(running), leave=True)
+                running.append((name, out, cmd, proc, log, bar, time.time()))
+            time.sleep(poll)
+            for item in list(running):
+                name, out, cmd, proc, log, bar, t = item
+                bar.update(max(0, _last_iteration(out) + 1 - bar.n))
+                code = proc.poll()
+                if code is None:
+                    continue
+                running.remove(item)
+                log.close()
+                bar.close()
+                if code != 0:
+                    raise subprocess.CalledProcessError(code, cmd, output=f"see {log.name}")
+                print(f"[{tag}] {name}: trained and evaluated in {(time.time() - t) / 60:.1f} min", flush=True)
+    finally:
+        for _, _, _, proc, log, bar, _ in running:  # a failure or an interrupt: stop the others
+            proc.terminate()
+            proc.wait()
+            log.close()
+            bar.close()
+
+
+def _run_configs(configs, output, extra_opts, bootstrap, title, num_gpus, tag, after_training, jobs=1):
     start = time.time()
-    runs = {}
-    for config_file in configs:
-        name = config_name(config_file)
-        out = os.path.join(output, name)
-        runs[name] = out
-        opts = ["OUTPUT_DIR", out, "TEST.PATIENT.BOOTSTRAP", str(bootstrap), *extra_opts]
-        cfg = expected_config(config_file, opts)
-        saved = os.path.join(out, "config.yaml")
-        if os.path.exists(saved):
-            diff = config_differences(saved, cfg)
-            if diff:
-                raise RunMismatch(f"{out} holds a run of another config (differing keys: {diff[:8]}"
-                                  f"{' ...' if len(diff) > 8 else ''}): choose another --output or remove {out}")
-        finished = os.path.exists(os.path.join(out, "inference", "eval_results.json")) and \
-            os.path.exists(os.path.join(out, "model_final.pth"))
-        _check_inputs(out, run_inputs(cfg), finished)
-        if finished:
-            print(f"[{tag}] {name}: already trained and evaluated in {out} with this config, reusing it", flush=True)
-        else:
-            cmd = [*TRAIN_COMMAND, "--config-file", config_file, "--num-gpus", str(num_gpus)]
-            if os.path.exists(os.path.join(out, "last_checkpoint")):
-                cmd.append("--resume")
-            cmd += opts
+    plans = [_plan_run(c, output, extra_opts, bootstrap, num_gpus, tag) for c in configs]
+    runs = {name: out for name, out, _, _ in plans}
+    if jobs > 1:
+        train_at_once([(name, out, cmd, int(expected_config(c, opts).SOLVER.MAX_ITER))
+                       for c, (name, out, opts, cmd) in zip(configs, plans) if cmd is not None], jobs, tag)
+    for config_file, (name, out, opts, cmd) in zip(configs, plans):
+        if cmd is not None and jobs <= 1:
             print(f"[{tag}] training {name}: {' '.join(cmd)}", flush=True)
             t = time.time()
             subprocess.run(cmd, check=True)
