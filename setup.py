@@ -29,6 +29,8 @@ setup(
         # DICOM presentation states and TID 1500 reports (tools/predict.py --dicom-out); 0.28.2 is the
         # version tested, and the one pip resolves beside numpy<2
         "highdicom>=0.28",
+        # tools/serve.py: the DICOM node (Storage SCP, C-STORE of the results); 3.0.4 tested
+        "pynetdicom>=3.0",
         "scikit-learn",
         "matplotlib",
         "tqdm",
@@ -37,7 +39,10 @@ setup(
         "Pillow",
     ],
     extras_require={
-        # `make lint` (run first by `make test`) runs ruff, whose rules change between minor versions: a range
-        "dev": ["pytest>=7", "pytest-xdist", "hypothesis", "ruff>=0.17,<0.18"],
+        # tools/export_model.py --format onnx and tools/predict.py --model model.onnx (1.23 / 1.32 tested)
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+        # `make lint` (run first by `make test`) runs ruff, whose rules change between minor versions: a range;
+        # the tests also export and run ONNX models
+        "dev": ["pytest>=7", "pytest-xdist", "hypothesis", "ruff>=0.17,<0.18", "onnx>=1.16", "onnxruntime>=1.18"],
     },
 )

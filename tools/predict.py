@@ -4,6 +4,9 @@
     python tools/predict.py --config-file configs/synthetic/d_tl_similarity.yaml \\
         --input scans/ more.dcm --output out/ [--overlay] [--dicom-out out/dicom] \\
         MODEL.WEIGHTS output/.../model_final.pth
+    python tools/predict.py --model exported/model.onnx --input scans/ --output out/
+    python tools/predict.py --config-file CFG --input scans/ --output out/2 --shard 2/8 MODEL.WEIGHTS W
+    python tools/predict.py --merge out/1 out/2 ... out/8 --output out/all [--dicom-out out/dicom]
 
 Writes, in OUTPUT: predictions.jsonl as it goes (one line per image), then predictions.json (per image:
 file_name, patient_id, laterality, view, source (where each of those three came from), boxes [x1, y1, x2, y2]
@@ -44,6 +47,14 @@ refused there. Image files inside OUTPUT or --dicom-out are not inputs.
 A --patients laterality that the DICOM header contradicts is not used (nor the header's): the image's side is
 unknown, named in predictions.json (laterality_conflict) and counted in summary.json. Text cells of
 patients.csv that a spreadsheet would take for a formula (=, +, -, @, tab, CR first) get a leading '.
+
+--model DIR/model.onnx (or .ts): an exported model (tools/export_model.py) run by ONNX Runtime or TorchScript,
+with the preparation its export.json records, instead of --config-file and MODEL.WEIGHTS; refused when
+export.json is missing or does not describe the file, or the file's sha256 differs from the one recorded.
+--shard I/N: predict only shard I of N: a DICOM study's images share a shard (hash of StudyInstanceUID),
+other files go by their --patients patient_id, else by their folder. Each shard needs its own --output; then
+--merge SHARD_OUTPUT ... --output OUT [--dicom-out DIR] writes what one unsharded run would have written
+(refused when the shards differ in model, options, config, N or inputs, or one is missing or unfinished).
 Exit status 1 with a message on any error, 2 on a bad argument.
 """
 import argparse
@@ -52,7 +63,7 @@ import sys
 from mammo_tl.data.image_io import DEFAULT_MAX_PIXELS
 from mammo_tl.engine.checkpoint import WeightsError
 from mammo_tl.engine.predict_command import (PredictError, check_batch_size, check_max_pixels, check_min_score,
-                                             check_workers, default_workers, run_predict)
+                                             check_shard, check_workers, default_workers, run_merge, run_predict)
 
 
 def _arg(check):
@@ -67,9 +78,16 @@ def _arg(check):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config-file", required=True)
-    p.add_argument("--input", nargs="+", required=True, help="files or folders (searched recursively)")
+    p.add_argument("--config-file", help="the trained model's config (or --model)")
+    p.add_argument("--model", metavar="DIR/model.onnx",
+                   help="an exported model (tools/export_model.py: model.onnx or model.ts beside its export.json) "
+                        "instead of --config-file and MODEL.WEIGHTS")
+    p.add_argument("--input", nargs="+", help="files or folders (searched recursively)")
     p.add_argument("--output", required=True)
+    p.add_argument("--shard", type=_arg(check_shard), metavar="I/N",
+                   help="predict only shard I of N (whole studies, patients or folders per shard); see --merge")
+    p.add_argument("--merge", nargs="+", metavar="SHARD_OUTPUT",
+                   help="write the outputs of shards 1..N (their --output folders) to --output as one run")
     p.add_argument("--overlay", action="store_true", help="also write PNGs with the boxes drawn")
     p.add_argument("--dicom-out", metavar="DIR",
                    help="also write DICOM presentation states (per image) and TID 1500 reports (per study)")
@@ -93,10 +111,28 @@ if __name__ == "__main__":
     mode.add_argument("--overwrite", action="store_true", help="remove the results of a previous run in OUTPUT")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     a = p.parse_args()
+    if a.merge:
+        given = [f"--{k.replace('_', '-')}" for k in ("config_file", "model", "input", "shard", "patients",
+                                                      "operating_point", "operating_points", "overlay", "resume",
+                                                      "amp", "opts") if getattr(a, k)]
+        typed = [t.split("=")[0] for t in sys.argv[1:] if t.startswith("--") and len(t) > 2]  # abbreviations too
+        given += [o for o in ("--min-score", "--max-pixels", "--workers", "--batch-size", "--device")
+                  if any(o.startswith(t) for t in typed)]
+        if given:
+            p.error(f"--merge writes the shards' results as they were predicted: {', '.join(given)} do(es) not "
+                    f"apply")
+    elif not a.input:
+        p.error("the following arguments are required: --input")
+    elif not (a.config_file or a.model):
+        p.error("the following arguments are required: --config-file (or --model)")
     try:
-        run_predict(a.config_file, a.input, a.output, a.opts, overlay=a.overlay, min_score=a.min_score,
-                    max_pixels=a.max_pixels, resume=a.resume, overwrite=a.overwrite, dicom_out=a.dicom_out,
-                    patients=a.patients, workers=a.workers, batch_size=a.batch_size, device=a.device, amp=a.amp,
-                    operating_point=a.operating_point, operating_points=a.operating_points)
+        if a.merge:
+            run_merge(a.merge, a.output, dicom_out=a.dicom_out, overwrite=a.overwrite)
+        else:
+            run_predict(a.config_file, a.input, a.output, a.opts, overlay=a.overlay, min_score=a.min_score,
+                        max_pixels=a.max_pixels, resume=a.resume, overwrite=a.overwrite, dicom_out=a.dicom_out,
+                        patients=a.patients, workers=a.workers, batch_size=a.batch_size, device=a.device,
+                        amp=a.amp, operating_point=a.operating_point, operating_points=a.operating_points,
+                        model=a.model, shard=a.shard)
     except (PredictError, WeightsError) as e:
         sys.exit(f"predict.py: error: {e}")

@@ -14,9 +14,11 @@ batch loop); here :func:`run_predict` ties them together and :func:`_finish` wri
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 
 from tqdm import tqdm
@@ -25,28 +27,39 @@ from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.inputs import IMAGE_SUFFIXES, image_key, list_inputs
 from ..files import sha256_file
 from ..outputs import OutputError, tables, write_json, write_text
+from .export_runtime import ExportedPredictor, ExportError, load_exported, model_identity, read_export_json
 from .predict_loader import predict_files, prepared_inputs  # noqa: F401  (public: bench/inference.py)
 from .predict_options import (PredictError, _build_cfg, _check_device, _config_name, _operating_point,
-                              _patients_table, check_batch_size, check_max_pixels, check_min_score, check_workers,
-                              default_workers)
-from .predict_output import (FINAL_FILES, JSONL, OVERLAYS, RUN, _DicomFolder, _jsonl_records_or_none, _Output,
-                             _resumable_records, _run_record, reusable_records)
+                              _patients_table, check_batch_size, check_max_pixels, check_min_score, check_shard,
+                              check_workers, default_workers, inputs_digest, select_shard)
+from .predict_output import (FINAL_FILES, JSONL, MANIFEST, OVERLAYS, RUN, _DicomFolder, _jsonl_records_or_none,
+                             _Output, _resume_differences, _resumable_records, _run_record, reusable_records)
 from .predictor import MammoPredictor
 
 logger = logging.getLogger(__name__)
 
 
-def run_predict(config_file: str, inputs: Sequence[str], output: str, opts: Sequence[str] = (), overlay: bool = False,
-                min_score: float = 0.05, max_pixels: int | None = None, resume: bool = False, overwrite: bool = False,
-                *, dicom_out: str | None = None, patients: str | None = None, workers: int | None = None,
-                batch_size: int = 1, device: str | None = None, amp: bool = False, operating_point: str | None = None,
-                operating_points: str | None = None) -> tuple[list[dict], list[dict]]:
+def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opts: Sequence[str] = (),
+                overlay: bool = False, min_score: float = 0.05, max_pixels: int | None = None, resume: bool = False,
+                overwrite: bool = False, *, dicom_out: str | None = None, patients: str | None = None,
+                workers: int | None = None, batch_size: int = 1, device: str | None = None, amp: bool = False,
+                operating_point: str | None = None, operating_points: str | None = None, model: str | None = None,
+                shard: tuple[int, int] | str | None = None) -> tuple[list[dict], list[dict]]:
     """Predict every input file; see tools/predict.py. Returns (predictions, skipped) as written to
-    predictions.json and skipped.json. Raises PredictError (or WeightsError) naming what is wrong."""
+    predictions.json and skipped.json. Raises PredictError (or WeightsError) naming what is wrong.
+
+    ``model``: an exported model (DIR/model.onnx or DIR/model.ts, tools/export_model.py) instead of
+    ``config_file`` and MODEL.WEIGHTS. ``shard`` (I, N) or "I/N": predict only shard I's inputs
+    (:func:`~.predict_options.select_shard`), for :func:`run_merge`."""
     min_score = check_min_score(min_score)
     max_pixels = check_max_pixels(DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     workers = default_workers() if workers is None else check_workers(workers)
     batch_size = check_batch_size(batch_size)
+    if shard is not None:
+        try:
+            shard = check_shard(shard)
+        except ValueError as e:
+            raise PredictError(str(e)) from None
     if resume and overwrite:
         raise PredictError("--resume and --overwrite exclude each other: continue the previous run, or replace it")
     if operating_points and not operating_point:
@@ -54,8 +67,14 @@ def run_predict(config_file: str, inputs: Sequence[str], output: str, opts: Sequ
     if dicom_out and os.path.realpath(dicom_out) == os.path.realpath(output):
         raise PredictError(f"--dicom-out {dicom_out} is the --output folder: give the DICOM outputs a folder of "
                            f"their own (e.g. {os.path.join(output, 'dicom')})")
-    cfg = _build_cfg(config_file, list(opts) + (["MODEL.DEVICE", device] if device else []), min_score)
-    _check_device(cfg, amp)
+    if model:
+        exported = _exported_model(model, config_file, opts, min_score, device, amp, operating_point)
+        device = device or "cpu"
+    else:
+        if not config_file:
+            raise PredictError("--config-file: required (or --model, an exported model)")
+        cfg = _build_cfg(config_file, list(opts) + (["MODEL.DEVICE", device] if device else []), min_score)
+        _check_device(cfg, amp)
     try:
         files, in_output_folders = list_inputs(inputs, exclude=(output, dicom_out))
     except FileNotFoundError as e:
@@ -67,6 +86,11 @@ def run_predict(config_file: str, inputs: Sequence[str], output: str, opts: Sequ
     entries, patients_summary, patients_sha256 = _patients_table(patients, files) if patients else ({}, None, None)
     point = _operating_point(operating_point, operating_points, cfg.MODEL.WEIGHTS, min_score) \
         if operating_point else None
+    all_files = files
+    if shard:
+        files, positions, kinds = select_shard(all_files, entries, shard)
+        print(f"--shard {shard[0]}/{shard[1]}: {len(files)} of {len(all_files)} input(s) (kept together by "
+              + ", ".join(f"{k} {n}" for k, n in kinds.items()) + ")", flush=True)
     out = _Output(output)
     dicom = _DicomFolder(dicom_out) if dicom_out else None
     with contextlib.ExitStack() as held:
@@ -76,19 +100,76 @@ def run_predict(config_file: str, inputs: Sequence[str], output: str, opts: Sequ
             held.callback(dicom.lock().release)
         options = {"min_score": min_score, "max_pixels": max_pixels, "overlay": bool(overlay), "amp": bool(amp),
                    "patients_sha256": patients_sha256,
-                   "operating_point": [point["name"], point["threshold"]] if point else None}
-        run = _Run(config_file, cfg, files, out, dicom, _run_record(cfg, options), point, patients_summary,
-                   in_output_folders)
+                   "operating_point": [point["name"], point["threshold"]] if point else None,
+                   "model": model_identity(exported.meta) if model else None,
+                   "shard": {"index": shard[0], "count": shard[1], "inputs": len(all_files),
+                             "inputs_sha256": inputs_digest(all_files)} if shard else None}
+        if model:
+            record = {"weights": os.path.abspath(model), "weights_sha256": exported.meta["model_sha256"],
+                      "options": options, "config": exported.meta["config"]}
+            config_name = _config_name(exported.meta["source"]["config_file"])
+            make_predictor = exported.load
+        else:
+            record = _run_record(cfg, options)
+            config_name = _config_name(config_file)
+            make_predictor = functools.partial(MammoPredictor, cfg, amp=amp)
+        if shard:  # what run_merge needs besides the records
+            record["shard"] = {"files": files, "positions": positions, "keys": kinds, "config_name": config_name,
+                               "operating_point": point, "patients_csv": patients_summary,
+                               "inputs_in_output_folders": in_output_folders}
+        run = _Run(config_name, make_predictor, files, out, dicom, record, point, patients_summary,
+                   in_output_folders, sharded=bool(shard))
         return run.predict(resume, overwrite, entries=entries, overlay=overlay, min_score=min_score,
                            max_pixels=max_pixels, workers=workers, batch_size=batch_size, amp=amp)
+
+
+class _Exported:
+    """An exported model's export.json, checked where --model enters; :meth:`load` checks the model file's
+    sha256 and loads it (when the run starts, as MammoPredictor checks the weights)."""
+
+    def __init__(self, path, meta, device):
+        self.path, self.meta, self.device = path, meta, device
+
+    def load(self) -> ExportedPredictor:
+        try:
+            return load_exported(self.path, self.device, self.meta)
+        except ExportError as e:
+            raise PredictError(str(e)) from None
+
+
+def _exported_model(model, config_file, opts, min_score, device, amp, operating_point):
+    """--model: refuses options that do not apply to an exported model, and checks its export.json."""
+    if config_file:
+        raise PredictError(f"--model {model} and --config-file {config_file}: an exported model carries its "
+                           f"preparation and settings (export.json); give one of them")
+    if opts:
+        raise PredictError(f"--model {model}: config overrides ({' '.join(map(str, opts))}) do not change an "
+                           f"exported model; export again with them (tools/export_model.py)")
+    if amp:
+        raise PredictError(f"--model {model}: --amp applies to the PyTorch model only")
+    if operating_point:
+        raise PredictError(f"--model {model}: --operating-point is checked against MODEL.WEIGHTS and is not "
+                           f"available with an exported model; predict with --config-file and MODEL.WEIGHTS")
+    try:
+        meta = read_export_json(model)
+    except ExportError as e:
+        raise PredictError(str(e)) from None
+    if min_score < meta["score_threshold"]:
+        raise PredictError(f"--min-score {min_score:g} is below the score threshold inside the exported model "
+                           f"({meta['score_threshold']:g}, {meta['path']}): boxes between them were never kept; "
+                           f"pass --min-score {meta['score_threshold']:g} or more, or export with "
+                           f"MODEL.ROI_HEADS.SCORE_THRESH_TEST {min_score:g}")
+    return _Exported(model, meta, device or "cpu")
 
 
 class _Run:
     """One run of tools/predict.py, its folders locked: the previous run checked, resumed or removed, the
     images predicted, then the tables and DICOM outputs written (:func:`_finish`)."""
 
-    def __init__(self, config_file, cfg, files, out, dicom, record, point, patients_summary, in_output_folders):
-        self.config_file, self.cfg, self.files, self.out, self.dicom = config_file, cfg, files, out, dicom
+    def __init__(self, config_name, make_predictor, files, out, dicom, record, point, patients_summary,
+                 in_output_folders, sharded=False):
+        self.config_name, self.make_predictor, self.sharded = config_name, make_predictor, sharded
+        self.files, self.out, self.dicom = files, out, dicom
         self.record, self.point, self.patients_summary = record, point, patients_summary
         self.in_output_folders = in_output_folders
         self.owner = os.path.realpath(out.folder)
@@ -123,7 +204,7 @@ class _Run:
                 max_pixels: int, workers: int, batch_size: int, amp: bool) -> tuple[list[dict], list[dict]]:
         out, dicom, files, point = self.out, self.dicom, self.files, self.point
         done, changed, not_inputs = self._previous(resume, overwrite)
-        predictor = MammoPredictor(self.cfg, amp=amp)  # refuses missing or partial weights before any change
+        predictor = self.make_predictor()  # refuses missing or partial weights, or a changed model, before any change
         continuing = resume and os.path.exists(out.path(RUN))
         if overwrite:
             out.remove_previous_run()
@@ -171,12 +252,12 @@ class _Run:
         if dicom:
             from ..outputs.dicom import Algorithm
 
-            algorithm = Algorithm(_config_name(self.config_file), self.record["weights_sha256"], min_score,
+            algorithm = Algorithm(self.config_name, self.record["weights_sha256"], min_score,
                                   (point["name"], point["threshold"]) if point else None)
         counts = {"from_previous_run": len(files) - len(todo), "previous_run_not_in_inputs": not_inputs,
                   "changed_since_previous_run": len(changed), "inputs_in_output_folders": self.in_output_folders}
         return _finish(out, files, records, counts, point=point, patients_summary=self.patients_summary,
-                       dicom=dicom, algorithm=algorithm, owner=self.owner)
+                       dicom=dicom, algorithm=algorithm, owner=self.owner, allow_empty=self.sharded)
 
 
 def _changed_after_prediction(records):
@@ -226,7 +307,9 @@ def _dicom_files(dicom, per_image):
 
 
 def _finish(out, files, records, counts, point=None, patients_summary=None, dicom=None, algorithm=None,
-            owner=None):
+            owner=None, allow_empty=False):
+    """Write the tables (and DICOM outputs) of a run from its records. ``allow_empty``: a shard whose inputs
+    were all skipped, or that has none, is not an error (its merge decides)."""
     t = tables.build(files, records, point["threshold"] if point else None)
     predictions, skipped, patients, summary = t["predictions"], t["skipped"], t["patients"], t["summary"]
     resumed, not_inputs = counts["from_previous_run"], counts["previous_run_not_in_inputs"]
@@ -278,7 +361,7 @@ def _finish(out, files, records, counts, point=None, patients_summary=None, dico
     if summary["laterality_conflicts"]:
         print(f"{summary['laterality_conflicts']} image(s) whose --patients laterality its header contradicts: no "
               f"side stated for them (see laterality_conflict in predictions.json)", flush=True)
-    if not predictions:
+    if not predictions and not allow_empty:
         raise PredictError(f"no image could be predicted: all {len(files)} input(s) skipped ({reasons}); see "
                            f"{out.path('skipped.json')}")
     return predictions, skipped
@@ -292,3 +375,153 @@ def _write_output_manifest(out, owner):
         if r.get("overlay") and r.get("overlay_sha256") and os.path.isfile(out.path(r["overlay"])):
             files[r["overlay"]] = r["overlay_sha256"]
     out.write_manifest(owner, files)
+
+
+def _read_shard(folder):
+    """A finished shard's run.json record and its records by file name, checked complete and unchanged since
+    (its manifest's sha256 of predictions.jsonl and run.json); PredictError naming the folder otherwise."""
+    shard_out = _Output(folder)
+    lock = shard_out.lock()  # a shard still running holds it: refused, naming the run
+    try:
+        listed = shard_out.listed()
+        if not os.path.isfile(shard_out.path(RUN)):
+            raise PredictError(f"--merge {folder}: no {RUN}, not the --output of a tools/predict.py --shard run")
+        with open(shard_out.path(RUN)) as f:
+            record = json.load(f)
+        if not (record.get("options") or {}).get("shard") or "shard" not in record:
+            raise PredictError(f"--merge {folder}: predicted without --shard ({shard_out.path(RUN)})")
+        for name in (RUN, JSONL, "summary.json"):
+            if listed.get(name) is None or not os.path.isfile(shard_out.path(name)):
+                raise PredictError(f"--merge {folder}: the shard's run has not finished ({name} is not complete "
+                                   f"in its {MANIFEST}); rerun it with --resume")
+            if sha256_file(shard_out.path(name)) != listed[name]:
+                raise PredictError(f"--merge {shard_out.path(name)}: changed since the shard's run wrote it "
+                                   f"(sha256 differs from its {MANIFEST})")
+        records = _jsonl_records_or_none(shard_out.path(JSONL))
+        if records is None:
+            raise PredictError(f"--merge {shard_out.path(JSONL)}: holds lines that are not prediction records")
+    except (OSError, ValueError) as e:
+        raise PredictError(f"--merge {folder}: {RUN} cannot be read ({type(e).__name__}: {e})") from None
+    finally:
+        lock.release()
+    return record, records
+
+
+def _shard_mismatch(first, other):
+    """How ``other`` shard's run differs from ``first``'s beyond its index (model, options, config, N,
+    inputs), in words; [] when they are shards of one run."""
+    a = {**first, "options": {**first["options"], "shard": {**first["options"]["shard"], "index": None}}}
+    b = {**other, "options": {**other["options"], "shard": {**other["options"]["shard"], "index": None}}}
+    diffs = _resume_differences(a, b)
+    for k in ("config_name", "operating_point", "patients_csv"):
+        if first["shard"].get(k) != other["shard"].get(k):
+            diffs.append(f"{k} ({first['shard'].get(k)!r}, {other['shard'].get(k)!r})")
+    return diffs
+
+
+def run_merge(shards: Sequence[str], output: str, *, dicom_out: str | None = None,
+              overwrite: bool = False) -> tuple[list[dict], list[dict]]:
+    """--merge SHARD_OUTPUT ...: the outputs of the shards 1..N of one run (tools/predict.py --shard I/N, the
+    same model, options and inputs) written to ``output`` (and ``dicom_out``) as one unsharded run writes
+    them: predictions.jsonl and .json in input order, patients.csv, skipped.json, summary.json, the overlays
+    (copied, checked by sha256), and the DICOM presentation states and reports written from the merged
+    records. Refused, naming the folders, when the shards differ in model, options, config, N or inputs, when
+    one is missing, given twice or unfinished."""
+    if not shards:
+        raise PredictError("--merge: give the --output folders of every shard")
+    if dicom_out and os.path.realpath(dicom_out) == os.path.realpath(output):
+        raise PredictError(f"--dicom-out {dicom_out} is the --output folder: give the DICOM outputs a folder of "
+                           f"their own (e.g. {os.path.join(output, 'dicom')})")
+    for s in shards:
+        if os.path.realpath(s) in (os.path.realpath(output), os.path.realpath(dicom_out or output)):
+            raise PredictError(f"--merge {s}: a shard's folder cannot be the merged --output or --dicom-out")
+    read = [(s, *_read_shard(s)) for s in shards]
+    first_folder, first, _ = read[0]
+    n = first["options"]["shard"]["count"]
+    by_index = {}
+    for folder, record, _ in read:
+        diffs = _shard_mismatch(first, record)
+        if diffs:
+            raise PredictError(f"--merge: {folder} and {first_folder} are not shards of one run: "
+                               f"{'; '.join(diffs)}")
+        i = record["options"]["shard"]["index"]
+        if i in by_index:
+            raise PredictError(f"--merge: {by_index[i]} and {folder} are both shard {i}/{n}")
+        by_index[i] = folder
+    missing = [i for i in range(1, n + 1) if i not in by_index]
+    if missing:
+        raise PredictError(f"--merge: shard(s) {', '.join(f'{i}/{n}' for i in missing)} missing (given "
+                           f"{', '.join(f'{i}/{n}' for i in sorted(by_index))})")
+    total = first["options"]["shard"]["inputs"]
+    files, records = [None] * total, {}
+    for folder, record, shard_records in read:
+        part = record["shard"]
+        for f, pos in zip(part["files"], part["positions"]):
+            if f not in shard_records:
+                raise PredictError(f"--merge {folder}: no prediction record for {f}; rerun the shard with --resume")
+            if not 0 <= pos < total or files[pos] is not None:
+                raise PredictError(f"--merge {folder}: {RUN} gives input {f} position {pos}, taken or outside the "
+                                   f"{total} inputs")
+            files[pos], records[f] = f, shard_records[f]
+    if None in files:
+        raise PredictError(f"--merge: the shards cover {total - files.count(None)} of the run's {total} inputs")
+    out = _Output(output)
+    dicom = _DicomFolder(dicom_out) if dicom_out else None
+    with contextlib.ExitStack() as held:
+        held.callback(out.lock().release)
+        if dicom:
+            held.callback(dicom.lock().release)
+        owner = os.path.realpath(out.folder)
+        previous = out.previous_run()
+        old_dicom = dicom.previous_run() if dicom else []
+        if (previous or old_dicom) and not overwrite:
+            raise PredictError(f"--merge: {output if previous else dicom_out} holds a previous run's results: pass "
+                               f"--overwrite to replace them")
+        if dicom:
+            dicom.check_owner(owner, False)
+        if overwrite:
+            out.remove_previous_run()
+            if dicom:
+                dicom.remove_previous_run()
+        merged = {k: v for k, v in first.items() if k != "shard"}
+        merged["options"] = {**first["options"], "shard": None}
+        merged["merged_from"] = [{"folder": os.path.abspath(by_index[i]), "shard": [i, n]} for i in range(1, n + 1)]
+        write_json(out.path(RUN), merged)
+        out.write_manifest(owner, {RUN: sha256_file(out.path(RUN)), JSONL: None})
+        _copy_overlays(read, out)
+        try:
+            with open(out.path(JSONL), "w") as log:
+                for f in files:
+                    log.write(json.dumps(records[f]) + "\n")
+        except OSError as e:
+            raise PredictError(f"{out.path(JSONL)}: cannot be written ({type(e).__name__}: {e})") from None
+        part = first["shard"]
+        point = part["operating_point"]
+        algorithm = None
+        if dicom:
+            from ..outputs.dicom import Algorithm
+
+            algorithm = Algorithm(part["config_name"], first["weights_sha256"], first["options"]["min_score"],
+                                  (point["name"], point["threshold"]) if point else None)
+        counts = {"from_previous_run": 0, "previous_run_not_in_inputs": 0, "changed_since_previous_run": 0,
+                  "inputs_in_output_folders": max(r["shard"]["inputs_in_output_folders"] for _, r, _ in read)}
+        return _finish(out, files, records, counts, point=point, patients_summary=part["patients_csv"],
+                       dicom=dicom, algorithm=algorithm, owner=owner)
+
+
+def _copy_overlays(read, out):
+    """The shards' overlays into the merged --output, each checked against its record's sha256."""
+    made = False
+    for folder, _, shard_records in read:
+        for r in shard_records.values():
+            name = r.get("overlay")
+            if not name:
+                continue
+            src = os.path.join(folder, name)
+            if not os.path.isfile(src) or sha256_file(src) != r.get("overlay_sha256"):
+                raise PredictError(f"--merge {src}: missing or changed since the shard wrote it (its record in "
+                                   f"{os.path.join(folder, JSONL)} has another sha256)")
+            if not made:
+                os.makedirs(out.path(OVERLAYS), exist_ok=True)
+                made = True
+            shutil.copyfile(src, out.path(name))

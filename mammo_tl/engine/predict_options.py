@@ -5,6 +5,7 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -101,7 +102,6 @@ def _check_device(cfg, amp):
                            f"or use --device cuda")
 
 
-
 def _patients_table(path, files):
     """--patients: (file -> CSV entry for the inputs it lists, summary counts, sha256 of the bytes read); CSV
     rows naming no input and inputs missing from the CSV are counted and logged. The file is read once (a
@@ -155,3 +155,66 @@ def _config_name(config_file):
     """The config as the DICOM outputs name it: its folder and file name (configs/paper/x.yaml -> paper/x.yaml)."""
     path = os.path.abspath(config_file)
     return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+
+
+def check_shard(value: Any) -> tuple[int, int]:
+    """--shard I/N: shard I of N, numbered from 1 (tools/prepare_dataset.py's parse_shard)."""
+    from ..data.prepare import PrepareError, parse_shard
+
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        value = f"{value[0]}/{value[1]}"
+    try:
+        return parse_shard(value)
+    except PrepareError as e:
+        raise ValueError(str(e)) from None
+
+
+# What keeps images together in one shard, first that applies: the DICOM study, the --patients patient, the folder.
+SHARD_KEYS = ("study", "patient", "folder")
+_NOT_DICOM_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+def shard_key(path: str, entry: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """(kind, value) that decides an input's shard: ("study", StudyInstanceUID) for a DICOM file whose header
+    has one (all images of a study in one shard, so its report covers them all), else ("patient", the
+    --patients CSV's patient_id) for a file the CSV lists, else ("folder", its folder's absolute path). Only
+    the header is read (up to the pixel data); a file that cannot be read falls through to the next key."""
+    from ..data.dicom_header import read_header
+    from ..data.image_checks import ImageReadError
+
+    if not path.lower().endswith(_NOT_DICOM_SUFFIXES):
+        try:
+            uid = str(read_header(path).get("StudyInstanceUID", "") or "").strip()
+        except ImageReadError:
+            uid = ""
+        if uid:
+            return "study", uid
+    if entry and entry.get("patient_id"):
+        return "patient", str(entry["patient_id"])
+    return "folder", os.path.dirname(os.path.abspath(path))
+
+
+def shard_of_key(key: tuple[str, str], num_shards: int) -> int:
+    """The shard (1..num_shards) of a :func:`shard_key`: by a hash of it, independent of the other inputs."""
+    h = hashlib.sha256(f"{key[0]}:{key[1]}".encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(h[:8], "big") % num_shards + 1
+
+
+def select_shard(files: Sequence[str], entries: Mapping[str, Mapping[str, Any]],
+                 shard: tuple[int, int]) -> tuple[list[str], list[int], dict[str, int]]:
+    """(shard ``shard``'s files in input order, their positions among ``files``, {key kind: inputs of this
+    shard keyed by it})."""
+    i, n = shard
+    chosen, positions, kinds = [], [], dict.fromkeys(SHARD_KEYS, 0)
+    for k, f in enumerate(files):
+        key = shard_key(f, entries.get(f))
+        if shard_of_key(key, n) == i:
+            chosen.append(f)
+            positions.append(k)
+            kinds[key[0]] += 1
+    return chosen, positions, kinds
+
+
+def inputs_digest(files: Sequence[str]) -> str:
+    """SHA-256 of the input list (absolute paths, in order): shards of one run share it."""
+    return hashlib.sha256("\n".join(os.path.abspath(f) for f in files).encode("utf-8", "surrogateescape")).hexdigest()

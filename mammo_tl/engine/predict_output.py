@@ -30,7 +30,7 @@ MANIFEST_VERSION = 1
 # Keys that may differ between a run and its --resume without changing any result.
 _RESUME_IGNORED_KEYS = ("MODEL.DEVICE", "MODEL.WEIGHTS")
 # Options a run.json written before they existed stands for with these values.
-_OPTION_DEFAULTS = {"amp": False, "patients_sha256": None, "operating_point": None}
+_OPTION_DEFAULTS = {"amp": False, "patients_sha256": None, "operating_point": None, "model": None, "shard": None}
 
 
 def _run_record(cfg, options):
@@ -43,7 +43,9 @@ def _resume_differences(old, new):
     """What differs between the recorded run and this one, in words; [] when it may be resumed."""
     diffs = []
     if old.get("weights_sha256") != new["weights_sha256"]:
-        diffs.append(f"MODEL.WEIGHTS ({old.get('weights')} then, {new['weights']} now: different files)")
+        what = "the model" if (old.get("options") or {}).get("model") or new["options"].get("model") \
+            else "MODEL.WEIGHTS"
+        diffs.append(f"{what} ({old.get('weights')} then, {new['weights']} now: different files)")
     old_options = old.get("options", {})
     for k, v in new["options"].items():
         before = old_options.get(k, _OPTION_DEFAULTS.get(k))

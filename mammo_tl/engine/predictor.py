@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from detectron2.modeling import build_model
 
 from ..data.mapper import MammogramDatasetMapper
 from ..data.preprocess import MammoTransform, preprocess
-from .checkpoint import load_model_weights
 
 logger = logging.getLogger(__name__)
+
+
 @dataclass
 class PreparedImage:
     """An image ready for the model: ``tensor`` (C, H, W) and the ``transform`` from the stored pixel grid
@@ -63,6 +63,12 @@ class MammoPredictor:
         self.amp = bool(amp)
         if self.amp and not str(cfg.MODEL.DEVICE).startswith("cuda"):
             raise ValueError(f"amp (mixed precision) runs on CUDA only; MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
+        # detectron2's modeling is imported here, not at the top: an exported model (.export_runtime) uses this
+        # module's PreparedImage without it
+        from detectron2.modeling import build_model
+
+        from .checkpoint import load_model_weights
+
         self.model = build_model(self.cfg)
         self.model.eval()
         if allow_random_init and not cfg.MODEL.WEIGHTS:
