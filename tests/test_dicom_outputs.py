@@ -19,6 +19,7 @@ from mammo_tl.engine.predict_command import PredictError, run_predict
 from mammo_tl.outputs.dicom import Algorithm, write_dicom_outputs
 from tests.common import breast_phantom
 from tests.dicom_fixtures import make_dicom
+from tests.pacs import require
 from tests.test_weights import tiny_config_file, tiny_weights
 
 GSPS_CLASS, SR_CLASS = "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.88.34"
@@ -28,13 +29,7 @@ PATIENT = ("PatientName", "PatientID", "PatientBirthDate")  # what make_dicom's 
 
 def dcmtk(tool):
     """The DCMTK tool's path; a clear failure under CI (which installs DCMTK), a skip elsewhere."""
-    path = shutil.which(tool)
-    if path is None:
-        message = f"DCMTK's {tool} is not installed (Debian/Ubuntu: apt-get install -y dcmtk)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + "; CI must install it (.ci/run)")
-        pytest.skip(message)
-    return path
+    return require(tool, "dcmtk")
 
 
 def _float32(values):
@@ -268,3 +263,49 @@ def test_hand_made_records_layers_empty_images_and_mixed_patients(tmp_path):
     (evaluation,) = none.get_qualitative_evaluations()
     assert (evaluation.name.value, evaluation.value.value) == (codes.SCT.Mass.value, codes.SCT.Absent.value)
     assert "operating point: youden, recall above 0.5" in _texts(none, "111002")
+
+
+def _dcmdump_items(text, sequence="(0018,a001)"):
+    """The items of the top-level ``sequence`` in dcmdump's output, each as its lines."""
+    items, current, inside = [], None, False
+    for line in text.splitlines():
+        if line.startswith(sequence):
+            inside = True
+            continue
+        if inside and not line.startswith(" "):
+            break
+        if inside and line.startswith("  (fffe,e000)"):
+            current = []
+            items.append(current)
+        elif inside and current is not None:
+            current.append(line.strip())
+    return items
+
+
+def test_ihe_ai_results_contributing_equipment(run):
+    """Every presentation state and report names the algorithm in its Contributing Equipment Sequence (IHE AI
+    Results): purpose Processing Equipment (DCM 109102), manufacturer, model (the config), software version,
+    serial number (the weights' sha256) and Device UID, read back with dcmdump; the report's observer device
+    (dsrdump) is the same device."""
+    import uuid
+
+    dcmdump, dsrdump = dcmtk("dcmdump"), dcmtk("dsrdump")
+    weights_sha256 = hashlib.sha256(open(run["weights"], "rb").read()).hexdigest()
+    config_name = os.path.join(os.path.basename(os.path.dirname(run["weights"])),
+                               f"tiny_{os.path.basename(run['weights'])}.yaml")
+    namespace = uuid.uuid5(uuid.NAMESPACE_OID, "mammo_tl")
+    device_uid = f"2.25.{uuid.uuid5(namespace, repr(('device', weights_sha256, config_name))).int}"
+    names = _objects(run["dicom"])
+    assert len(names) == 5
+    for name in names:
+        out = subprocess.run([dcmdump, str(run["dicom"] / name)], capture_output=True, text=True, timeout=60).stdout
+        ours = [item for item in _dcmdump_items(out) if any("[mammo_tl]" in line for line in item)]
+        assert len(ours) == 1, name
+        values = {line.split()[0]: line.split("[", 1)[1].split("]", 1)[0] for line in ours[0] if "[" in line}
+        assert values == {"(0008,0070)": "mammo_tl", "(0008,1090)": config_name, "(0018,1000)": weights_sha256[:16],
+                          "(0018,1002)": device_uid, "(0018,1020)": __version__, "(0008,0100)": "109102",
+                          "(0008,0102)": "DCM", "(0008,0104)": "Processing Equipment"}, name
+        if name.startswith("SR_"):
+            tree = subprocess.run([dsrdump, str(run["dicom"] / name)], capture_output=True, text=True,
+                                  timeout=60).stdout
+            assert f'UIDREF:(,,"Device Observer UID")="{device_uid}"' in tree

@@ -21,6 +21,10 @@ What is trusted, and what is left out (still predicted; counted in the summary b
   birth date, sex) gets no report (counted in ``studies_without_report`` and warned about by file names,
   never by the values); its images keep their presentation states.
 
+Both name the algorithm in their Contributing Equipment Sequence, as the IHE AI Results profile asks
+(:func:`.dicom_common.add_contributing_equipment`: manufacturer, model = the config, software version, the
+weights' sha256 as serial number, a Device UID of config and weights; the report's observer device is the same).
+
 UIDs are derived from what the object shows (name-based UUIDs under the 2.25 root): writing the same results
 again, e.g. after --resume, gives the same objects, never a second copy of them in an archive.
 """

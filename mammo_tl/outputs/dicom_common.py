@@ -53,10 +53,40 @@ class Algorithm:
     def key(self) -> tuple:
         return (self.version, self.config_name, self.weights_sha256, self.min_score, self.operating_point)
 
+    @property
+    def device_uid(self) -> str:
+        """Device UID of the trained model (config and weights): the SR's observer device, and the Contributing
+        Equipment item of every object."""
+        return derived_uid("device", self.weights_sha256, self.config_name)
+
 
 def derived_uid(*parts) -> str:
     """A UID that is a function of ``parts``: "2.25." and a name-based (SHA-1) UUID as an integer."""
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, repr(parts)).int}"
+
+
+# Purpose of Reference of the Contributing Equipment item that names the algorithm (IHE AI Results): CID 7005's
+# "Processing Equipment" (DCM has no code "Processing Algorithm"; CID 7005 holds the purposes of reference).
+PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
+
+
+def add_contributing_equipment(ds: Dataset, algorithm: Algorithm) -> Dataset:
+    """Add the algorithm to ``ds``'s Contributing Equipment Sequence (0018,A001), as the IHE AI Results profile
+    asks of an AI result: purpose of reference, manufacturer, model (the config), software version (mammo_tl's),
+    device serial number (the weights' sha256, shortened) and Device UID."""
+    from pydicom import Dataset as _Dataset
+
+    purpose = _Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = PROCESSING_EQUIPMENT
+    item = _Dataset()
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = algorithm.config_name[:64]
+    item.SoftwareVersions = algorithm.version
+    item.DeviceSerialNumber = algorithm.serial_number
+    item.DeviceUID = algorithm.device_uid
+    ds.ContributingEquipmentSequence = [*ds.get("ContributingEquipmentSequence", []), item]
+    return ds
 
 
 def reference_dataset(header: Dataset) -> Dataset:

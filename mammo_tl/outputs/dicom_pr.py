@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import highdicom as hd
 import numpy as np
 
-from .dicom_common import (MANUFACTURER, NAME, PR_SERIES_NUMBER, box_tracking_uid, closed_rectangle, derived_uid,
-                    reference_dataset)
+from .dicom_common import (MANUFACTURER, NAME, PR_SERIES_NUMBER, add_contributing_equipment, box_tracking_uid,
+                           closed_rectangle, derived_uid, reference_dataset)
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -87,7 +87,7 @@ def presentation_state(header: Dataset, record: Mapping[str, Any], algorithm: Al
     shape = (hd.PresentationLUTShapeValues.INVERSE if photometric == "MONOCHROME1"
              else hd.PresentationLUTShapeValues.IDENTITY)  # the image shown as its own viewer shows it
     content = json.dumps([boxes.tolist(), scores])
-    return hd.pr.GrayscaleSoftcopyPresentationState(
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[ref],
         series_instance_uid=series_uid,
         series_number=PR_SERIES_NUMBER,
@@ -103,3 +103,4 @@ def presentation_state(header: Dataset, record: Mapping[str, Any], algorithm: Al
         graphic_annotations=annotations,
         presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape=shape),
     )
+    return add_contributing_equipment(gsps, algorithm)

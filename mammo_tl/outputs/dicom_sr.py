@@ -32,8 +32,8 @@ from pydicom.tag import Tag
 from pydicom.valuerep import DS
 from tqdm import tqdm
 
-from .dicom_common import (MANUFACTURER, NAME, SR_SERIES_NUMBER, box_tracking_uid, closed_rectangle, derived_uid,
-                           reference_dataset)
+from .dicom_common import (MANUFACTURER, NAME, SR_SERIES_NUMBER, add_contributing_equipment, box_tracking_uid,
+                           closed_rectangle, derived_uid, reference_dataset)
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -172,7 +172,7 @@ def measurement_report(images: Sequence[tuple[Dataset, Mapping[str, Any]]], algo
     algorithm_id = hd.sr.AlgorithmIdentification(name=NAME, version=algorithm.version,
                                                  parameters=algorithm.parameters(), manufacturer=MANUFACTURER)
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=derived_uid("device", algorithm.weights_sha256, algorithm.config_name), name=NAME,
+        uid=algorithm.device_uid, name=NAME,
         manufacturer_name=MANUFACTURER, model_name=algorithm.config_name[:64], serial_number=algorithm.serial_number)
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
@@ -186,6 +186,7 @@ def measurement_report(images: Sequence[tuple[Dataset, Mapping[str, Any]]], algo
         evidence=refs, content=report, series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
         sop_instance_uid=derived_uid("SR", str(refs[0].StudyInstanceUID), content, algorithm.key()),
         instance_number=instance_number, manufacturer=MANUFACTURER, is_complete=True)
+    add_contributing_equipment(sr, algorithm)
     if all(len(im.scores) <= 1 for im in per_image):
         return sr
     _add_every_group(sr, per_image)

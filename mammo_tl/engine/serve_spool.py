@@ -1,0 +1,213 @@
+"""The DICOM node's spool (tools/serve.py): received instances, results and what was sent, on disk, so that a
+node killed at any moment finishes every study and sends every result when it starts again.
+
+Layout under the spool folder::
+
+    tmp/                                  instances being received (renamed into their study when complete)
+    studies/<StudyInstanceUID>/
+        instances/<SOPInstanceUID>.dcm    every instance received (one file per SOP Instance UID)
+        results/                          the presentation states and the report, then done.json (written last)
+        results.new/                      results being written (removed, or completed, at start)
+        sent/<destination>/<SOPInstanceUID>  one empty file per result acknowledged by that destination
+        processed                         written when every destination acknowledged every result
+
+Every file is written to a temporary name, fsynced, renamed, and its folder fsynced: after a crash a file is
+whole or absent. A study is predicted again when its instances differ from those done.json names (an instance
+added, or received again with other bytes). A result's SOP Instance UID is derived from what it shows (the
+source image or study, the boxes and scores, the model): the same instances give the same UIDs, and a result
+whose UID a destination acknowledged is not sent there again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+TMP, STUDIES, INSTANCES, RESULTS, NEW_RESULTS, SENT = "tmp", "studies", "instances", "results", "results.new", "sent"
+DONE, PROCESSED = "done.json", "processed"
+
+
+def fsync_folder(folder: str) -> None:
+    """Make a rename or a removal in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def durable_write(path: str, data: bytes, tmp_folder: str) -> None:
+    """Write ``data`` to ``path`` so that, once this returns, it survives a crash: written to a temporary file
+    in ``tmp_folder`` (same file system), fsynced, renamed, the folder fsynced. Raises OSError."""
+    tmp = os.path.join(tmp_folder, f"{uuid.uuid4().hex}.part")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    fsync_folder(os.path.dirname(path))
+
+
+class Spool:
+    """The spool folder (see the module's doc). ``lock`` orders what changes a study's folder as a whole (an
+    instance renamed into it, results committed, the study removed by retention)."""
+
+    def __init__(self, folder: str):
+        self.folder = os.path.abspath(folder)
+        self.lock = threading.Lock()
+        for sub in (TMP, STUDIES):
+            os.makedirs(os.path.join(self.folder, sub), exist_ok=True)
+        for name in os.listdir(self.tmp):  # parts of instances a stopped node was receiving: never acknowledged
+            os.remove(os.path.join(self.tmp, name))
+        for study in self.studies():
+            self._finish_commit(study)
+
+    @property
+    def tmp(self) -> str:
+        return os.path.join(self.folder, TMP)
+
+    def study(self, study_uid: str, *names: str) -> str:
+        return os.path.join(self.folder, STUDIES, study_uid, *names)
+
+    def studies(self) -> list[str]:
+        return sorted(os.listdir(os.path.join(self.folder, STUDIES)))
+
+    # ---- instances ---------------------------------------------------------------------------------------
+    def store(self, study_uid: str, sop_uid: str, data: bytes) -> bool:
+        """Durably store an instance; False when the same bytes were already stored (nothing written)."""
+        path = self.study(study_uid, INSTANCES, f"{sop_uid}.dcm")
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return False
+        except FileNotFoundError:
+            pass
+        tmp = os.path.join(self.tmp, f"{uuid.uuid4().hex}.part")
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            with self.lock:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.replace(tmp, path)
+                fsync_folder(os.path.dirname(path))
+                fsync_folder(self.study(study_uid))
+                fsync_folder(os.path.dirname(self.study(study_uid)))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return True
+
+    def instances(self, study_uid: str) -> dict[str, list[int]]:
+        """{file name: [size, mtime_ns]} of the study's instances."""
+        folder = self.study(study_uid, INSTANCES)
+        out = {}
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            st = os.stat(os.path.join(folder, name))
+            out[name] = [st.st_size, st.st_mtime_ns]
+        return out
+
+    # ---- results -----------------------------------------------------------------------------------------
+    def done(self, study_uid: str) -> dict[str, Any] | None:
+        """The study's done.json, or None while it has no committed results."""
+        try:
+            with open(self.study(study_uid, RESULTS, DONE), encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def pending(self, study_uid: str) -> bool:
+        """Whether the study's instances are not (all, or not as they are now) those its results describe."""
+        done = self.done(study_uid)
+        current = self.instances(study_uid)
+        return bool(current) and (done is None or done.get("inputs") != current)
+
+    def new_results(self, study_uid: str) -> str:
+        """An empty results.new/ folder for the study's next results."""
+        folder = self.study(study_uid, NEW_RESULTS)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        return folder
+
+    def commit_results(self, study_uid: str, inputs: Mapping[str, list[int]], outputs: Iterable[str],
+                       info: Mapping[str, Any]) -> dict[str, Any]:
+        """Make results.new/ (holding ``outputs``) the study's results: files fsynced, done.json written last
+        (with each output's SOP Instance UID and sha256), then renamed into place. Returns done.json's content."""
+        import pydicom
+
+        from ..files import sha256_file
+
+        folder = self.study(study_uid, NEW_RESULTS)
+        files = []
+        for name in outputs:
+            path = os.path.join(folder, name)
+            fsync_file(path)
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            files.append({"name": name, "sop_instance_uid": uid, "sha256": sha256_file(path)})
+        done = {**info, "inputs": dict(inputs), "outputs": files, "time": time.time()}
+        durable_write(os.path.join(folder, DONE), json.dumps(done, indent=1).encode(), folder)
+        with self.lock:
+            self._finish_commit(study_uid)
+        return done
+
+    def _finish_commit(self, study_uid):
+        """results.new/ with its done.json replaces results/; one without done.json is an unfinished write."""
+        new, old = self.study(study_uid, NEW_RESULTS), self.study(study_uid, RESULTS)
+        if not os.path.isdir(new):
+            return
+        if not os.path.isfile(os.path.join(new, DONE)):
+            shutil.rmtree(new)
+            return
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(new, old)
+        if os.path.exists(self.study(study_uid, PROCESSED)):
+            os.remove(self.study(study_uid, PROCESSED))
+        fsync_folder(self.study(study_uid))
+
+    # ---- sending -----------------------------------------------------------------------------------------
+    def unsent(self, study_uid: str, destination: str) -> list[dict[str, str]]:
+        """The study's results that ``destination`` has not acknowledged, in sending order."""
+        done = self.done(study_uid)
+        if not done:
+            return []
+        sent = self.study(study_uid, SENT, destination)
+        return [o for o in done["outputs"] if not os.path.exists(os.path.join(sent, o["sop_instance_uid"]))]
+
+    def mark_sent(self, study_uid: str, destination: str, sop_instance_uid: str) -> None:
+        folder = self.study(study_uid, SENT, destination)
+        os.makedirs(folder, exist_ok=True)
+        durable_write(os.path.join(folder, sop_instance_uid), b"", self.tmp)
+
+    def mark_processed(self, study_uid: str) -> float:
+        """The time every result of the study was acknowledged by every destination (recorded once)."""
+        path = self.study(study_uid, PROCESSED)
+        if not os.path.exists(path):
+            durable_write(path, str(time.time()).encode(), self.tmp)
+        with open(path, encoding="utf-8") as f:
+            return float(f.read())
+
+    def remove_study(self, study_uid: str) -> bool:
+        """Remove a processed study (retention), unless an instance arrived since its results were made."""
+        with self.lock:
+            if self.pending(study_uid):
+                return False
+            shutil.rmtree(self.study(study_uid))
+            fsync_folder(os.path.join(self.folder, STUDIES))
+        return True

@@ -1,0 +1,459 @@
+"""tools/serve.py against real servers: Orthanc (the PACS the results go to, by C-STORE and by STOW-RS) and
+DCMTK's storescu/echoscu (the modality), all on loopback ports. One node and two Orthancs for the module."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+
+from mammo_tl.engine.predict_command import run_predict
+from tests.common import REPO, breast_phantom
+from tests.dicom_fixtures import make_dicom
+from tests.pacs import DICOMWEB_PLUGIN, Orthanc, free_port, require, wait_for
+from tests.test_weights import tiny_config_file, tiny_weights
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+
+GSPS_CLASS, SR_CLASS = "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+OPTS = ["TEST.DETECTIONS_PER_IMAGE", "3"]  # and --min-score 0: every image has boxes to compare
+NODE_AE, SENDER_AE = "MAMMO_TL", "STORESCU"
+TIMEOUT = 60
+
+
+def _secondary_capture(path):
+    """The file as CBIS-DDSM's are: Secondary Capture Image Storage."""
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _study(folder, name, patient, seeds, syntaxes, photometrics=None):
+    """A study of one image per seed, in ``folder/name/``; returns its StudyInstanceUID."""
+    study, series = generate_uid(), generate_uid()
+    os.makedirs(folder / name)
+    for i, (seed, syntax) in enumerate(zip(seeds, syntaxes)):
+        side, view = ("L", "R")[i % 2], ("CC", "MLO")[i // 2 % 2]
+        make_dicom(folder / name / f"{side}{view}.dcm", breast_phantom(seed=seed), patient_id=patient,
+                   laterality=side, view=view, study_uid=study, series_uid=series, syntax=syntax,
+                   photometric=(photometrics or {}).get(i, "MONOCHROME2"), bits_stored=16)
+    return study
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    storescu, echoscu = require("storescu", "dcmtk"), require("echoscu", "dcmtk")
+    require(DICOMWEB_PLUGIN, "orthanc-dicomweb")  # the STOW-RS destination
+    root = tmp_path_factory.mktemp("serve")
+    src = root / "src"
+    studies = {
+        # patient 1: RLE Secondary Capture (as CBIS-DDSM), MONOCHROME1, JPEG 2000
+        "p1": _study(src, "p1", "P_00001", (1, 2, 3), (RLELossless, None, JPEG2000Lossless), {1: "MONOCHROME1"}),
+        "p2": _study(src, "p2", "P_00002", (4,), (None,)),
+        "down": _study(src, "down", "P_00003", (5,), (RLELossless,)),
+        "crash": _study(src, "crash", "P_00004", (6, 7), (None, None)),
+        **{f"c{i}": _study(src, f"c{i}", f"P_001{i}", (10 + i,), (None,)) for i in range(3)},
+    }
+    _secondary_capture(str(src / "p1" / "LCC.dcm"))
+    pacs, web = Orthanc(root / "orthanc"), Orthanc(root / "orthanc_web", aet="ORTHANCWEB")
+    pacs.start()
+    web.start()
+    weights = tiny_weights(tmp_path_factory)
+    config = tiny_config_file(tmp_path_factory)
+    port = free_port()
+    spool = root / "spool"
+    argv = [sys.executable, "tools/serve.py", "--config-file", config, "--spool", str(spool), "--port", str(port),
+            "--host", "127.0.0.1", "--ae-title", NODE_AE, "--allow", SENDER_AE, "--allow", "OTHER@10.0.0.1",
+            "--send-to", pacs.address, "--send-to", web.dicomweb, "--study-timeout", "1", "--retry-max", "1",
+            "--min-score", "0", "--keep-hours", "0", "--max-associations", "6", "--min-free-mb", "10",
+            "--max-instance-mb", "64", "--device", "cpu"] + OPTS + ["MODEL.WEIGHTS", weights]
+    w = {"root": root, "src": src, "studies": studies, "pacs": pacs, "web": web, "port": port, "spool": spool,
+         "argv": argv, "storescu": storescu, "echoscu": echoscu, "config": config, "node": None}
+    _start_node(w)
+    yield w
+    if w["node"] and w["node"].poll() is None:
+        w["node"].send_signal(signal.SIGTERM)
+        w["node"].wait(60)
+    pacs.stop(kill=True)
+    web.stop(kill=True)
+
+
+def _start_node(w):
+    log = open(w["root"] / "node.log", "ab")
+    w["node"] = subprocess.Popen(w["argv"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    wait_for(lambda: w["node"].poll() is not None or _echo(w, SENDER_AE).returncode == 0, TIMEOUT,
+             "the node to answer C-ECHO")
+    assert w["node"].poll() is None, _log(w)
+
+
+def _log(w):
+    return (w["root"] / "node.log").read_text()
+
+
+def _echo(w, ae):
+    return subprocess.run([w["echoscu"], "-aet", ae, "-aec", NODE_AE, "127.0.0.1", str(w["port"])],
+                          capture_output=True, text=True, timeout=30)
+
+
+# storescu's option proposing a file's transfer syntax (and the uncompressed ones); one storescu per syntax
+_PROPOSE = {RLELossless: ["-xr"], JPEG2000Lossless: ["-xv"]}
+
+
+def _send(w, name, ae=SENDER_AE, wait=True):
+    """storescu of study ``name``'s files, one storescu per transfer syntax (it proposes one compressed syntax at
+    a time); returns the last CompletedProcess, or a failed one, or the Popen when not ``wait``."""
+    groups = {}
+    for p in sorted((w["src"] / name).iterdir()):
+        syntax = str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        groups.setdefault(syntax, []).append(str(p))
+    result = None
+    for syntax, files in groups.items():
+        cmd = [w["storescu"], "-aet", ae, "-aec", NODE_AE, *_PROPOSE.get(syntax, []), "127.0.0.1", str(w["port"]),
+               *files]
+        if not wait:
+            assert len(groups) == 1
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            return result
+    return result
+
+
+def _results(orthanc, study_uid):
+    """{SOPInstanceUID: tags} of the GSPS and SR Orthanc holds for ``study_uid``."""
+    return {k: v for k, v in orthanc.instances().items()
+            if v.get("StudyInstanceUID") == study_uid and v.get("SOPClassUID") in (GSPS_CLASS, SR_CLASS)}
+
+
+def _wait_results(w, name, orthanc=None, timeout=TIMEOUT):
+    n = len(list((w["src"] / name).iterdir())) + 1
+    study = w["studies"][name]
+    return wait_for(lambda: (r := _results(orthanc or w["pacs"], study)) and len(r) >= n and r, timeout,
+                    f"{n} results of study {name} in Orthanc; node log:\n{_log(w)[-3000:]}")
+
+
+def _rectangles(ds):
+    """{referenced SOPInstanceUID: sorted rectangles as (x1, y1, x2, y2)} of a GSPS."""
+    out = {}
+    ref = ds.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID
+    for ann in ds.GraphicAnnotationSequence:
+        for g in ann.get("GraphicObjectSequence", []):
+            p = np.asarray(g.GraphicData, dtype=np.float64).reshape(-1, 2)
+            out.setdefault(ref, []).append(tuple(np.round([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(),
+                                                           p[:, 1].max()], 2)))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _regions(ds):
+    """How many SCOORD content items (image regions) an SR's content tree holds."""
+    return sum((item.ValueType == "SCOORD") + _regions(item) for item in ds.get("ContentSequence", []))
+
+
+def test_echo_and_a_rejected_calling_ae(world):
+    assert _echo(world, SENDER_AE).returncode == 0
+    assert _echo(world, "INTRUDER").returncode != 0
+    r = _send(world, "p2", ae="INTRUDER")
+    assert r.returncode != 0
+    # an allowed AE title from a host other than the one --allow names (OTHER@10.0.0.1) is refused too
+    assert _echo(world, "OTHER").returncode != 0
+    log = _log(world)
+    assert "association from INTRUDER@127.0.0.1 rejected" in log and "association from OTHER@127.0.0.1 rejected" in log
+
+
+def test_studies_come_back_as_predict_writes_them(world, tmp_path):
+    for name in ("p1", "p2"):
+        r = _send(world, name)
+        assert r.returncode == 0, r.stdout + r.stderr
+    got = {name: _wait_results(world, name) for name in ("p1", "p2")}
+    # tools/predict.py --dicom-out on the same files, the same config and options
+    out = tmp_path / "predict"
+    run_predict(world["config"], [str(world["src"] / "p1"), str(world["src"] / "p2")], str(out), OPTS,
+                min_score=0.0, dicom_out=str(out / "dicom"), workers=0)
+    expected = [pydicom.dcmread(out / "dicom" / n) for n in sorted(os.listdir(out / "dicom")) if n.endswith(".dcm")]
+    expected_gsps = {str(d.SOPInstanceUID): d for d in expected if d.SOPClassUID == GSPS_CLASS}
+    pacs = world["pacs"]
+    for name, results in got.items():
+        sources = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(p) for p in (world["src"] / name).iterdir())}
+        gsps = [uid for uid, t in results.items() if t["SOPClassUID"] == GSPS_CLASS]
+        srs = [uid for uid, t in results.items() if t["SOPClassUID"] == SR_CLASS]
+        assert len(gsps) == len(sources) and len(srs) == 1
+        for uid in gsps:
+            ds = pacs.dataset(results[uid]["_id"])
+            # the same presentation state as predict's: same UID (derived from the boxes, scores and model),
+            # the same rectangles on the same image
+            assert uid in expected_gsps
+            ref = ds.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID
+            assert ref in sources
+            rectangles = _rectangles(ds)
+            assert list(rectangles) == [ref] and len(rectangles[ref]) == 3  # TEST.DETECTIONS_PER_IMAGE 3
+            assert rectangles == _rectangles(expected_gsps[uid])
+            for k in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber"):
+                assert ds.get(k) == sources[ref].get(k), k
+        sr = pacs.dataset(results[srs[0]]["_id"])
+        evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                    for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+        assert evidence == set(sources)
+        assert _regions(sr) == 3 * len(sources)  # every box of every image
+        assert sr.PatientName == "Doe^Jane" and sr.PatientID == next(iter(sources.values())).PatientID
+    # the same objects by STOW-RS in the DICOMweb Orthanc
+    for name, results in got.items():
+        assert set(_wait_results(world, name, world["web"])) == set(results)
+    assert "Doe^Jane" not in _log(world)
+
+
+def test_pacs_down_and_the_node_killed_before_and_after_predicting(world):
+    """The PACS crashes; a study arrives, is predicted, its sending fails. Another study arrives and the node is
+    killed (kill -9) before predicting it. PACS and node start again: both studies' results arrive, once."""
+    pacs = world["pacs"]
+    pacs.stop(kill=True)
+    assert _send(world, "down").returncode == 0
+    down, crash = world["studies"]["down"], world["studies"]["crash"]
+    wait_for(lambda: "not acknowledged by " + pacs.address in _log(world), TIMEOUT, "a failed try")
+    assert (world["spool"] / "studies" / down / "results" / "done.json").exists()
+    assert _send(world, "crash").returncode == 0  # acknowledged: durably in the spool
+    world["node"].send_signal(signal.SIGKILL)
+    world["node"].wait(30)
+    assert len(list((world["spool"] / "studies" / crash / "instances").iterdir())) == 2
+    assert not (world["spool"] / "studies" / crash / "results").exists()
+    pacs.start()
+    _start_node(world)
+    for name in ("down", "crash"):
+        got = _wait_results(world, name)
+        assert len(got) == len(list((world["src"] / name).iterdir())) + 1
+
+
+def test_four_senders_at_once_one_sending_a_delivered_study_again(world):
+    before = set(_results(world["pacs"], world["studies"]["p2"]))
+    assert len(before) == 2  # test_studies_come_back_as_predict_writes_them
+    procs = [_send(world, name, wait=False) for name in ("c0", "c1", "c2", "p2")]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    for name in ("c0", "c1", "c2"):
+        assert len(_wait_results(world, name)) == 2
+    # p2 again: predicted again (its spool entry was removed, --keep-hours 0), the same result UIDs, nothing added
+    p2 = world["studies"]["p2"]
+    wait_for(lambda: _log(world).split("listening on")[-1].count(f"study {p2}: 2 result(s) sent to") == 2, TIMEOUT,
+             "p2's results delivered again")
+    assert set(_results(world["pacs"], p2)) == before
+
+
+def test_spool_is_emptied_after_delivery_and_status_counts(world):
+    # --keep-hours 0: studies whose every result was delivered leave the spool
+    done = [world["studies"][n] for n in ("p1", "p2", "c0", "down", "crash")]
+    wait_for(lambda: not any((world["spool"] / "studies" / s).exists() for s in done), TIMEOUT,
+             "delivered studies to leave the spool")
+    # since the restart: c0-c2 and p2 stored (4 instances); crash, c0-c2 and p2 predicted (down was, before the
+    # kill); results to 2 destinations, crash 3, c0-c2 2 each, p2 2, and down's 2 to the PACS only: the DICOMweb
+    # destination had acknowledged them before the kill; 6 studies removed
+    expected = {"instances_stored": 4, "instances_skipped": 0, "studies_predicted": 5,
+                "results_sent": 2 * (3 + 2 * 3 + 2) + 2, "studies_removed": 6}
+    status = world["spool"] / "status.json"
+    wait_for(lambda: status.exists() and json.loads(status.read_text())["counts"] == expected, TIMEOUT,
+             f"status.json's counts to be {expected}")
+
+
+# ---- the node in this process: what it refuses, counts and keeps ------------------------------------------------
+@pytest.fixture(scope="module")
+def local_node(tmp_path_factory):
+    """A node in this process, over TLS: its certificate (for localhost, self-signed) is also the CA its
+    senders' certificates must be signed by (--tls-cert, --tls-key, --tls-ca)."""
+    from mammo_tl.engine.serve import Node, ServeOptions
+    from mammo_tl.engine.serve_send import parse_destination
+
+    root = tmp_path_factory.mktemp("local_node")
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run([require("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    weights = tiny_weights(tmp_path_factory)
+    options = ServeOptions(str(root / "spool"), free_port(), "NODE", [("SCU", None)],
+                           [parse_destination(f"NOWHERE@127.0.0.1:{free_port()}")], host="127.0.0.1",
+                           study_timeout=0.2, min_score=0.0, max_instance_mb=0.2, min_free_mb=0, keep_hours=1,
+                           retry_max=1, tls_cert=str(cert), tls_key=str(key), tls_ca=str(cert))
+    node = Node(tiny_config_file(tmp_path_factory), OPTS + ["MODEL.WEIGHTS", weights], options).start()
+    node.tls_files = (str(cert), str(key))
+    yield node, root
+    node.stop()
+
+
+def _tls(node, client_certificate=True):
+    import ssl
+
+    cert, key = node.tls_files
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cert)
+    if client_certificate:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _c_store(node, datasets, sop_class=None, tls="client certificate"):
+    """Statuses of C-STORE of ``datasets`` from AE SCU (None where the class was not accepted, or no
+    association). ``tls``: with a client certificate, without one, or None: no TLS."""
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    ae = AE(ae_title="SCU")
+    for c in {sop_class or str(d.SOPClassUID) for d in datasets}:
+        for syntax in (ExplicitVRLittleEndian, RLELossless):  # one context each: the file's own is used
+            ae.add_requested_context(c, [syntax])
+    tls_args = (_tls(node, tls == "client certificate"), "localhost") if tls else None
+    assoc = ae.associate("127.0.0.1", node.options.port, ae_title="NODE", tls_args=tls_args)
+    if not assoc.is_established:  # no proposed context accepted: the requestor aborts
+        return [None] * len(datasets)
+    try:
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        return [assoc.send_c_store(d).Status if str(d.SOPClassUID) in accepted else None for d in datasets]
+    finally:
+        assoc.release()
+
+
+def _dataset(tmp_path, name, pixels, **kw):
+    return pydicom.dcmread(make_dicom(tmp_path / name, pixels, **kw))
+
+
+def test_refused_instances_are_counted_with_their_reason(local_node, tmp_path):
+    node, _ = local_node
+    no_pixels = _dataset(tmp_path, "a.dcm", breast_phantom(seed=1))
+    del no_pixels.PixelData
+    too_large = _dataset(tmp_path, "b.dcm", np.full((400, 400), 1000, np.uint16))  # 320 kB > 0.2 MB
+    gsps = _dataset(tmp_path, "c.dcm", breast_phantom(seed=2))
+    gsps.SOPClassUID = GSPS_CLASS
+    ok = _dataset(tmp_path, "d.dcm", breast_phantom(seed=3))
+    before = dict(node.counts)
+    assert _c_store(node, [no_pixels, too_large, ok, ok]) == [0xA900, 0xC001, 0x0000, 0x0000]
+    assert _c_store(node, [gsps]) == [None]  # a class it does not store: refused at negotiation
+    node.options.min_free_mb = 1e15  # the spool's disk below the free-space floor: out of resources, retried
+    try:
+        assert _c_store(node, [ok]) == [0xA700]
+    finally:
+        node.options.min_free_mb = 0
+    gained = {k: v - before.get(k, 0) for k, v in node.counts.items() if v != before.get(k, 0)}
+    assert gained == {"instances_refused:not_an_image": 1, "instances_refused:too_large": 1,
+                      "instances_stored": 1, "instances_received_again": 1, "instances_refused:disk_floor": 1}
+
+
+def test_a_corrupt_image_is_counted_and_the_node_goes_on(local_node, tmp_path):
+    node, root = local_node
+    bad = _dataset(tmp_path, "bad.dcm", breast_phantom(seed=4), syntax=RLELossless)
+    bad.PixelData = bad.PixelData[:40]  # an RLE header and little else: stored, not decodable
+    good = _dataset(tmp_path, "good.dcm", breast_phantom(seed=5), study_uid=bad.StudyInstanceUID)
+    assert _c_store(node, [bad, good]) == [0x0000, 0x0000]
+    done_path = root / "spool" / "studies" / str(bad.StudyInstanceUID) / "results" / "done.json"
+    done = wait_for(lambda: done_path.exists() and json.loads(done_path.read_text()), TIMEOUT, "the study predicted")
+    assert done["error"] is None and done["predicted"] == 1
+    assert [s["instance"] for s in done["skipped"]] == [f"{bad.SOPInstanceUID}.dcm"]
+    assert done["skipped"][0]["kind"] and done["skipped"][0]["reason"]
+    # the good image's presentation state and a report of it
+    names = [o["name"] for o in done["outputs"]]
+    assert len(names) == 2 and names[0].startswith("PR_") and names[1].startswith("SR_")
+
+
+def test_results_are_retried_until_the_destination_is_back(local_node, tmp_path):
+    """The destination is down (nothing listens on its port) when the results are ready: they are retried with
+    back-off and arrive once a Storage SCP listens there."""
+    from pynetdicom import AE, evt
+
+    node, _ = local_node
+    ds = _dataset(tmp_path, "retry.dcm", breast_phantom(seed=7))
+    assert _c_store(node, [ds]) == [0x0000]
+    (destination,) = node.options.send_to
+    wait_for(lambda: node.backoff[destination.key][0] > 0, TIMEOUT, "a failed try")
+    received = []
+
+    def on_store(event):
+        received.append((str(event.dataset.StudyInstanceUID), str(event.dataset.SOPClassUID)))
+        return 0x0000
+
+    scp = AE(ae_title=destination.ae_title)
+    for sop_class in (GSPS_CLASS, SR_CLASS):
+        scp.add_supported_context(sop_class)
+    server = scp.start_server((destination.host, destination.port), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        wait_for(lambda: sorted(c for s, c in received if s == ds.StudyInstanceUID) == [GSPS_CLASS, SR_CLASS],
+                 TIMEOUT, "the results at the destination")
+    finally:
+        server.shutdown()
+
+
+def test_a_spool_that_cannot_take_results_is_tried_again(local_node, tmp_path, monkeypatch):
+    """Writing a study's results fails once (a full disk): the node logs it, goes on, and tries again."""
+    import errno
+
+    from mammo_tl.engine import serve
+
+    node, root = local_node
+    monkeypatch.setattr(serve, "SPOOL_RETRY_S", 0.3)
+    ds = _dataset(tmp_path, "full.dcm", breast_phantom(seed=8))
+    study = str(ds.StudyInstanceUID)
+    commit, calls = node.spool.commit_results, []
+
+    def full_once(*args, **kwargs):
+        calls.append(args[0])
+        if calls.count(study) == 1 and args[0] == study:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return commit(*args, **kwargs)
+
+    monkeypatch.setattr(node.spool, "commit_results", full_once)
+    assert _c_store(node, [ds]) == [0x0000]
+    done = root / "spool" / "studies" / study / "results" / "done.json"
+    wait_for(done.exists, TIMEOUT, "the results written at the second try")
+    assert calls.count(study) == 2 and node.threads[0].is_alive()
+
+
+def test_retention_removes_only_delivered_studies_older_than_keep_hours(local_node):
+    node, root = local_node
+    studies = root / "spool" / "studies"
+    for name, age_hours in (("1.2.3.1", 2), ("1.2.3.2", 0.5), ("1.2.3.3", None)):
+        (studies / name / "instances").mkdir(parents=True)
+        if age_hours is not None:
+            (studies / name / "processed").write_text(str(time.time() - age_hours * 3600))
+    assert node.apply_retention(["1.2.3.1", "1.2.3.2", "1.2.3.3"]) == 1  # --keep-hours 1
+    assert sorted(p.name for p in studies.iterdir() if p.name.startswith("1.2.3.")) == ["1.2.3.2", "1.2.3.3"]
+
+
+def test_tls_lets_in_only_senders_with_a_certificate_of_the_ca(local_node, tmp_path):
+    node, _ = local_node
+    ds = _dataset(tmp_path, "tls.dcm", breast_phantom(seed=6))
+    assert _c_store(node, [ds]) == [0x0000]
+    assert _c_store(node, [ds], tls="no client certificate") == [None]
+    assert _c_store(node, [ds], tls=None) == [None]
+
+
+def test_destinations_and_allow_entries_are_checked():
+    from mammo_tl.engine.serve import parse_allow
+    from mammo_tl.engine.serve_send import DestinationError, parse_destination
+
+    d = parse_destination("ORTHANC@10.1.2.3:4242")
+    assert (d.ae_title, d.host, d.port, d.url) == ("ORTHANC", "10.1.2.3", 4242, "")
+    assert parse_destination("http://pacs:8042/dicom-web/").url == "http://pacs:8042/dicom-web"
+    assert parse_allow("MODALITY@10.0.0.7") == ("MODALITY", "10.0.0.7") and parse_allow("PACS") == ("PACS", None)
+    for bad in ("ORTHANC@host", "A_VERY_LONG_AE_TITLE_X@h:1", "ORTHANC@h:70000", "@h:1"):
+        with pytest.raises(DestinationError, match="--send-to"):
+            parse_destination(bad)
+    with pytest.raises(DestinationError, match="--allow"):
+        parse_allow("BACK\\SLASH")
+
+
+def test_benchmark_runs_at_the_smallest_size(tmp_path, tmp_path_factory, monkeypatch):
+    """docs/deploy.md's bench/serve.py command, with every option it shows, on 2 studies of one small image."""
+    from tests.test_docs import _tool
+
+    require("storescu")
+    out = tmp_path / "serve.json"
+    weights = tiny_weights(tmp_path_factory)
+    assert _tool(monkeypatch, "bench/serve.py", "--config-file", tiny_config_file(tmp_path_factory), "--studies", 2,
+                 "--images-per-study", 1, "--size", 256, 208, "--study-timeout", 0.5, "--device", "cpu", "--json", out,
+                 *OPTS, "MODEL.WEIGHTS", weights) == 0
+    result = json.loads(out.read_text())
+    assert result["studies"] == 2 and result["node_seconds"] > 0 and result["predict_seconds"] > 0
+    assert result["ratio"] == pytest.approx(result["predict_seconds"] / result["node_seconds"])
+    assert result["latency_max_s"] >= result["latency_median_s"] >= 0.5  # the study timeout is part of it
