@@ -26,17 +26,7 @@ from mammo_tl.engine.checkpoint import WeightsError
 from mammo_tl.engine.predict_command import check_batch_size, check_max_pixels, check_min_score
 from mammo_tl.engine.serve import Node, ServeOptions, parse_allow
 from mammo_tl.engine.serve_send import DestinationError, check_ae_title, parse_destination
-from mammo_tl.engine.predict_options import PredictError
-
-
-def _arg(check):
-    def parse(text):
-        try:
-            return check(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    return parse
+from mammo_tl.engine.predict_options import PredictError, argparse_type
 
 
 if __name__ == "__main__":
@@ -45,23 +35,24 @@ if __name__ == "__main__":
     p.add_argument("--spool", required=True, help="folder of received instances, results and what was sent")
     p.add_argument("--port", type=int, required=True, help="the DICOM port to listen on")
     p.add_argument("--host", default="0.0.0.0", help="the address to listen on (default 0.0.0.0: all)")
-    p.add_argument("--ae-title", type=_arg(lambda t: check_ae_title(t, "--ae-title")), default="MAMMO_TL",
+    p.add_argument("--ae-title", type=argparse_type(lambda t: check_ae_title(t, "--ae-title")), default="MAMMO_TL",
                    help="this node's AE title (default MAMMO_TL); also the calling AE title when sending")
-    p.add_argument("--allow", type=_arg(parse_allow), action="append", required=True, metavar="AE[@HOST]",
+    p.add_argument("--allow", type=argparse_type(parse_allow), action="append", required=True, metavar="AE[@HOST]",
                    help="a calling AE title (and host) that may send studies; repeatable")
-    p.add_argument("--send-to", type=_arg(parse_destination), action="append", required=True,
+    p.add_argument("--send-to", type=argparse_type(parse_destination), action="append", required=True,
                    metavar="AE@HOST:PORT|URL",
                    help="where results go: C-STORE or a DICOMweb (STOW-RS) root; repeatable")
     p.add_argument("--study-timeout", type=float, default=10.0,
                    help="seconds without a new instance after which a study is predicted (default 10)")
-    p.add_argument("--min-score", type=_arg(check_min_score), default=0.05,
+    p.add_argument("--min-score", type=argparse_type(check_min_score), default=0.05,
                    help="report boxes scoring at least this (0 to 1)")
-    p.add_argument("--max-pixels", type=_arg(check_max_pixels), default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=argparse_type(check_max_pixels), default=DEFAULT_MAX_PIXELS,
                    help=f"skip images with more pixels than this (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--operating-point", metavar="NAME", help="recall layers at this stored operating point")
     p.add_argument("--operating-points", metavar="FILE",
                    help="the operating points file (default: operating_points.json beside MODEL.WEIGHTS)")
-    p.add_argument("--batch-size", type=_arg(check_batch_size), default=1, help="images per model call (default 1)")
+    p.add_argument("--batch-size", type=argparse_type(check_batch_size), default=1,
+                   help="images per model call (default 1)")
     p.add_argument("--device", choices=("cuda", "cpu"), help="where the model runs (default: MODEL.DEVICE)")
     p.add_argument("--max-associations", type=int, default=8, help="associations at once (default 8)")
     p.add_argument("--max-instance-mb", type=float, default=512.0,

@@ -29,7 +29,7 @@ from ..files import sha256_file
 from ..outputs import OutputError, tables, write_json, write_text
 from .export_runtime import ExportedPredictor, ExportError, load_exported, model_identity, read_export_json
 from .predict_loader import predict_files, prepared_inputs  # noqa: F401  (public: bench/inference.py)
-from .predict_options import (PredictError, _build_cfg, _check_device, _config_name, _operating_point,
+from .predict_options import (PredictError, build_cfg, check_device, dicom_config_name, load_operating_point,
                               _patients_table, check_batch_size, check_max_pixels, check_min_score, check_shard,
                               check_workers, default_workers, inputs_digest, select_shard)
 from .predict_output import (FINAL_FILES, JSONL, MANIFEST, OVERLAYS, RUN, _DicomFolder, _jsonl_records_or_none,
@@ -73,8 +73,8 @@ def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opt
     else:
         if not config_file:
             raise PredictError("--config-file: required (or --model, an exported model)")
-        cfg = _build_cfg(config_file, list(opts) + (["MODEL.DEVICE", device] if device else []), min_score)
-        _check_device(cfg, amp)
+        cfg = build_cfg(config_file, list(opts) + (["MODEL.DEVICE", device] if device else []), min_score)
+        check_device(cfg, amp)
     try:
         files, in_output_folders = list_inputs(inputs, exclude=(output, dicom_out))
     except FileNotFoundError as e:
@@ -84,7 +84,7 @@ def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opt
         raise PredictError(f"--input {' '.join(inputs)}: no image files found (looked for "
                            f"{', '.join(IMAGE_SUFFIXES)}{left_out})")
     entries, patients_summary, patients_sha256 = _patients_table(patients, files) if patients else ({}, None, None)
-    point = _operating_point(operating_point, operating_points, cfg.MODEL.WEIGHTS, min_score) \
+    point = load_operating_point(operating_point, operating_points, cfg.MODEL.WEIGHTS, min_score) \
         if operating_point else None
     all_files = files
     if shard:
@@ -107,11 +107,11 @@ def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opt
         if model:
             record = {"weights": os.path.abspath(model), "weights_sha256": exported.meta["model_sha256"],
                       "options": options, "config": exported.meta["config"]}
-            config_name = _config_name(exported.meta["source"]["config_file"])
+            config_name = dicom_config_name(exported.meta["source"]["config_file"])
             make_predictor = exported.load
         else:
             record = _run_record(cfg, options)
-            config_name = _config_name(config_file)
+            config_name = dicom_config_name(config_file)
             make_predictor = functools.partial(MammoPredictor, cfg, amp=amp)
         if shard:  # what run_merge needs besides the records
             record["shard"] = {"files": files, "positions": positions, "keys": kinds, "config_name": config_name,

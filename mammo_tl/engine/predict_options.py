@@ -1,12 +1,13 @@
 """tools/predict.py's options: checked before any work, each error naming the option or file at fault."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +15,9 @@ from ..config import get_mammo_tl_cfg
 from ..data.inputs import PatientsCsvError, read_patients_csv, read_regular_file
 from ..evaluation.operating_points import FILE_NAME as OPERATING_POINTS_FILE
 from ..evaluation.operating_points import OperatingPointError, load_operating_points
+
+if TYPE_CHECKING:
+    from detectron2.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +79,9 @@ def default_workers() -> int:
     return min(4, cpus)
 
 
-def _build_cfg(config_file, opts, min_score):
+def build_cfg(config_file: str, opts: Sequence[str], min_score: float) -> CfgNode:
+    """The frozen config predict (and the DICOM node) runs: ``config_file`` + ``opts``, the ROI heads' score
+    threshold lowered to ``min_score``; PredictError naming the file or the overrides."""
     if not os.path.isfile(config_file):
         raise PredictError(f"--config-file {config_file}: file not found")
     cfg = get_mammo_tl_cfg()
@@ -92,7 +98,8 @@ def _build_cfg(config_file, opts, min_score):
     return cfg
 
 
-def _check_device(cfg, amp):
+def check_device(cfg: CfgNode, amp: bool) -> None:
+    """PredictError when MODEL.DEVICE is CUDA without one, or ``amp`` off CUDA."""
     device = str(cfg.MODEL.DEVICE)
     if device.startswith("cuda") and not torch.cuda.is_available():
         why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
@@ -127,7 +134,7 @@ def _patients_table(path, files):
         hashlib.sha256(data).hexdigest()
 
 
-def _operating_point(name, file, weights, min_score):
+def load_operating_point(name: str, file: str | None, weights: str, min_score: float) -> dict[str, Any]:
     """--operating-point NAME [--operating-points FILE]: {"name", "threshold", "file", ...} checked against
     the weights in use."""
     if not weights or not os.path.isfile(weights):
@@ -151,10 +158,21 @@ def _operating_point(name, file, weights, min_score):
             "validation_dataset": data.get("validation_dataset"), "validation": points[name].get("validation")}
 
 
-def _config_name(config_file):
+def dicom_config_name(config_file: str) -> str:
     """The config as the DICOM outputs name it: its folder and file name (configs/paper/x.yaml -> paper/x.yaml)."""
     path = os.path.abspath(config_file)
     return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+
+
+def argparse_type(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=`` from a check that raises ValueError: argparse then reports the message."""
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def check_shard(value: Any) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from ..data.dicom_header import uid_problem
 from ..data.inputs import image_key
 from ..files import FolderLock, FolderLocked, atomic_write_json, sha256_file
 from .predict_loader import predict_files
-from .predict_options import PredictError, _build_cfg, _check_device, _config_name, _operating_point
+from .predict_options import PredictError, build_cfg, check_device, dicom_config_name, load_operating_point
 from .serve_send import Destination, check_ae_title, send
 from .serve_spool import INSTANCES, Spool
 
@@ -113,13 +113,13 @@ class Node:
             if not value >= low:
                 raise ServeError(f"{name} {value}: must be at least {low}")
         self.max_pixels = DEFAULT_MAX_PIXELS if o.max_pixels is None else o.max_pixels
-        self.cfg = _build_cfg(config_file, list(opts) + (["MODEL.DEVICE", device] if device else []), o.min_score)
-        _check_device(self.cfg, False)
-        point = _operating_point(operating_point, operating_points, self.cfg.MODEL.WEIGHTS, o.min_score) \
+        self.cfg = build_cfg(config_file, list(opts) + (["MODEL.DEVICE", device] if device else []), o.min_score)
+        check_device(self.cfg, False)
+        point = load_operating_point(operating_point, operating_points, self.cfg.MODEL.WEIGHTS, o.min_score) \
             if operating_point else None
         self.threshold = point["threshold"] if point else None
         weights = self.cfg.MODEL.WEIGHTS
-        self.algorithm = Algorithm(_config_name(config_file),
+        self.algorithm = Algorithm(dicom_config_name(config_file),
                                    sha256_file(weights) if weights and os.path.isfile(weights) else None,
                                    o.min_score, (point["name"], point["threshold"]) if point else None)
         self.predictor = MammoPredictor(self.cfg)  # refuses missing or partial weights before the port opens
