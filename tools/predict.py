@@ -60,11 +60,10 @@ Exit status 1 with a message on any error, 2 on a bad argument.
 import argparse
 import sys
 
-from mammo_tl.data.image_io import DEFAULT_MAX_PIXELS
 from mammo_tl.engine.checkpoint import WeightsError
-from mammo_tl.engine.predict_command import (PredictError, check_batch_size, check_max_pixels, check_min_score,
-                                             check_shard, check_workers, default_workers, run_merge, run_predict)
-from mammo_tl.engine.predict_options import argparse_type
+from mammo_tl.engine.predict_command import (PredictError, check_shard, check_workers, default_workers, run_merge,
+                                             run_predict)
+from mammo_tl.engine.predict_options import add_model_options, argparse_type
 
 
 if __name__ == "__main__":
@@ -84,18 +83,9 @@ if __name__ == "__main__":
                    help="also write DICOM presentation states (per image) and TID 1500 reports (per study)")
     p.add_argument("--patients", metavar="CSV",
                    help="who each file shows: columns file, patient_id[, laterality, view]")
-    p.add_argument("--min-score", type=argparse_type(check_min_score), default=0.05,
-                   help="report boxes scoring at least this (0 to 1)")
-    p.add_argument("--max-pixels", type=argparse_type(check_max_pixels), default=DEFAULT_MAX_PIXELS,
-                   help=f"skip images with more pixels than this, before decoding them (default {DEFAULT_MAX_PIXELS})")
-    p.add_argument("--operating-point", metavar="NAME", help="write recall decisions at this stored operating point")
-    p.add_argument("--operating-points", metavar="FILE",
-                   help="the operating points file (default: operating_points.json beside MODEL.WEIGHTS)")
     p.add_argument("--workers", type=argparse_type(check_workers), default=default_workers(),
                    help=f"processes decoding images beside the model (default min(4, CPUs) = {default_workers()})")
-    p.add_argument("--batch-size", type=argparse_type(check_batch_size), default=1,
-                   help="images per model call (default 1)")
-    p.add_argument("--device", choices=("cuda", "cpu"), help="where the model runs (default: MODEL.DEVICE)")
+    add_model_options(p)
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",

@@ -21,12 +21,10 @@ import argparse
 import logging
 import sys
 
-from mammo_tl.data.image_io import DEFAULT_MAX_PIXELS
 from mammo_tl.engine.checkpoint import WeightsError
-from mammo_tl.engine.predict_command import check_batch_size, check_max_pixels, check_min_score
 from mammo_tl.engine.serve import Node, ServeOptions, parse_allow
 from mammo_tl.engine.serve_send import DestinationError, check_ae_title, parse_destination
-from mammo_tl.engine.predict_options import PredictError, argparse_type
+from mammo_tl.engine.predict_options import PredictError, add_model_options, argparse_type
 
 
 if __name__ == "__main__":
@@ -44,16 +42,7 @@ if __name__ == "__main__":
                    help="where results go: C-STORE or a DICOMweb (STOW-RS) root; repeatable")
     p.add_argument("--study-timeout", type=float, default=10.0,
                    help="seconds without a new instance after which a study is predicted (default 10)")
-    p.add_argument("--min-score", type=argparse_type(check_min_score), default=0.05,
-                   help="report boxes scoring at least this (0 to 1)")
-    p.add_argument("--max-pixels", type=argparse_type(check_max_pixels), default=DEFAULT_MAX_PIXELS,
-                   help=f"skip images with more pixels than this (default {DEFAULT_MAX_PIXELS})")
-    p.add_argument("--operating-point", metavar="NAME", help="recall layers at this stored operating point")
-    p.add_argument("--operating-points", metavar="FILE",
-                   help="the operating points file (default: operating_points.json beside MODEL.WEIGHTS)")
-    p.add_argument("--batch-size", type=argparse_type(check_batch_size), default=1,
-                   help="images per model call (default 1)")
-    p.add_argument("--device", choices=("cuda", "cpu"), help="where the model runs (default: MODEL.DEVICE)")
+    add_model_options(p)
     p.add_argument("--max-associations", type=int, default=8, help="associations at once (default 8)")
     p.add_argument("--max-instance-mb", type=float, default=512.0,
                    help="refuse instances larger than this many MB (default 512)")

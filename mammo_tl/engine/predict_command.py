@@ -39,6 +39,17 @@ from .predictor import MammoPredictor
 logger = logging.getLogger(__name__)
 
 
+def _locked_outputs(held, output, dicom_out):
+    """--output (and --dicom-out) locked for the whole run, released by ``held``: one writer per folder (a
+    second predict is refused, naming this one)."""
+    out = _Output(output)
+    dicom = _DicomFolder(dicom_out) if dicom_out else None
+    held.callback(out.lock().release)
+    if dicom:
+        held.callback(dicom.lock().release)
+    return out, dicom
+
+
 def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opts: Sequence[str] = (),
                 overlay: bool = False, min_score: float = 0.05, max_pixels: int | None = None, resume: bool = False,
                 overwrite: bool = False, *, dicom_out: str | None = None, patients: str | None = None,
@@ -91,13 +102,8 @@ def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opt
         files, positions, kinds = select_shard(all_files, entries, shard)
         print(f"--shard {shard[0]}/{shard[1]}: {len(files)} of {len(all_files)} input(s) (kept together by "
               + ", ".join(f"{k} {n}" for k, n in kinds.items()) + ")", flush=True)
-    out = _Output(output)
-    dicom = _DicomFolder(dicom_out) if dicom_out else None
     with contextlib.ExitStack() as held:
-        # one writer per folder, for the whole run (a second predict is refused, naming this one)
-        held.callback(out.lock().release)
-        if dicom:
-            held.callback(dicom.lock().release)
+        out, dicom = _locked_outputs(held, output, dicom_out)
         options = {"min_score": min_score, "max_pixels": max_pixels, "overlay": bool(overlay), "amp": bool(amp),
                    "patients_sha256": patients_sha256,
                    "operating_point": [point["name"], point["threshold"]] if point else None,
@@ -465,12 +471,8 @@ def run_merge(shards: Sequence[str], output: str, *, dicom_out: str | None = Non
             files[pos], records[f] = f, shard_records[f]
     if None in files:
         raise PredictError(f"--merge: the shards cover {total - files.count(None)} of the run's {total} inputs")
-    out = _Output(output)
-    dicom = _DicomFolder(dicom_out) if dicom_out else None
     with contextlib.ExitStack() as held:
-        held.callback(out.lock().release)
-        if dicom:
-            held.callback(dicom.lock().release)
+        out, dicom = _locked_outputs(held, output, dicom_out)
         owner = os.path.realpath(out.folder)
         previous = out.previous_run()
         old_dicom = dicom.previous_run() if dicom else []

@@ -175,6 +175,24 @@ def argparse_type(check: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options tools/predict.py and tools/serve.py share: what is reported (--min-score, the operating
+    point), what is read (--max-pixels) and how the model runs (--batch-size, --device)."""
+    from ..data.image_io import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--min-score", type=argparse_type(check_min_score), default=0.05,
+                   help="report boxes scoring at least this (0 to 1)")
+    p.add_argument("--max-pixels", type=argparse_type(check_max_pixels), default=DEFAULT_MAX_PIXELS,
+                   help=f"skip images with more pixels than this, before decoding them (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--operating-point", metavar="NAME",
+                   help="recall decisions and layers at this stored operating point")
+    p.add_argument("--operating-points", metavar="FILE",
+                   help="the operating points file (default: operating_points.json beside MODEL.WEIGHTS)")
+    p.add_argument("--batch-size", type=argparse_type(check_batch_size), default=1,
+                   help="images per model call (default 1)")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="where the model runs (default: MODEL.DEVICE)")
+
+
 def check_shard(value: Any) -> tuple[int, int]:
     """--shard I/N: shard I of N, numbered from 1 (tools/prepare_dataset.py's parse_shard)."""
     from ..data.prepare import PrepareError, parse_shard
