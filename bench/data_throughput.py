@@ -2,8 +2,10 @@
 """Data throughput (images/s), single thread: full-size 16-bit mammogram DICOMs (RLE Lossless and JPEG 2000,
 4672 x 2632 by default) split by stage: decode only (pydicom's dcmread + pixel_array), read_mammogram (the
 float32 image), preprocess (crop to the breast + resize), and read + crop + resize end to end as
-tools/prepare_dataset.py does it, with the ratio end to end / decode only; the peak memory of
-read_mammogram per pixel; then loading the 512 x 512 cache, and the paired train loader with 0, 2 and 4
+tools/prepare_dataset.py does it, with the ratio end to end / decode only; for JPEG 2000 also end to end
+with the reduced-resolution decode (mammo_tl.data.resolution, oversample 1 and 2), its ratios to decode only
+and to the full decode's end to end, and how far its model input lies from the full decode's; the peak memory
+of read_mammogram per pixel; then loading the 512 x 512 cache, and the paired train loader with 0, 2 and 4
 workers, set against the images/s one training step consumes (from --train-step-json, or measured here).
 
     python bench/data_throughput.py --json output/bench/data.json [--train-step-json output/bench/train_step.json]
@@ -30,9 +32,10 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from mammo_tl.data import MammogramDatasetMapper, build_paired_train_loader
 from mammo_tl.data.datasets.common import register_records, save_records
 from mammo_tl.data.dicom import read_mammogram
-from mammo_tl.data.image_io import read_image
+from mammo_tl.data.image_io import read_image, read_stored_image, to_model_input
 from mammo_tl.data.prepare import prepare_dataset
 from mammo_tl.data.preprocess import preprocess
+from mammo_tl.data.resolution import ResolutionRequest
 from mammo_tl.data.synthetic import SyntheticSpec, generate, load_synthetic, mammogram_dataset
 
 SYNTAXES = {"RLE": RLELossless, "JPEG 2000": JPEG2000Lossless}
@@ -61,10 +64,21 @@ def rate(fn, items, repeat=1):
     return len(items) * repeat / (time.perf_counter() - t)
 
 
-def stage_times(files, size, repeat):
+def reduced_prepare(f, size, oversample):
+    """read + crop + resize with the reduced-resolution decode (JPEG 2000; other files are decoded in full)."""
+    stored = read_stored_image(f, keep_integers=True, resolution=ResolutionRequest(size, True, oversample))
+    return preprocess(stored.pixels, size=size, crop=True, geometry=stored.meta["decode_geometry"])
+
+
+REDUCED = {1: "read + crop + resize, reduced decode (oversample 1, the default)",
+           2: "read + crop + resize, reduced decode (oversample 2)"}
+
+
+def stage_times(files, size, repeat, reduced=False):
     """Median ms per image of each stage as (CPU time of this process, wall time). Every stage is single
     threaded, so CPU time equals wall time on an idle machine and stays put when other jobs share the
-    cores; the stages alternate image by image so drifts hit all alike."""
+    cores; the stages alternate image by image so drifts hit all alike. ``reduced``: add the end to end
+    stages with the reduced-resolution decode."""
     images = {f: read_mammogram(f)[0] for f in files}
     stages = {
         "decode only (dcmread + pixel_array)": lambda f: pydicom.dcmread(f).pixel_array,
@@ -73,6 +87,11 @@ def stage_times(files, size, repeat):
         "read + crop + resize, end to end": lambda f: preprocess(read_image(f, keep_integers=True), size=size,
                                                                  crop=True),
     }
+    if reduced:
+        for k, name in REDUCED.items():
+            stages[name] = lambda f, k=k: reduced_prepare(f, size, k)
+    for fn in stages.values():  # warm-up: imports (Pillow's decoder), allocator
+        fn(files[0])
     cpu, wall = {k: [] for k in stages}, {k: [] for k in stages}
     for _ in range(repeat):
         for f in files:
@@ -83,6 +102,27 @@ def stage_times(files, size, repeat):
                 wall[k].append(time.perf_counter() - t)
     return ({k: 1000 * statistics.median(v) for k, v in cpu.items()},
             {k: 1000 * statistics.median(v) for k, v in wall.items()})
+
+
+def reduced_accuracy(files, size):
+    """How far the reduced decode's model input (windowed to 0..255 as the mapper does) lies from the full
+    decode's, per oversampling: mean, 99th percentile and max of the absolute difference over all images,
+    the decode scales used, and the largest difference between the two crops (stored pixels)."""
+    out = {}
+    for k in REDUCED:
+        diffs, scales, crops = [], [], []
+        for f in files:
+            full, t_full = preprocess(read_image(f, keep_integers=True), size=size, crop=True)
+            stored = read_stored_image(f, keep_integers=True, resolution=ResolutionRequest(size, True, k))
+            geometry = stored.meta["decode_geometry"]
+            red, t_red = preprocess(stored.pixels, size=size, crop=True, geometry=geometry)
+            diffs.append(np.abs(to_model_input(full)[..., 0] - to_model_input(red)[..., 0]).ravel())
+            scales.append(geometry.scale if geometry is not None else 1)
+            crops.append(float(np.abs(np.subtract(t_full.crop, t_red.crop)).max()))
+        d = np.concatenate(diffs)
+        out[k] = {"mean": float(d.mean()), "p99": float(np.percentile(d, 99)), "max": float(d.max()),
+                  "scales": scales, "max_crop_difference_px": max(crops)}
+    return out
 
 
 def peak_bytes_per_pixel(fn, f):
@@ -114,8 +154,10 @@ def main():
     h, w = a.dicom_size
     dicoms = full_size_dicoms(tmp, a.num_dicoms, h, w)
     split = []
+    accuracy = {}
     for syntax, files in dicoms.items():
-        ms, wall = stage_times(files, (a.size, a.size), a.repeat)
+        reduced = syntax == "JPEG 2000"
+        ms, wall = stage_times(files, (a.size, a.size), a.repeat, reduced=reduced)
         stages = list(ms)
         ratio = ms[stages[0]] / ms[stages[3]]
         mb = np.mean([os.path.getsize(f) for f in files]) / 1e6
@@ -128,6 +170,16 @@ def main():
                      for k in stages)
         split.append([f"{syntax}", "end to end / decode only (images/s ratio)", "", f"{ratio:.2f}",
                       f"{wall[stages[0]] / wall[stages[3]]:.2f}"])
+        if reduced:
+            for k, name in REDUCED.items():
+                out[f"dicom_{syntax}"][f"reduced_{k}_over_decode_only"] = ms[stages[0]] / ms[name]
+                out[f"dicom_{syntax}"][f"reduced_{k}_over_full_end_to_end"] = ms[stages[3]] / ms[name]
+                split.append([f"{syntax}", f"reduced (oversample {k}) / decode only (images/s ratio)", "",
+                              f"{ms[stages[0]] / ms[name]:.2f}", f"{wall[stages[0]] / wall[name]:.2f}"])
+                split.append([f"{syntax}", f"reduced (oversample {k}) / full end to end (images/s ratio)", "",
+                              f"{ms[stages[3]] / ms[name]:.2f}", f"{wall[stages[3]] / wall[name]:.2f}"])
+            accuracy = reduced_accuracy(files, (a.size, a.size))
+            out[f"dicom_{syntax}"]["reduced_against_full_model_input"] = {str(k): v for k, v in accuracy.items()}
         rows.append([f"full-size 16-bit DICOM ({syntax}, {h}x{w}) -> read + crop + resize {a.size}",
                      f"{1000 / ms[stages[3]]:.2f}"])
     print(f"DICOM stages, {h} x {w}, single thread, median of {a.repeat} x {a.num_dicoms} images "
@@ -137,6 +189,10 @@ def main():
         d = out[f"dicom_{syntax}"]
         print(f"{syntax}: peak memory read_mammogram {d['read_mammogram_peak_bytes_per_pixel']:.1f} bytes/pixel, "
               f"end-to-end read {d['end_to_end_read_peak_bytes_per_pixel']:.1f} bytes/pixel (tracemalloc)")
+    for k, v in accuracy.items():
+        print(f"JPEG 2000 reduced decode (oversample {k}, scales {v['scales']}) against the full decode, model input "
+              f"0..255: mean {v['mean']:.2f}, 99th percentile {v['p99']:.2f}, max {v['max']:.1f}; crops differ by at "
+              f"most {v['max_crop_difference_px']:.1f} stored pixels")
     if a.dicom_only:
         write_json(a.json, out)
         return

@@ -5,12 +5,16 @@ prepared in memory; same process, same model, same images, alternating which goe
 
     python bench/inference.py --json output/bench/inference.json
     python bench/inference.py --device cuda [--amp] --workers 8 --batch-size 4
+    python bench/inference.py --syntax jpeg2000 --images 4 --repeats 2 --json output/bench/inference_j2k.json
 
-The images (4672 x 2632, 16 bits, RLE Lossless by default) compress like mammograms: constant background over
+The images (4672 x 2632, 16 bits, RLE Lossless by default, JPEG 2000 Lossless with --syntax jpeg2000) compress
+like mammograms: constant background over
 about half the field, a breast with smooth texture and a little noise (bench/data_throughput.py's
 mammogram_like). The model has random weights (its timing does not depend on them); it is the paper's
 ResNet-101-FPN at 512 x 512 unless --config says otherwise. Prints images/s of both, their ratio (goal >= 0.9)
 per repeat and the spread over repeats, and the load average, since other work on the machine distorts both.
+Also the decoding and preparation of one image in one process, and for JPEG 2000 the same with the
+reduced-resolution decode (mammo_tl.data.resolution at INPUT.FIXED_SIZE: read, crop, area-resize, window).
 """
 import argparse
 import multiprocessing
@@ -22,9 +26,12 @@ import time
 import numpy as np
 import torch
 from _common import machine, mammogram_like, table, write_json
-from pydicom.uid import RLELossless
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from mammo_tl.config import get_mammo_tl_cfg
+from mammo_tl.data.image_io import read_stored_image_identified
+from mammo_tl.data.preprocess import preprocess
+from mammo_tl.data.resolution import ResolutionRequest
 from mammo_tl.engine.predict_command import default_workers, predict_files, prepared_inputs
 from mammo_tl.data.inputs import describe
 from mammo_tl.engine.predictor import MammoPredictor
@@ -32,25 +39,45 @@ from mammo_tl.engine.predictor import MammoPredictor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _rle_mammogram(path, i, rows, cols):
+SYNTAXES = {"rle": RLELossless, "jpeg2000": JPEG2000Lossless}
+
+
+def _mammogram_file(path, i, rows, cols, syntax="rle"):
     from mammo_tl.data.synthetic import mammogram_dataset
 
     if not os.path.exists(path):
         img = mammogram_like(np.random.default_rng(i), rows, cols, right=bool(i % 2))
         ds = mammogram_dataset(path, img, f"B{i // 4}", "LR"[i % 2], ("CC", "MLO")[i // 2 % 2])
-        ds.compress(RLELossless)
+        ds.compress(SYNTAXES[syntax])
         ds.save_as(path + ".part", enforce_file_format=True)
         os.replace(path + ".part", path)
     return path
 
 
-def rle_mammograms(folder, n, rows, cols):
-    """n mammogram-like RLE Lossless DICOMs in ``folder`` (image i from seed i; made in parallel processes,
-    once: files already there are reused)."""
+def rle_mammograms(folder, n, rows, cols, syntax="rle"):
+    """n mammogram-like DICOMs (RLE Lossless, or ``syntax`` "jpeg2000") in ``folder`` (image i from seed i; made
+    in parallel processes, once: files already there are reused)."""
     os.makedirs(folder, exist_ok=True)
-    jobs = [(os.path.join(folder, f"mammo_{rows}x{cols}_{i:03d}.dcm"), i, rows, cols) for i in range(n)]
+    jobs = [(os.path.join(folder, f"mammo_{rows}x{cols}_{syntax}_{i:03d}.dcm"), i, rows, cols, syntax)
+            for i in range(n)]
     with multiprocessing.get_context("fork").Pool(min(n, os.cpu_count() or 1)) as pool:
-        return pool.starmap(_rle_mammogram, jobs)
+        return pool.starmap(_mammogram_file, jobs)
+
+
+def reduced_prepare_ms(predictor, files):
+    """ms per image, one process: the reduced-resolution read (JPEG 2000) with its identity, crop and area-resize
+    to INPUT.FIXED_SIZE on the integer pixels, then the mapper's windowing, as predict's workers do it with the
+    reduced decode."""
+    cfg = predictor.cfg
+    size = tuple(int(v) for v in cfg.INPUT.FIXED_SIZE)
+    request = ResolutionRequest(size, bool(cfg.INPUT.CROP_TO_BREAST))
+    t = time.perf_counter()
+    for f in files:
+        (pixels, meta, _), _ = read_stored_image_identified(f, keep_integers=True, resolution=request)
+        out, _ = preprocess(pixels, size=size, crop=request.crop, canonical_flip=bool(cfg.INPUT.CANONICAL_FLIP),
+                            geometry=meta["decode_geometry"])
+        predictor.prepare.mapper.image_to_tensor(out)
+    return (time.perf_counter() - t) * 1000 / len(files)
 
 
 def _sync(device):
@@ -87,6 +114,7 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--images", type=int, default=8)
+    p.add_argument("--syntax", choices=sorted(SYNTAXES), default="rle", help="transfer syntax of the DICOMs")
     p.add_argument("--rows", type=int, default=4672)
     p.add_argument("--cols", type=int, default=2632)
     p.add_argument("--workers", type=int, default=default_workers())
@@ -101,7 +129,8 @@ def main():
     cfg.merge_from_list(list(a.opts))
     cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = a.device, ""
     # the files first: the generator forks, which must happen before CUDA is initialised
-    files = rle_mammograms(a.data or tempfile.mkdtemp(prefix="mammo_tl_bench_inference_"), a.images, a.rows, a.cols)
+    files = rle_mammograms(a.data or tempfile.mkdtemp(prefix="mammo_tl_bench_inference_"), a.images, a.rows, a.cols,
+                           a.syntax)
     torch.manual_seed(0)
     predictor = MammoPredictor(cfg, allow_random_init=True, amp=a.amp)
     timed = files[:8]
@@ -109,6 +138,8 @@ def main():
     for f in timed:
         predictor.prepare(describe(f)[0])
     decode_ms = (time.perf_counter() - t) * 1000 / len(timed)
+    reduced_ms = (reduced_prepare_ms(predictor, timed) if a.syntax == "jpeg2000" and cfg.INPUT.RESIZE_MODE == "fixed"
+                  else None)
     prepared = [item["prepared"] for item in prepared_inputs(predictor, files, workers=a.workers)]
     model_alone(predictor, prepared[:2], a.batch_size, a.device)  # warm-up: allocator, kernels, caches
     load_before = os.getloadavg()
@@ -130,12 +161,14 @@ def main():
            "model_alone_images_per_s_median": statistics.median(r["model_alone_images_per_s"] for r in runs),
            "end_to_end_images_per_s_median": statistics.median(r["end_to_end_images_per_s"] for r in runs),
            "decode_and_prepare_ms_per_image_one_process": decode_ms, "decode_timed_on_images": len(timed),
+           "reduced_decode_and_prepare_ms_per_image_one_process": reduced_ms, "syntax": a.syntax,
            "runs": runs,
            "load_average_1min_before_after": [load_before[0], load_after[0]], "images": a.images,
            "size": [a.rows, a.cols], "workers": a.workers, "batch_size": a.batch_size, "device": a.device,
            "amp": a.amp, "config": a.config, "machine": machine()}
-    print(f"\ninference, {a.images} RLE DICOMs of {a.rows} x {a.cols}, {a.config} (ResNet-{cfg.MODEL.RESNETS.DEPTH}, "
-          f"{tuple(cfg.INPUT.FIXED_SIZE)}), {a.device}{' AMP' if a.amp else ''} ({machine()['gpu']}), "
+    print(f"\ninference, {a.images} {a.syntax} DICOMs of {a.rows} x {a.cols}, {a.config} "
+          f"(ResNet-{cfg.MODEL.RESNETS.DEPTH}, {tuple(cfg.INPUT.FIXED_SIZE)}), {a.device}{' AMP' if a.amp else ''} "
+          f"({machine()['gpu']}), "
           f"{a.workers} workers, batch {a.batch_size}, {torch.get_num_threads()} torch threads")
     print(table(["", "median", "min", "max"], [
         ["model alone, images/s"] + [f"{f(r['model_alone_images_per_s'] for r in runs):.3f}"
@@ -147,6 +180,9 @@ def main():
     print(f"decode + prepare in one process: {decode_ms:.0f} ms/image (first {len(timed)} images); "
           f"load average (1 min) "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    if reduced_ms is not None:
+        print(f"decode + prepare in one process with the reduced-resolution decode: {reduced_ms:.0f} ms/image "
+              f"({decode_ms / reduced_ms:.2f} times faster)")
     write_json(a.json, res)
 
 

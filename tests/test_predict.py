@@ -125,7 +125,7 @@ def test_predict_writes_boxes_in_original_coordinates(tmp_path, tmp_path_factory
     saved_state = torch.load(tiny_weights(tmp_path_factory), weights_only=True)["model"]
     assert len(loaded) == 1 and all(torch.equal(loaded[0][k], v) for k, v in saved_state.items())
     assert [(s["kind"], "DICOM" in s["reason"]) for s in skipped] == [("unreadable", True)]  # broken.dcm
-    _, t = preprocess(img, crop=True, canonical_flip=True)
+    _, t = preprocess(img, size=(64, 64), crop=True, canonical_flip=True)  # as predict prepares it
     h, w = t.size
     expected = t.inverse_boxes([[rel[0] * w, rel[1] * h, rel[2] * w, rel[3] * h]])[0]
     by_patient = {r["patient_id"]: r for r in results}

@@ -86,7 +86,8 @@ def test_reordered_csv_rows_keep_each_image_with_its_record(tmp_path):
         src = os.path.basename(r["original_file_name"])
         np.testing.assert_allclose(_png(r), _expected_png(sources[src]), atol=1)
         assert (r["annotations"] != []) == (src == "cancer.png")
-        assert r["preprocess"] == {"size": list(HALF), "crop": False, "canonical_flip": False}
+        assert r["preprocess"] == {"size": list(HALF), "crop": False, "canonical_flip": False, "decode": "reduced",
+                                   "oversample": 1}
         assert (r["original_height"], r["original_width"], r["height"], r["width"]) == (H, W, *HALF)
     box = [a["bbox"] for r in prepared for a in r["annotations"]]
     assert box == [[1.0, 1.0, 3.0, 3.0]]  # (2, 2, 6, 6) at half size
@@ -103,7 +104,8 @@ def test_size_change_rebuilds_and_reports_the_old_entries_as_stale(tmp_path):
     assert report["cached"] == 0 and report["stale_cache_files"] == 4  # the 24 x 16 PNGs and their sidecars
     assert all(_png(r).shape == HALF and r["preprocess"]["size"] == list(HALF) for r in prepared)
     saved = json.load(open(out / "report.json"))
-    assert saved["options"] == {"size": list(HALF), "crop": False, "canonical_flip": False}
+    assert saved["options"] == {"size": list(HALF), "crop": False, "canonical_flip": False, "decode": "reduced",
+                                "oversample": 1}
     _, report = _prepare(records, out, size=HALF, prune_stale=True)
     assert report["cached"] == 2 and report["stale_cache_files"] == 4 and report["stale_pruned"]
     assert len(os.listdir(out / "images")) == 4

@@ -55,6 +55,9 @@ def _parser():
     common.add_argument("--no-crop", action="store_true", help="keep the whole image (default: crop to the breast)")
     common.add_argument("--flip", action="store_true", help="mirror breasts to one canonical side")
     common.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    common.add_argument("--decode", choices=("reduced", "full"), default="reduced",
+                        help="JPEG 2000 DICOMs: decode at the coarsest resolution level whose crop still covers\n"
+                             "--size (default), or in full; other formats are always decoded in full")
     common.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
     common.add_argument("--shard", metavar="I/N", help="prepare only shard I of N (1 <= I <= N), then run merge")
     common.add_argument("--prune-stale", action="store_true",
@@ -131,7 +134,7 @@ def run(p, a, shard):
         return
     records, report = _convert(a)
     _, prep = prepare_dataset(records, prepared_dir, size=a.size, crop=not a.no_crop, flip=a.flip,
-                              workers=a.workers, shard=shard, prune_stale=a.prune_stale)
+                              workers=a.workers, shard=shard, prune_stale=a.prune_stale, decode=a.decode)
     part = f" (shard {shard[0]}/{shard[1]}: {prep['inputs']} of them)" if shard else ""
     print(f"{a.kind}: {len(records)} images converted ({len(report.skipped)} skipped){part}, {prep['used']} prepared "
           f"({prep['cached']} already cached, {prep['rebuilt']} rebuilt, {prep['skipped']} skipped); see "

@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import jpeg2000
 from .image_checks import ImageReadError, check_pixel_budget, check_regular_file
 
 if TYPE_CHECKING:
     from pydicom import Dataset
+
+    from .resolution import ResolutionRequest
 
 # The only fields copied into `meta`: nothing that identifies a person beyond the data set's patient id.
 _META_FIELDS = {
@@ -34,13 +37,14 @@ def _first(ds, keywords, default=""):
 
 
 def read_mammogram(path: str | os.PathLike, apply_voi: bool = True, max_pixels: int | None = None,
-                   keep_integers: bool = False) -> tuple[np.ndarray, dict]:
+                   keep_integers: bool = False, resolution: ResolutionRequest | None = None) -> tuple[np.ndarray, dict]:
     """``(image, meta)`` of a mammogram DICOM: :func:`read_dicom` without the header."""
-    return read_dicom(path, apply_voi, max_pixels, keep_integers)[:2]
+    return read_dicom(path, apply_voi, max_pixels, keep_integers, resolution=resolution)[:2]
 
 
 def read_dicom(path: str | os.PathLike, apply_voi: bool = True, max_pixels: int | None = None,
-               keep_integers: bool = False, data: bytes | None = None) -> tuple[np.ndarray, dict, Dataset]:
+               keep_integers: bool = False, data: bytes | None = None,
+               resolution: ResolutionRequest | None = None) -> tuple[np.ndarray, dict, Dataset]:
     """Read a mammogram DICOM.
 
     Returns ``(image, meta, header)``: ``image`` is the stored pixel grid (rows x columns) as float32 with
@@ -55,13 +59,21 @@ def read_dicom(path: str | os.PathLike, apply_voi: bool = True, max_pixels: int 
     ``header`` is the pydicom dataset without its pixel data (every field of the source, identifying ones
     included: never write it to logs or JSON). Any failure raises :class:`DicomReadError` naming the file and the cause.
     ``data``: the file's bytes, already read (e.g. to hash exactly what is decoded); ``path`` then only names it.
+
+    ``resolution``: a JPEG 2000 file (one frame, one grey unsigned component) is decoded at the level the
+    request picks (:class:`~mammo_tl.data.resolution.ResolutionRequest`): ``image`` may then be smaller than
+    rows x columns, and ``meta["decode_geometry"]`` (a :class:`~mammo_tl.data.preprocess.DecodeGeometry`)
+    says how it maps to the stored grid, for :func:`~mammo_tl.data.preprocess.preprocess`. Every other
+    file is decoded in full (``decode_geometry`` None), with ``meta["decode_fallback"]`` giving the reason.
+    The rescale, window and inversion apply to the reduced pixels (the inversion's min + max is the reduced
+    image's, an offset every min-max or percentile window removes).
     """
     path = str(path)
     # pydicom's warnings about malformed elements quote raw header bytes, names included: never shown
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return _read_mammogram(path, apply_voi, max_pixels, keep_integers, data)
+            return _read_mammogram(path, apply_voi, max_pixels, keep_integers, data, resolution)
         except DicomReadError:
             raise
         except (KeyboardInterrupt, SystemExit):
@@ -72,7 +84,7 @@ def read_dicom(path: str | os.PathLike, apply_voi: bool = True, max_pixels: int 
             raise DicomReadError(path, f"corrupt DICOM ({type(e).__name__}: {e})") from None
 
 
-def _read_mammogram(path, apply_voi, max_pixels, keep_integers, data=None):
+def _read_mammogram(path, apply_voi, max_pixels, keep_integers, data=None, resolution=None):
     import io
 
     import pydicom
@@ -96,18 +108,23 @@ def _read_mammogram(path, apply_voi, max_pixels, keep_integers, data=None):
     shape = f"{rows} x {cols}" + (f" x {frames} frames" if frames != 1 else "")
     check_pixel_budget(path, rows * cols * max(frames, 1), shape, max_pixels, DicomReadError)
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown"))
-    try:
-        pixels = ds.pixel_array
-    except NotImplementedError as e:
-        raise DicomReadError(path, f"unsupported transfer syntax {syntax} ({e})") from None
-    except Exception as e:
-        raise DicomReadError(path, f"pixel data cannot be decoded, truncated or corrupt "
-                                   f"({type(e).__name__}: {e})") from None
-    if pixels.ndim != 2:
-        raise DicomReadError(path, f"expected one 2-D frame, got pixel array of shape {pixels.shape}")
-    del ds.PixelData  # the encoded bytes are not needed while the float image is built
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
-    image = _pixel_grid(pixels, ds, apply_voi and has_voi, photometric == "MONOCHROME1", keep_integers)
+    grid_args = (ds, apply_voi and has_voi, photometric == "MONOCHROME1", keep_integers)
+    image, geometry, fallback = None, None, None
+    if resolution is not None:
+        image, geometry, fallback = _reduced_decode(path, ds, syntax, frames, resolution, grid_args)
+    if image is None:
+        try:
+            pixels = ds.pixel_array
+        except NotImplementedError as e:
+            raise DicomReadError(path, f"unsupported transfer syntax {syntax} ({e})") from None
+        except Exception as e:
+            raise DicomReadError(path, f"pixel data cannot be decoded, truncated or corrupt "
+                                       f"({type(e).__name__}: {e})") from None
+        if pixels.ndim != 2:
+            raise DicomReadError(path, f"expected one 2-D frame, got pixel array of shape {pixels.shape}")
+        del ds.PixelData  # the encoded bytes are not needed while the float image is built
+        image = _pixel_grid(pixels, *grid_args)
     if image is None:
         raise DicomReadError(path, "pixel data holds non-finite values after rescaling")
     meta = {
@@ -121,7 +138,52 @@ def _read_mammogram(path, apply_voi, max_pixels, keep_integers, data=None):
         "transfer_syntax": syntax,
         "voi_applied": bool(apply_voi and has_voi),
     }
+    if resolution is not None:
+        meta["decode_geometry"] = geometry
+        meta["decode_fallback"] = fallback
     return image, meta, ds
+
+
+def _reduced_decode(path, ds, syntax, frames, resolution, grid_args):
+    """(image, geometry, None) decoded at the level ``resolution`` picks, or (None, None, why not) when the
+    file is decoded in full instead. A codestream that fails at a reduced level is decoded in full by pydicom,
+    whose error (if it fails too) is the one reported."""
+    if syntax not in jpeg2000.J2K_SYNTAXES:
+        return None, None, f"transfer syntax {syntax} has no reduced resolutions"
+    if frames != 1 or int(getattr(ds, "SamplesPerPixel", 1)) != 1 or int(getattr(ds, "PixelRepresentation", 0)):
+        return None, None, "not one frame of unsigned grey samples"
+    from pydicom.encaps import generate_frames
+
+    try:
+        codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
+        info = jpeg2000.parse_codestream(codestream)
+    except Exception as e:
+        return None, None, f"JPEG 2000 header unreadable ({type(e).__name__}: {e})"
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    bits_allocated = int(getattr(ds, "BitsAllocated", 16))
+    if (info.height, info.width) != (rows, cols) or info.precision != int(getattr(ds, "BitsStored", 16)) \
+            or bits_allocated not in (8, 16):
+        return None, None, (f"the codestream ({info.height} x {info.width}, {info.precision} bits) differs from "
+                            f"the header ({rows} x {cols}, {getattr(ds, 'BitsStored', '?')} bits stored)")
+    levels = jpeg2000.usable_levels(info)
+    if levels == [0]:
+        return None, None, (f"no reduced level this decoder reads ({info.levels} wavelet levels, "
+                            f"{info.components} component(s), offset {info.x_offset}, {info.y_offset})")
+    dtype = np.uint8 if bits_allocated == 8 else np.uint16
+
+    def decode_at(r: int) -> np.ndarray:
+        pixels = jpeg2000.decode(codestream, r, info).astype(dtype, copy=False)
+        image = _pixel_grid(pixels, *grid_args)
+        if image is None:
+            raise DicomReadError(path, "pixel data holds non-finite values after rescaling")
+        return image
+
+    try:
+        image, geometry = resolution.decode(decode_at, (rows, cols), levels)
+    except ValueError as e:
+        return None, None, str(e)
+    del ds.PixelData
+    return image, geometry, None
 
 
 def _linear_window(ds):

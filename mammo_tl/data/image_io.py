@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
@@ -20,6 +20,9 @@ from .dicom_header import read_header
 from .image_checks import FileIdentity, read_whole_file
 from .image_checks import (DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, ImageReadError, check_pixel_budget,  # noqa: F401
                            check_regular_file, is_dicom_path)
+
+if TYPE_CHECKING:
+    from .resolution import ResolutionRequest
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -65,8 +68,8 @@ class StoredImage(NamedTuple):
     header: object | None
 
 
-def read_stored_image(path: str | os.PathLike, max_pixels: int | None = None,
-                      keep_integers: bool = False) -> StoredImage:
+def read_stored_image(path: str | os.PathLike, max_pixels: int | None = None, keep_integers: bool = False,
+                      resolution: ResolutionRequest | None = None) -> StoredImage:
     """The stored pixel grid (rows x columns) as float32, brighter = denser tissue, with its metadata.
 
     PNG/TIFF/JPEG are read unchanged (16-bit kept); DICOM through :func:`mammo_tl.data.dicom.read_dicom`.
@@ -74,10 +77,13 @@ def read_stored_image(path: str | os.PathLike, max_pixels: int | None = None,
     raises :class:`ImageReadError` before decoding, as does anything but a regular file.
     ``keep_integers``: a grayscale 8/16-bit image comes back in its integer dtype when its values equal
     the float32 image's (see :func:`~mammo_tl.data.dicom.read_mammogram`).
+    ``resolution``: decode a JPEG 2000 DICOM at the level it picks (see :func:`~mammo_tl.data.dicom.read_dicom`:
+    meta's ``decode_geometry`` and ``decode_fallback``); other files are decoded in full.
     """
     path = str(path)
     if is_dicom_path(path):
-        return StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers))
+        return StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers,
+                                       resolution=resolution))
     check_regular_file(path)
     size = _header_size(path, max_pixels)
     if size is not None:
@@ -86,11 +92,11 @@ def read_stored_image(path: str | os.PathLike, max_pixels: int | None = None,
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(path, "not a readable image (OpenCV could not decode it)")
-    return StoredImage(*_pixels_and_meta(img, keep_integers))
+    return StoredImage(*_pixels_and_meta(img, keep_integers, resolution))
 
 
-def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None = None,
-                                 keep_integers: bool = False) -> tuple[StoredImage, FileIdentity]:
+def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None = None, keep_integers: bool = False,
+                                 resolution: ResolutionRequest | None = None) -> tuple[StoredImage, FileIdentity]:
     """(:class:`StoredImage`, :class:`FileIdentity`) of an input: the identity describes exactly the bytes
     the pixels (and a DICOM header) were decoded from.
 
@@ -101,7 +107,8 @@ def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None
     if is_dicom_path(path):
         check_regular_file(path)
         data, identity = read_whole_file(path)
-        stored = StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers, data=data))
+        stored = StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers, data=data,
+                                         resolution=resolution))
         return stored, identity
     check_regular_file(path)
     size = _header_size(path, max_pixels)
@@ -117,15 +124,18 @@ def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
         raise ImageReadError(path, "not a readable image (OpenCV could not decode it)")
-    return StoredImage(*_pixels_and_meta(img, keep_integers)), identity
+    return StoredImage(*_pixels_and_meta(img, keep_integers, resolution)), identity
 
 
-def _pixels_and_meta(img, keep_integers):
+def _pixels_and_meta(img, keep_integers, resolution=None):
     if img.ndim == 3:
         img = img[..., :3].mean(axis=2) if img.shape[2] >= 3 else img[..., 0]
     if not (keep_integers and img.dtype in (np.uint8, np.uint16)):
         img = img.astype(np.float32)
-    return img, {"rows": int(img.shape[0]), "columns": int(img.shape[1])}, None
+    meta = {"rows": int(img.shape[0]), "columns": int(img.shape[1])}
+    if resolution is not None:
+        meta.update(decode_geometry=None, decode_fallback="not a DICOM file (decoded in full)")
+    return img, meta, None
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = None, keep_integers: bool = False) -> np.ndarray:

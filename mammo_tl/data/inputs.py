@@ -20,6 +20,8 @@ from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_stored_image_iden
 if TYPE_CHECKING:
     from pydicom import Dataset
 
+    from .resolution import ResolutionRequest
+
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
 _NAME = re.compile(r"^(?P<patient>.+)_(?P<lat>[LR])_(?P<view>CC|MLO)$", re.IGNORECASE)
@@ -210,8 +212,8 @@ def identify(path: str, header: Dataset | None = None,
     return values["patient_id"], values["laterality"], values["view"], source, conflict
 
 
-def describe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-             patient: Mapping[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def describe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, patient: Mapping[str, Any] | None = None,
+             resolution: ResolutionRequest | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """(image, meta) of an input file. meta: patient_id, laterality, view and their ``source`` (see
     :func:`identify`; ``patient`` is the file's --patients CSV entry, if any), ``laterality_conflict``, and
     ``file_size``, ``file_mtime_ns``, ``file_sha256`` of the bytes decoded (see
@@ -219,11 +221,13 @@ def describe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
     ``unknown:<image_key>`` (never shared by two files) with ``meta["unknown_patient"]`` True. The image
     may come back in its stored integer type. Raises :class:`SkippedImage` for a file the readers refuse
     (not a regular file, more than ``max_pixels`` pixels, unreadable, changed while read), one smaller than
-    MIN_IMAGE_SIDE or a constant one."""
+    MIN_IMAGE_SIDE or a constant one. ``resolution``: a JPEG 2000 DICOM is decoded at the level it picks; the
+    image is then smaller than the stored one and ``meta["decode_geometry"]`` maps it (see
+    :func:`~mammo_tl.data.dicom.read_dicom`)."""
     path = str(path)
     try:
         (image, meta, header), identity = read_stored_image_identified(path, max_pixels=max_pixels,
-                                                                       keep_integers=True)
+                                                                       keep_integers=True, resolution=resolution)
     except ImageReadError as e:
         raise SkippedImage(path, e.kind, e.cause) from None
     meta = dict(meta)

@@ -3,9 +3,16 @@ cache as 16-bit PNG with the transform recorded (see mammo_tl.data.preprocess). 
 shardable over a job array, and every input is reported as prepared, cached, rebuilt or skipped, with the
 reason.
 
+JPEG 2000 DICOMs are decoded at a reduced resolution when a size is given (``decode="reduced"``, the default;
+:mod:`mammo_tl.data.resolution`): the coarsest level at which the breast's crop spans at least
+``oversample`` times the size. The result equals a full decode's within the tolerance docs/benchmarks.md states;
+``decode="full"`` decodes every file in full.
+
 The cache can never hand back an image made from another file or with other options. An entry is named by
 a hash of its *key*: the source file's absolute path, size and modification time (ns), every option that
-changes the pixels (size, crop, canonical flip) and :data:`CACHE_VERSION`. Its sidecar JSON holds the full
+changes the pixels (size, crop, canonical flip, and the decode mode with its oversampling when reduced: an
+entry made by full decoding is never taken for a reduced one, nor the reverse) and :data:`CACHE_VERSION`.
+Its sidecar JSON holds the full
 key, the transform and the PNG's SHA-256; an entry is used only when the sidecar parses, its key equals the
 expected one and the PNG's bytes hash as recorded, otherwise it is rebuilt. Size + mtime rather than a
 content hash of every source, because hashing 20,000 DICOMs on each resumed run would read the whole data
@@ -34,8 +41,9 @@ from tqdm import tqdm
 from ..files import LOCK_NAME, FolderLock, FolderLocked, lock_holder, sha256_file
 from ..files import atomic_write_bytes as atomic_write  # the name tools/prepare_dataset.py imports
 from .records import box_annotation, save_records
-from .image_io import ImageReadError, check_regular_file, read_image
+from .image_io import ImageReadError, check_regular_file, read_stored_image
 from .preprocess import MammoTransform, preprocess
+from .resolution import DEFAULT_OVERSAMPLE, ResolutionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +52,7 @@ CACHE_VERSION = 2
 # A source modified less than this before it is read may share its mtime with a later edit (FAT keeps 2 s).
 RACY_SECONDS = 3.0
 IMAGES = "images"
+DECODE_MODES = ("reduced", "full")
 _ENTRY = re.compile(r"^[0-9a-f]{32}\.(png|json)$")
 _SKIP_LABELS = {"not_found": "file not found", "not_a_regular_file": "not a regular file",
                 "too_many_pixels": "too many pixels", "unreadable": "unreadable image"}
@@ -93,8 +102,17 @@ def records_digest(records: Iterable[Mapping[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
-def _options(size, crop, flip):
-    return {"size": [int(s) for s in size] if size else None, "crop": bool(crop), "canonical_flip": bool(flip)}
+def _options(size, crop, flip, decode="full", oversample=DEFAULT_OVERSAMPLE):
+    """The options that change the pixels; the decode mode only where it can (a size given), so entries made by
+    full decoding keep the key they had before reduced decoding existed."""
+    if decode not in DECODE_MODES:
+        raise PrepareError(f"decode {decode!r}: expected one of {', '.join(DECODE_MODES)}")
+    options = {"size": [int(s) for s in size] if size else None, "crop": bool(crop), "canonical_flip": bool(flip)}
+    if decode == "reduced" and size:
+        if int(oversample) < 1:
+            raise PrepareError(f"oversample {oversample!r}: expected an integer of at least 1")
+        options.update(decode="reduced", oversample=int(oversample))
+    return options
 
 
 def _entry_name(key):
@@ -188,8 +206,10 @@ def _prepare_one(job):
 
     racy = time.time() - st.st_mtime_ns / 1e9 < RACY_SECONDS
     source_sha256 = sha256_file(path) if racy else None
+    request = (ResolutionRequest(tuple(options["size"]), options["crop"], options["oversample"])
+               if options.get("decode") == "reduced" else None)
     try:
-        image = read_image(path, keep_integers=True)
+        image, meta, _ = read_stored_image(path, keep_integers=True, resolution=request)
     except ImageReadError as e:
         return skipped(e.kind, e.cause)
     except Exception as e:  # a decoder failing in an unexpected way must not stop the whole run
@@ -197,9 +217,12 @@ def _prepare_one(job):
     after = os.stat(path)
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
         return skipped("changed_while_read", "the file changed while it was being read; run again")
-    if image.shape != (record["height"], record["width"]):
-        return skipped("size_mismatch", _size_mismatch(image.shape, record))
-    out, t = preprocess(image, size=options["size"], crop=options["crop"], canonical_flip=options["canonical_flip"])
+    geometry = meta.get("decode_geometry")
+    stored_shape = tuple(geometry.original_size) if geometry is not None else image.shape
+    if stored_shape != (record["height"], record["width"]):
+        return skipped("size_mismatch", _size_mismatch(stored_shape, record))
+    out, t = preprocess(image, size=options["size"], crop=options["crop"], canonical_flip=options["canonical_flip"],
+                        geometry=geometry)
     del image
     lo, hi = float(out.min()), float(out.max())
     u16 = ((out - lo) * (65535.0 / max(hi - lo, 1e-6))).round().astype(np.uint16)
@@ -213,7 +236,7 @@ def _prepare_one(job):
     atomic_write(os.path.join(images, name + ".png"), png)
     atomic_write(os.path.join(images, name + ".json"), json.dumps(sidecar).encode())  # last: marks complete
     return {"index": index, "status": "rebuilt" if reason else "prepared", "reason": reason, "detail": detail,
-            "name": name, "transform": t.to_dict()}
+            "name": name, "transform": t.to_dict(), "decode_scale": geometry.scale if geometry is not None else 1}
 
 
 def _size_mismatch(shape, record):
@@ -241,8 +264,13 @@ def _shard_paths(out_dir, i, n):
 
 def prepare_dataset(records: Sequence[dict], out_dir: str, size: Sequence[int] | None = (512, 512), crop: bool = True,
                     flip: bool = False, workers: int = 2, progress: bool = True, shard: tuple[int, int] | None = None,
-                    prune_stale: bool = False) -> tuple[list[dict], dict[str, Any]]:
+                    prune_stale: bool = False, decode: str = "reduced",
+                    oversample: int = DEFAULT_OVERSAMPLE) -> tuple[list[dict], dict[str, Any]]:
     """Prepare ``records`` into ``out_dir``/images; returns (prepared records, report dict).
+
+    ``decode``: "reduced" decodes JPEG 2000 DICOMs at the coarsest resolution level whose breast crop spans at
+    least ``oversample`` times ``size`` (only with a ``size``), "full" decodes every file in full. The report
+    counts the images decoded at each scale (``decoded_at_scale``; cached entries are not decoded).
 
     Writes records.json and report.json to out_dir, or with ``shard=(i, n)`` only shard i's share of the
     records (see :func:`shard_of`) to records.shard-i-of-n.json and report.shard-i-of-n.json, for
@@ -256,7 +284,7 @@ def prepare_dataset(records: Sequence[dict], out_dir: str, size: Sequence[int] |
             raise PrepareError("prune_stale needs every shard's records: prune when merging instead")
     images = os.path.join(out_dir, IMAGES)
     os.makedirs(images, exist_ok=True)
-    options = _options(size, crop, flip)
+    options = _options(size, crop, flip, decode, oversample)
     digest = records_digest(records)
     chosen = [k for k, r in enumerate(records) if shard is None or shard_of(r["file_name"], shard[1]) == shard[0]]
     previous = _previous_keys(images, [records[k] for k in chosen], options)
@@ -359,7 +387,9 @@ def _report(records, results, options, digest, stale):
                                                        for r in skipped).items())),
               "skipped_items": [item(r) for r in skipped],
               "rebuilt_items": [dict(item(r), detail=r["detail"]) if r["detail"] else item(r) for r in rebuilt],
-              "options": options, "cache_version": CACHE_VERSION, "records_sha256": digest}
+              "options": options, "cache_version": CACHE_VERSION, "records_sha256": digest,
+              "decoded_at_scale": {str(k): n for k, n in sorted(Counter(r["decode_scale"] for r in results
+                                                                        if "decode_scale" in r).items())}}
     if stale is not None:
         report.update(stale)
     return report

@@ -9,7 +9,7 @@ breast, canonical flip), the score threshold inside the graph, and the source we
 The preparation here is :class:`~.predictor.InputPreparer`'s for INPUT.RESIZE_MODE "fixed" (the only mode
 exported): crop and flip, area-average to the input size, window to 0..255, three channels; boxes come back in
 the model's grid and are mapped to the stored image's pixels outside the graph, as MammoPredictor does.
-This module imports numpy, torch, cv2 and mammo_tl.data's preprocessing only.
+This module imports numpy, torch and mammo_tl.data's preprocessing only.
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from ..data.image_io import to_model_input
-from ..data.preprocess import MammoTransform, preprocess
+from ..data.preprocess import DecodeGeometry, MammoTransform, preprocess
+from ..data.resolution import ResolutionRequest
 from .predictor import PreparedImage
 
 logger = logging.getLogger(__name__)
@@ -114,12 +114,12 @@ class ExportedPreparer:
         self.size = tuple(int(s) for s in prep["size"])
         self.percentiles = tuple(float(p) for p in prep["intensity_percentiles"])
         self.crop, self.flip = bool(prep["crop_to_breast"]), bool(prep["canonical_flip"])
+        self.resolution = ResolutionRequest(self.size, self.crop)  # as InputPreparer's
 
-    def __call__(self, image: np.ndarray) -> PreparedImage:
-        cropped, transform = preprocess(image, size=None, crop=self.crop, canonical_flip=self.flip)
-        if cropped.shape != self.size:
-            cropped = cv2.resize(cropped, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
-        tensor = torch.from_numpy(np.ascontiguousarray(to_model_input(cropped, self.percentiles).transpose(2, 0, 1)))
+    def __call__(self, image: np.ndarray, geometry: DecodeGeometry | None = None) -> PreparedImage:
+        out, transform = preprocess(image, size=self.size, crop=self.crop, canonical_flip=self.flip,
+                                    geometry=geometry)
+        tensor = torch.from_numpy(np.ascontiguousarray(to_model_input(out, self.percentiles).transpose(2, 0, 1)))
         return PreparedImage(tensor, transform)
 
 

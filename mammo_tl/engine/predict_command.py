@@ -39,6 +39,13 @@ from .predictor import MammoPredictor
 logger = logging.getLogger(__name__)
 
 
+def decode_mode(fixed_size: bool) -> str:
+    """How predict decodes JPEG 2000 inputs: at the coarsest level covering a fixed input size, else in full."""
+    from ..data.resolution import DEFAULT_OVERSAMPLE
+
+    return f"jpeg2000 reduced, oversample {DEFAULT_OVERSAMPLE}" if fixed_size else "full"
+
+
 def _locked_outputs(held, output, dicom_out):
     """--output (and --dicom-out) locked for the whole run, released by ``held``: one writer per folder (a
     second predict is refused, naming this one)."""
@@ -108,6 +115,9 @@ def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opt
                    "patients_sha256": patients_sha256,
                    "operating_point": [point["name"], point["threshold"]] if point else None,
                    "model": model_identity(exported.meta) if model else None,
+                   # how JPEG 2000 inputs were decoded (mammo_tl.data.resolution): a run decoded otherwise is not
+                   # resumed or merged with this one
+                   "decode": decode_mode(model or cfg.INPUT.RESIZE_MODE == "fixed"),
                    "shard": {"index": shard[0], "count": shard[1], "inputs": len(all_files),
                              "inputs_sha256": inputs_digest(all_files)} if shard else None}
         if model:

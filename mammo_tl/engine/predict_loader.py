@@ -36,19 +36,28 @@ class _Inputs(torch.utils.data.Dataset):
     def __init__(self, files, prepare, max_pixels, entries, overlay):
         self.files, self.prepare, self.max_pixels = files, prepare, max_pixels
         self.entries, self.overlay = entries, overlay
+        # the preparer's ResolutionRequest (INPUT.RESIZE_MODE "fixed"): JPEG 2000 inputs are decoded at the
+        # coarsest level that still covers its input size (mammo_tl.data.resolution); None: every file in full
+        self.resolution = getattr(prepare, "resolution", None)
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
         path = self.files[i]
+        reduced = {"resolution": self.resolution} if self.resolution is not None else {}
         try:
-            image, meta = describe(path, max_pixels=self.max_pixels, patient=self.entries.get(path))
+            image, meta = describe(path, max_pixels=self.max_pixels, patient=self.entries.get(path), **reduced)
         except SkippedImage as e:
             return {"file_name": path, "skipped": {"kind": e.kind, "reason": e.reason}}
+        geometry = meta.get("decode_geometry")
         try:
-            prepared = self.prepare(image)
+            prepared = self.prepare(image, geometry) if geometry is not None else self.prepare(image)
             base = overlay_base(image, meta.get("min"), meta.get("max")) if self.overlay else None
+            if base is not None and geometry is not None:
+                # boxes come in stored pixels; the decoded grid is geometry.scale times coarser (the half-pixel
+                # offset of its samples is under one overlay pixel)
+                base = (base[0], base[1] / geometry.scale)
         except Exception as e:  # reported by the main process, naming the file
             return {"file_name": path, "error": f"{type(e).__name__}: {e}"}
         record_meta = {k: meta[k] for k in _RECORD_META}

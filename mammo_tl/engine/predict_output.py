@@ -30,7 +30,8 @@ MANIFEST_VERSION = 1
 # Keys that may differ between a run and its --resume without changing any result.
 _RESUME_IGNORED_KEYS = ("MODEL.DEVICE", "MODEL.WEIGHTS")
 # Options a run.json written before they existed stands for with these values.
-_OPTION_DEFAULTS = {"amp": False, "patients_sha256": None, "operating_point": None, "model": None, "shard": None}
+_OPTION_DEFAULTS = {"amp": False, "patients_sha256": None, "operating_point": None, "model": None, "shard": None,
+                    "decode": "full"}
 
 
 def _run_record(cfg, options):
@@ -50,7 +51,8 @@ def _resume_differences(old, new):
     for k, v in new["options"].items():
         before = old_options.get(k, _OPTION_DEFAULTS.get(k))
         if before != v:
-            diffs.append(f"--{k.replace('_', '-')} ({before!r} then, {v!r} now)")
+            what = "JPEG 2000 decoding" if k == "decode" else f"--{k.replace('_', '-')}"
+            diffs.append(f"{what} ({before!r} then, {v!r} now)")
     a, b = (flatten_config(yaml.safe_load(r["config"]) or {}) for r in (old, new))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUME_IGNORED_KEYS)
     if keys:

@@ -6,12 +6,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
 from ..data.mapper import MammogramDatasetMapper
-from ..data.preprocess import MammoTransform, preprocess
+from ..data.preprocess import DecodeGeometry, MammoTransform, preprocess
+from ..data.resolution import ResolutionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +33,30 @@ class InputPreparer:
     """Stored pixel grid -> :class:`PreparedImage`, without the model (so it runs in loader workers): crop and
     flip per INPUT.CROP_TO_BREAST / INPUT.CANONICAL_FLIP, resize, then the test mapper's windowing.
 
-    With INPUT.RESIZE_MODE "fixed" the crop is area-averaged to INPUT.FIXED_SIZE, as tools/prepare_dataset.py
-    shrinks the training images (bilinear interpolation from thousands of pixels would sample, not average);
-    boxes are mapped back through the crop's own grid."""
+    With INPUT.RESIZE_MODE "fixed" the crop is area-averaged to INPUT.FIXED_SIZE by the function
+    tools/prepare_dataset.py shrinks the training images with (bilinear interpolation from thousands of pixels
+    would sample, not average), on the stored integer pixels; a JPEG 2000 input decoded at a reduced resolution
+    (:attr:`resolution`, used by the predict loader) comes with its geometry. Boxes are mapped back through the
+    crop's own grid."""
 
     def __init__(self, cfg):
         self.crop, self.flip = bool(cfg.INPUT.CROP_TO_BREAST), bool(cfg.INPUT.CANONICAL_FLIP)
         self.size = tuple(int(s) for s in cfg.INPUT.FIXED_SIZE) if cfg.INPUT.RESIZE_MODE == "fixed" else None
         self.mapper = MammogramDatasetMapper(cfg, is_train=False)
+        # JPEG 2000 inputs decoded at the coarsest level that still covers the input size (fixed size only: with
+        # "shortest_edge" the size depends on the crop, and the image is decoded in full)
+        self.resolution = ResolutionRequest(self.size, self.crop) if self.size is not None else None
 
-    def __call__(self, image: np.ndarray) -> PreparedImage:
-        cropped, transform = preprocess(image, size=None, crop=self.crop, canonical_flip=self.flip)
-        if self.size is not None and cropped.shape != self.size:
-            cropped = cv2.resize(cropped, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
-        tensor, _ = self.mapper.image_to_tensor(cropped)
+    def __call__(self, image: np.ndarray, geometry: DecodeGeometry | None = None) -> PreparedImage:
+        """``geometry``: the image was decoded at a reduced resolution (meta["decode_geometry"] of the reader)."""
+        if self.size is not None:
+            # integers until the block means, at most twice the input size; the same pixels as
+            # tools/prepare_dataset.py gives the training images
+            out, transform = preprocess(image, size=self.size, crop=self.crop, canonical_flip=self.flip,
+                                        geometry=geometry)
+        else:
+            out, transform = preprocess(image, size=None, crop=self.crop, canonical_flip=self.flip)
+        tensor, _ = self.mapper.image_to_tensor(out)
         return PreparedImage(tensor, transform)
 
 
