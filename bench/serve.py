@@ -57,6 +57,28 @@ def _studies(folder, n, per_study, size, seed=0):
     return out
 
 
+def _random_checkpoint(config_file, opts, device, root):
+    """(config file, opts) for the model of ``config_file`` built from random weights (seed 0) and saved in
+    ``root``, as a trained run's config.yaml and checkpoint are."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from mammo_tl.config import get_mammo_tl_cfg
+
+    cfg = get_mammo_tl_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list([*opts, "MODEL.DEVICE", device, "MODEL.WEIGHTS", ""])
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=root).save("model_random")
+    weights = os.path.join(root, "model_random.pth")
+    cfg.MODEL.WEIGHTS = weights
+    path = os.path.join(root, "config.yaml")
+    with open(path, "w") as f:
+        f.write(cfg.dump())
+    return path, [*opts, "MODEL.WEIGHTS", weights]
+
+
 def _complete(pacs, study, expected):
     """Whether Orthanc holds ``expected`` instances of ``study`` (the node's results: the sources are not sent)."""
     request = urllib.request.Request(f"{pacs.url}/tools/lookup", data=study.encode(), method="POST")
@@ -74,10 +96,17 @@ def main():
     p.add_argument("--study-timeout", type=float, default=1.0)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cpu")
     p.add_argument("--json", default=None)
+    p.add_argument("--random-init", action="store_true",
+                   help="no trained weights: build the config's model from random weights (seed 0) and save it as\n"
+                        "the checkpoint both sides load (the throughput does not depend on what the model learned)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ... (MODEL.WEIGHTS)")
     a = p.parse_args()
+    if a.random_init and "MODEL.WEIGHTS" in a.opts[0::2]:
+        p.error("--random-init builds the weights: give it without MODEL.WEIGHTS")
     storescu = require("storescu")
     root = tempfile.mkdtemp(prefix="mammo_tl_bench_serve_")
+    if a.random_init:
+        a.config_file, a.opts = _random_checkpoint(a.config_file, a.opts, a.device, root)
     os.makedirs(os.path.join(root, "src"))
     studies = _studies(os.path.join(root, "src"), a.studies, a.images_per_study, a.size)
     files = [f for fs in studies.values() for f in fs]

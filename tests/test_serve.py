@@ -457,3 +457,9 @@ def test_benchmark_runs_at_the_smallest_size(tmp_path, tmp_path_factory, monkeyp
     assert result["studies"] == 2 and result["node_seconds"] > 0 and result["predict_seconds"] > 0
     assert result["ratio"] == pytest.approx(result["predict_seconds"] / result["node_seconds"])
     assert result["latency_max_s"] >= result["latency_median_s"] >= 0.5  # the study timeout is part of it
+    # the paper row's command: --random-init builds the config's model (here the tiny one) as a checkpoint
+    assert _tool(monkeypatch, "bench/serve.py", "--config-file", tiny_config_file(tmp_path_factory), "--random-init",
+                 "--studies", 1, "--images-per-study", 1, "--size", 256, 208, "--study-timeout", 0.2, "--json", out,
+                 *OPTS) == 0
+    result = json.loads(out.read_text())
+    assert result["studies"] == 1 and result["predict_seconds"] > 0
