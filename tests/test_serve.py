@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, RLELossless, generate_uid
 
 from mammo_tl.engine.predict_command import run_predict
 from tests.common import REPO, breast_phantom
@@ -56,12 +56,17 @@ def world(tmp_path_factory):
     studies = {
         # patient 1: RLE Secondary Capture (as CBIS-DDSM), MONOCHROME1, JPEG 2000
         "p1": _study(src, "p1", "P_00001", (1, 2, 3), (RLELossless, None, JPEG2000Lossless), {1: "MONOCHROME1"}),
-        "p2": _study(src, "p2", "P_00002", (4,), (None,)),
+        # patient 2: explicit little endian, and JPEG Lossless SV1 written by DCMTK's dcmcjpeg
+        "p2": _study(src, "p2", "P_00002", (4, 8), (None, None)),
         "down": _study(src, "down", "P_00003", (5,), (RLELossless,)),
         "crash": _study(src, "crash", "P_00004", (6, 7), (None, None)),
         **{f"c{i}": _study(src, f"c{i}", f"P_001{i}", (10 + i,), (None,)) for i in range(3)},
     }
     _secondary_capture(str(src / "p1" / "LCC.dcm"))
+    lossless = src / "p2" / "RCC.dcm"
+    subprocess.run([require("dcmcjpeg", "dcmtk"), "+e1", str(lossless), str(lossless) + ".jpg"], check=True)
+    os.replace(str(lossless) + ".jpg", lossless)
+    assert pydicom.dcmread(lossless, stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGLosslessSV1
     pacs, web = Orthanc(root / "orthanc"), Orthanc(root / "orthanc_web", aet="ORTHANCWEB")
     pacs.start()
     web.start()
@@ -104,7 +109,7 @@ def _echo(w, ae):
 
 
 # storescu's option proposing a file's transfer syntax (and the uncompressed ones); one storescu per syntax
-_PROPOSE = {RLELossless: ["-xr"], JPEG2000Lossless: ["-xv"]}
+_PROPOSE = {RLELossless: ["-xr"], JPEG2000Lossless: ["-xv"], JPEGLosslessSV1: ["-xs"]}
 
 
 def _send(w, name, ae=SENDER_AE, wait=True):
