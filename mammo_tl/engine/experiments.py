@@ -257,7 +257,7 @@ def _last_iteration(run_dir):
 
 
 def train_at_once(trainings: Sequence[tuple[str, str, list[str], int]], jobs: int, tag: str = "rows",
-                  poll: float = 2.0) -> None:
+                  poll: float = 0.5) -> None:
     """Run the training commands ``trainings`` ((name, run folder, command, iterations)) ``jobs`` at a time,
     each with OMP_NUM_THREADS = cores / jobs unless the caller's environment sets it; each one's output goes to
     <run folder>/training_output.log, and a progress bar per running training follows its metrics.json. When a
