@@ -165,7 +165,7 @@ def _regions(ds):
     return sum((item.ValueType == "SCOORD") + _regions(item) for item in ds.get("ContentSequence", []))
 
 
-def test_echo_and_a_rejected_calling_ae(world):
+def _echo_and_a_rejected_calling_ae(world):
     assert _echo(world, SENDER_AE).returncode == 0
     assert _echo(world, "INTRUDER").returncode != 0
     r = _send(world, "p2", ae="INTRUDER")
@@ -176,7 +176,7 @@ def test_echo_and_a_rejected_calling_ae(world):
     assert "association from INTRUDER@127.0.0.1 rejected" in log and "association from OTHER@127.0.0.1 rejected" in log
 
 
-def test_studies_come_back_as_predict_writes_them(world, tmp_path):
+def _studies_come_back_as_predict_writes_them(world, tmp_path):
     for name in ("p1", "p2"):
         r = _send(world, name)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -217,7 +217,7 @@ def test_studies_come_back_as_predict_writes_them(world, tmp_path):
     assert "Doe^Jane" not in _log(world)
 
 
-def test_pacs_down_and_the_node_killed_before_and_after_predicting(world):
+def _pacs_down_and_the_node_killed_before_and_after_predicting(world):
     """The PACS crashes; a study arrives, is predicted, its sending fails. Another study arrives and the node is
     killed (kill -9) before predicting it. PACS and node start again: both studies' results arrive, once."""
     pacs = world["pacs"]
@@ -241,7 +241,7 @@ def test_pacs_down_and_the_node_killed_before_and_after_predicting(world):
         assert len(got) == len(list((world["src"] / name).iterdir())) + 1
 
 
-def test_four_senders_at_once_one_sending_a_delivered_study_again(world):
+def _four_senders_at_once_one_sending_a_delivered_study_again(world):
     before = set(_results(world["pacs"], world["studies"]["p2"]))
     assert len(before) == 3  # test_studies_come_back_as_predict_writes_them: 2 images, their report
     procs = [_send(world, name, wait=False) for name in ("c0", "c1", "c2", "p2")]
@@ -256,7 +256,7 @@ def test_four_senders_at_once_one_sending_a_delivered_study_again(world):
     assert set(_results(world["pacs"], p2)) == before
 
 
-def test_spool_is_emptied_after_delivery_and_status_counts(world):
+def _spool_is_emptied_after_delivery_and_status_counts(world):
     # --keep-hours 0: studies whose every result was delivered leave the spool
     done = [world["studies"][n] for n in ("p1", "p2", "c0", "down", "crash")]
     wait_for(lambda: not any((world["spool"] / "studies" / s).exists() for s in done), TIMEOUT,
@@ -277,6 +277,17 @@ def test_spool_is_emptied_after_delivery_and_status_counts(world):
         wait_for(counts, TIMEOUT, "status.json's counts")
     except AssertionError:
         raise AssertionError(f"status.json's counts: expected {expected}, last read {seen}") from None
+
+
+def test_the_node_beside_orthanc(world, tmp_path):
+    """The steps build on each other (what a study delivered before, what the spool and its counts hold after a
+    restart), so they run in this order in one test: pytest-xdist may hand the tests of one module to two workers,
+    each with its own Orthanc and node."""
+    _echo_and_a_rejected_calling_ae(world)
+    _studies_come_back_as_predict_writes_them(world, tmp_path)
+    _pacs_down_and_the_node_killed_before_and_after_predicting(world)
+    _four_senders_at_once_one_sending_a_delivered_study_again(world)
+    _spool_is_emptied_after_delivery_and_status_counts(world)
 
 
 # ---- the node in this process: what it refuses, counts and keeps ------------------------------------------------
