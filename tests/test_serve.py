@@ -18,7 +18,7 @@ from tests.dicom_fixtures import make_dicom
 from tests.pacs import DICOMWEB_PLUGIN, Orthanc, free_port, require, wait_for
 from tests.test_weights import tiny_config_file, tiny_weights
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+pytestmark = [pytest.mark.slow]
 
 GSPS_CLASS, SR_CLASS = "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.88.34"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
