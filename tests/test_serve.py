@@ -491,3 +491,20 @@ def test_benchmark_runs_at_the_smallest_size(tmp_path, tmp_path_factory, monkeyp
     assert _tool(monkeypatch, "bench/serve.py", "--config-file", "c.yaml", "--random-init", "MODEL.WEIGHTS",
                  "w.pth") == 2
     assert "--random-init builds the weights: give it without MODEL.WEIGHTS" in capsys.readouterr().err
+
+
+def test_results_made_by_another_model_are_made_again(tmp_path):
+    """A spooled study's results are keyed by what made them (weights, config, options): a node restarted with
+    other weights predicts the study again instead of sending the former model's findings."""
+    from mammo_tl.engine.serve_spool import Spool
+
+    model_a = {"weights_sha256": "a" * 64, "config": "MODEL: {}\n", "min_score": 0.05, "operating_point": None}
+    spool = Spool(str(tmp_path / "spool"), made_by=model_a)
+    assert spool.store("1.2.3", "1.2.3.4", b"instance bytes")
+    folder = spool.new_results("1.2.3")
+    assert folder.endswith("results.new")
+    spool.commit_results("1.2.3", spool.instances("1.2.3"), [], {"study": "1.2.3", "error": None})
+    assert not spool.pending("1.2.3")
+    assert not Spool(str(tmp_path / "spool"), made_by=dict(model_a)).pending("1.2.3")  # the same model restarted
+    for change in ({"weights_sha256": "b" * 64}, {"min_score": 0.1}, {"config": "MODEL: {DEVICE: cpu}\n"}):
+        assert Spool(str(tmp_path / "spool"), made_by={**model_a, **change}).pending("1.2.3"), change

@@ -12,6 +12,7 @@ UID and the outcome; never a patient's name or id.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import shutil
@@ -133,7 +134,11 @@ class Node:
         except OSError as e:
             raise ServeError(f"--spool {o.spool}: cannot be used ({type(e).__name__}: {e})") from None
         try:
-            self.spool = Spool(o.spool)
+            # what the results are made by: a study predicted by another model, config or options is predicted again
+            made_by = {"weights_sha256": self.algorithm.weights_sha256, "config": self.cfg.dump(),
+                       "min_score": o.min_score, "operating_point": self.algorithm.operating_point,
+                       "version": self.algorithm.version}
+            self.spool = Spool(o.spool, made_by=json.loads(json.dumps(made_by)))
         except OSError as e:
             self.lock.release()
             raise ServeError(f"--spool {o.spool}: cannot be used ({type(e).__name__}: {e})") from None

@@ -13,7 +13,9 @@ Layout under the spool folder::
 
 Every file is written to a temporary name, fsynced, renamed, and its folder fsynced: after a crash a file is
 whole or absent. A study is predicted again when its instances differ from those done.json names (an instance
-added, or received again with other bytes). A result's SOP Instance UID is derived from what it shows (the
+added, or received again with other bytes), or when done.json was made by another model, config or options (the
+spool's ``made_by``: a node restarted with other weights predicts what it holds again, rather than sending
+another model's findings as its own). A result's SOP Instance UID is derived from what it shows (the
 source image or study, the boxes and scores, the model): the same instances give the same UIDs, and a result
 whose UID a destination acknowledged is not sent there again.
 """
@@ -67,8 +69,9 @@ class Spool:
     """The spool folder (see the module's doc). ``lock`` orders what changes a study's folder as a whole (an
     instance renamed into it, results committed, the study removed by retention)."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, made_by: Mapping[str, Any] | None = None):
         self.folder = os.path.abspath(folder)
+        self.made_by = dict(made_by or {})
         self.lock = threading.Lock()
         for sub in (TMP, STUDIES):
             os.makedirs(os.path.join(self.folder, sub), exist_ok=True)
@@ -134,10 +137,12 @@ class Spool:
             return None
 
     def pending(self, study_uid: str) -> bool:
-        """Whether the study's instances are not (all, or not as they are now) those its results describe."""
+        """Whether the study's instances are not (all, or not as they are now) those its results describe, or its
+        results were made by another model, config or options than ``made_by``."""
         done = self.done(study_uid)
         current = self.instances(study_uid)
-        return bool(current) and (done is None or done.get("inputs") != current)
+        return bool(current) and (done is None or done.get("inputs") != current
+                                  or done.get("made_by", {}) != self.made_by)
 
     def new_results(self, study_uid: str) -> str:
         """An empty results.new/ folder for the study's next results."""
@@ -161,7 +166,7 @@ class Spool:
             fsync_file(path)
             uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             files.append({"name": name, "sop_instance_uid": uid, "sha256": sha256_file(path)})
-        done = {**info, "inputs": dict(inputs), "outputs": files, "time": time.time()}
+        done = {**info, "inputs": dict(inputs), "made_by": self.made_by, "outputs": files, "time": time.time()}
         durable_write(os.path.join(folder, DONE), json.dumps(done, indent=1).encode(), folder)
         with self.lock:
             self._finish_commit(study_uid)
