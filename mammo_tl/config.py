@@ -171,6 +171,12 @@ def add_mammo_tl_config(cfg: CN) -> CN:
     # --- Data sets saved as records JSON (tools/prepare_dataset.py, tools/split_dataset.py) ---------------
     # "name=path/to/records.json" entries, registered in DatasetCatalog when tools/train_net.py starts.
     cfg.DATASETS.REGISTER_JSON = []
+    # Validation sets: evaluated every TEST.EVAL_PERIOD iterations during training (and at its end) into
+    # metrics.json / TensorBoard as "validation/..."; BestCheckpointHook keeps model_best.pth by
+    # TEST.PATIENT.BEST_METRIC on the first of them, and the test sets (DATASETS.TEST) are evaluated once, at the
+    # end, on that checkpoint (inference/) and on the final one (inference_final/). Models are chosen on these,
+    # never on DATASETS.TEST: TEST.EVAL_PERIOD > 0 needs one, patient-disjoint from the test sets.
+    cfg.DATASETS.VALIDATION = ()
 
     # --- Input -------------------------------------------------------------------------------------
     # "fixed": resize every image to INPUT.FIXED_SIZE (the paper); "shortest_edge": detectron2's
@@ -195,7 +201,8 @@ def add_mammo_tl_config(cfg: CN) -> CN:
     cfg.TEST.PATIENT = CN()
     # A patient is predicted positive when any of its boxes scores above this (paper: 0.5).
     cfg.TEST.PATIENT.THRESHOLD = 0.5
-    # Metric the best-checkpoint hook maximises (a key of the patient evaluator's results).
+    # Metric the best-checkpoint hook maximises on DATASETS.VALIDATION[0] (a key of the patient evaluator's
+    # results); the first evaluation with the highest value wins a tie.
     cfg.TEST.PATIENT.BEST_METRIC = "auc"
     # Bootstrap resamples (by patient) for the 95% intervals; 0 disables them.
     cfg.TEST.PATIENT.BOOTSTRAP = 1000

@@ -52,7 +52,7 @@ TINY_SPEC = dict(height=192, width=160, min_radius=9.0, max_radius=13.0)
 
 
 def ensure_tiny_datasets(root):
-    """Register mammo_synth_tiny_{train,test} under root, generated once: a folder is reused only when it holds
+    """Register mammo_synth_tiny_{train,test,val} under root, generated once: a folder is reused only when it holds
     a set made from the same spec by the same generator version (matches_spec), and generated under a file
     lock, so that processes sharing root (pytest-xdist's workers with MAMMO_TL_TINY_ROOT set) never write one
     set at once."""
@@ -63,7 +63,7 @@ def ensure_tiny_datasets(root):
     from mammo_tl.data.synthetic import matches_spec
 
     os.makedirs(root, exist_ok=True)
-    for split, seed, pos, neg in (("train", 10, 4, 4), ("test", 11, 3, 3)):
+    for split, seed, pos, neg in (("train", 10, 4, 4), ("test", 11, 3, 3), ("val", 12, 2, 2)):
         name = f"mammo_synth_tiny_{split}"
         path = os.path.join(root, split)
         spec = SyntheticSpec(num_positive_patients=pos, num_negative_patients=neg, seed=seed, **TINY_SPEC)
@@ -73,6 +73,8 @@ def ensure_tiny_datasets(root):
                 generate(path, spec, progress=False)
         if name not in DatasetCatalog:
             register_synthetic(name, path)
+    if "mammo_synth_tiny_train_benign_boxed" not in DatasetCatalog:  # the training images, look-alikes boxed
+        register_synthetic("mammo_synth_tiny_train_benign_boxed", os.path.join(root, "train"), benign_boxes=True)
 
 
 def set_threads():

@@ -81,8 +81,10 @@ def test_table_and_plot_from_hand_made_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_ddsm(tmp_path_factory):
-    """Tiny sets of the DDSM protocol as records JSON: training 3 malignant + 3 benign cases, test and validation
-    1 + 1 (two images each): their folder and the config overrides that name them."""
+    """Tiny sets of the DDSM protocol as records JSON: training 3 malignant + 3 benign cases (also with the
+    look-alikes boxed as benign, for the ceiling row), test and validation 1 + 1 (two images each): their folder
+    and the config overrides that name them."""
+    from mammo_tl.data.datasets.synthetic import load_with_benign_boxes
     from mammo_tl.data.records import save_records
     from mammo_tl.data.synthetic import SyntheticSpec, generate, load_synthetic
 
@@ -93,12 +95,15 @@ def tiny_ddsm(tmp_path_factory):
                                                   protocol="ddsm", **TINY_SPEC), progress=False)
         paths[split] = str(root / f"{split}.json")
         save_records(load_synthetic(str(root / split)), paths[split])
+    paths["train_benign"] = str(root / "train_benign.json")
+    save_records(load_with_benign_boxes(str(root / "train")), paths["train_benign"])
     from tests.test_records import TRAIN_OPTS
 
     opts = [v for i, v in enumerate(TRAIN_OPTS) if not (v == "SEED" or (i and TRAIN_OPTS[i - 1] == "SEED"))]
-    register = f"['td_train={paths['train']}', 'td_test={paths['test']}', 'td_val={paths['val']}']"
+    register = (f"['td_train={paths['train']}', 'td_test={paths['test']}', 'td_val={paths['val']}', "
+                f"'td_train_benign={paths['train_benign']}']")
     return {"root": root, "opts": [*opts, "DATASETS.REGISTER_JSON", register, "DATASETS.TRAIN", "('td_train',)",
-                                   "DATASETS.TEST", "('td_test',)"]}
+                                   "DATASETS.TEST", "('td_test',)", "DATASETS.VALIDATION", "('td_val',)"]}
 
 
 @pytest.mark.slow

@@ -71,6 +71,43 @@ def test_consecutive_ddsm_rows_differ_by_one_idea():
         assert set(differing_keys(a, b, ignore=("OUTPUT_DIR",))) == keys, row
 
 
+def test_every_ddsm_row_chooses_its_model_on_the_validation_patients():
+    """Part three of docs/experiments.md: one selection rule for every row, on the validation set, never the test."""
+    for row in (*ROWS, "d1_similarity_penultimate", "o_benign_annotated"):
+        cfg = _cfg(f"synthetic_ddsm/{row}.yaml")
+        assert cfg.DATASETS.VALIDATION == ("mammo_synth_ddsm_val",) and cfg.TEST.EVAL_PERIOD == 300, row
+        assert cfg.TEST.PATIENT.BEST_METRIC == "auc" and not set(cfg.DATASETS.VALIDATION) & set(cfg.DATASETS.TEST)
+
+
+def test_the_ceiling_differs_from_b_in_its_annotations_and_class_count_only():
+    """Row o: (b) with the look-alikes boxed as a second class. Its training set holds the same images and the same
+    cancer boxes as (b)'s; the only other boxes are the phantom's look-alikes, as class 1; and the configs differ in
+    the training set's name and the class count alone."""
+    from detectron2.data import DatasetCatalog
+
+    from mammo_tl.data.synthetic import load_phantom_truth
+    from mammo_tl.data.datasets.synthetic import BUILTIN_SYNTHETIC, synthetic_root
+
+    b, o = (_cfg(f"synthetic_ddsm/{r}.yaml") for r in ("b_paired_negatives", "o_benign_annotated"))
+    assert set(differing_keys(flatten_config(b), flatten_config(o), ignore=("OUTPUT_DIR",))) == {
+        "DATASETS.TRAIN", "MODEL.ROI_HEADS.NUM_CLASSES"}
+    assert (b.MODEL.ROI_HEADS.NUM_CLASSES, o.MODEL.ROI_HEADS.NUM_CLASSES) == (1, 2)
+    assert positive_images_per_run(o) == positive_images_per_run(b) == 600
+    plain, boxed = (DatasetCatalog.get(c.DATASETS.TRAIN[0]) for c in (b, o))
+    truth = load_phantom_truth(synthetic_root("mammo_synth_ddsm_train"))
+    assert BUILTIN_SYNTHETIC["mammo_synth_ddsm_train"].protocol == "ddsm"
+    assert [r["file_name"] for r in plain] == [r["file_name"] for r in boxed]
+    n_benign = 0
+    for p, q in zip(plain, boxed):
+        assert [a for a in q["annotations"] if a["category_id"] == 0] == p["annotations"]
+        benign = sorted(a["bbox"] for a in q["annotations"] if a["category_id"] == 1)
+        assert benign == sorted([float(v) for v in box] for box in truth[p["image_id"]]["lookalike_boxes"])
+        n_benign += len(benign)
+    # every benign case's image holds a look-alike (the ddsm protocol), so (o) boxes at least one per negative image
+    negatives = [p for p in plain if not p["annotations"]]
+    assert n_benign >= len(negatives) > 0
+
+
 def test_the_method_row_follows_the_papers_text():
     """Row d is the paper's method: top likelihood + softmax similarity, no forced sampling; e only adds it."""
     d = _cfg("synthetic_ddsm/d_tl_similarity.yaml")
@@ -170,9 +207,10 @@ def test_screening_rows_differ_from_the_ddsm_rows_by_their_data_only():
         ddsm = flatten_config(_cfg(f"synthetic_ddsm/{row}.yaml"))
         screening_cfg = _cfg(f"synthetic_screening/{row}.yaml")
         assert set(differing_keys(ddsm, flatten_config(screening_cfg), ignore=("OUTPUT_DIR",))) == {
-            "DATASETS.TRAIN", "DATASETS.TEST"}, row
+            "DATASETS.TRAIN", "DATASETS.TEST", "DATASETS.VALIDATION"}, row
         assert screening_cfg.DATASETS.TRAIN == ("mammo_synth_train",), row
         assert screening_cfg.DATASETS.TEST == ("mammo_synth_test",), row
+        assert screening_cfg.DATASETS.VALIDATION == ("mammo_synth_val",), row
         assert positive_images_per_run(screening_cfg) == 600, row
     a, d = (flatten_config(_cfg(f"synthetic_screening/{r}.yaml")) for r in ("a_positives_only", "d_tl_similarity"))
     a_ddsm, d_ddsm = (flatten_config(_cfg(f"synthetic_ddsm/{r}.yaml")) for r in ("a_positives_only", "d_tl_similarity"))

@@ -127,38 +127,88 @@ def test_resume_after_sigkill(tiny_datasets, tmp_path):
 
 
 @pytest.mark.slow
-def test_patient_eval_during_training_and_best_checkpoint_survives_resume(tiny_datasets, tmp_path):
+def test_models_chosen_on_validation_and_the_test_set_read_once_at_the_end(tiny_datasets, tmp_path, monkeypatch):
+    """DATASETS.VALIDATION evaluated every TEST.EVAL_PERIOD iterations into metrics.json and validation_curve.json;
+    model_best.pth by the highest validation AUC; the test set read only after the last iteration, once on that
+    checkpoint (inference/) and once on the final one (inference_final/); the best survives --resume."""
     from mammo_tl.engine import Trainer
     from mammo_tl.engine.hooks import BestCheckpointHook
     from mammo_tl.engine.launcher import setup
+    from mammo_tl.evaluation.runs import load_selection, load_validation_curve, selected_weights
 
     out = tmp_path / "run"
     opts = ["SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "2", "TEST.PATIENT.BOOTSTRAP", "20",
-            "SOLVER.CHECKPOINT_PERIOD", "2"]
+            "DATASETS.VALIDATION", "('mammo_synth_tiny_val',)", "SOLVER.CHECKPOINT_PERIOD", "2"]
     cfg = setup(_args("synthetic/d_tl_similarity.yaml", out, opts=opts))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
+    read = []  # (data set, training iteration, steps still to do) of every evaluation loader built
+    build = Trainer.build_test_loader.__func__
+    monkeypatch.setattr(Trainer, "build_test_loader", classmethod(
+        lambda cls, c, name: read.append((name, trainer.iter, trainer.max_iter - trainer.iter)) or build(cls, c, name)))
     trainer.train()
+    # the validation set at iteration index 1 (after 2 steps) and after the last step; the test set twice, both
+    # after the last step (trainer.iter is max_iter once training is over)
+    assert [(n, i) for n, i, _ in read if n == "mammo_synth_tiny_val"] == [("mammo_synth_tiny_val", 1),
+                                                                          ("mammo_synth_tiny_val", 4)]
+    tests = [(n, i) for n, i, _ in read if n != "mammo_synth_tiny_val"]
+    assert tests == [("mammo_synth_tiny_test", 4)] * 2, read
+    assert all(left <= 0 for n, _, left in read if n == "mammo_synth_tiny_test")
     hook = next(h for h in trainer._hooks if isinstance(h, BestCheckpointHook))
+    assert hook.metric == "validation/patient/auc"
     rows = [json.loads(line) for line in open(out / "metrics.json")]
-    evals = [(r["iteration"], r["patient/auc"]) for r in rows if "patient/auc" in r]
-    assert len(evals) == 2 and evals[0][0] == 1  # after iteration 2, and at the end
+    evals = [(r["iteration"], r["validation/patient/auc"]) for r in rows if "validation/patient/auc" in r]
+    assert [i for i, _ in evals] == [1, 4]  # detectron2 records the end of training at max_iter
+    assert not any(k.startswith(("patient/", "bbox/")) for r in rows for k in r), "a test metric during training"
+    curve = load_validation_curve(str(out))
+    assert [(p["iteration"], p["iterations_trained"]) for p in curve] == [(1, 2), (4, 4)]
+    assert [p["validation/patient/auc"] for p in curve] == pytest.approx([v for _, v in evals], nan_ok=True)
+    assert {"validation/patient/specificity@sensitivity_0.9", "validation/bbox/AP50", "validation/froc/cpm"} <= set(
+        curve[0])
     finite = [(i, v) for i, v in evals if np.isfinite(v)]
-    assert finite, "the tiny test set has both classes, so AUC is defined"
-    best_iter, best = max(finite, key=lambda t: t[1])
+    assert finite, "the tiny validation set has both classes, so AUC is defined"
+    best_iter, best = max(finite, key=lambda t: t[1])  # max() keeps the first of equal values, as the rule does
     assert hook.best_value == pytest.approx(best) and hook.best_iter == best_iter
-    assert (out / "model_best.pth").exists()
-    assert json.load(open(out / "model_best.json"))["value"] == pytest.approx(best)
+    selection = load_selection(str(out))
+    assert selection["selected"] == {"weights": "model_best.pth", "iteration": best_iter,
+                                     "iterations_trained": {1: 2, 4: 4}[best_iter], "value": pytest.approx(best)}
+    assert selection["final"]["iterations_trained"] == 4 and selected_weights(str(out)) == str(out / "model_best.pth")
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    chosen = json.load(open(out / "inference" / "eval_results.json"))
+    final = json.load(open(out / "inference_final" / "eval_results.json"))
     for name in ("patients.csv", "roc.png", "froc.png", "patient_metrics.json"):
         assert (out / "inference" / "mammo_synth_tiny_test" / name).exists(), name
+        assert (out / "inference_final" / "mammo_synth_tiny_test" / name).exists(), name
+    # each result is that of its weights: --eval-only on model_best.pth reproduces inference/, on model_final.pth
+    # inference_final/
+    from mammo_tl.engine.launcher import main
+
+    for weights, expected in (("model_best.pth", chosen), ("model_final.pth", final)):
+        res = main(_args("synthetic/d_tl_similarity.yaml", tmp_path / weights, "--eval-only",
+                         opts=["MODEL.WEIGHTS", str(out / weights), "TEST.PATIENT.BOOTSTRAP", "20"]))
+        assert res["patient"]["auc"] == pytest.approx(expected["patient"]["auc"], nan_ok=True), weights
 
     # a resumed trainer starts from the recorded best, not from scratch
-    cfg2 = setup(_args("synthetic/d_tl_similarity.yaml", out, opts=opts[:-4] + ["TEST.EVAL_PERIOD", "2"]))
+    cfg2 = setup(_args("synthetic/d_tl_similarity.yaml", out, opts=opts))
     resumed = Trainer(cfg2)
     resumed.resume_or_load(resume=True)
     hook2 = next(h for h in resumed._hooks if isinstance(h, BestCheckpointHook))
     assert hook2.best_value == pytest.approx(best) and hook2.best_iter == best_iter
+
+
+def test_periodic_evaluation_needs_a_validation_set(tiny_datasets, tmp_path):
+    """TEST.EVAL_PERIOD > 0 without DATASETS.VALIDATION is refused before training (it would choose models on the
+    test set), and so is a validation set that is a test set."""
+    from mammo_tl.engine.launcher import setup
+    from mammo_tl.engine.preflight import ConfigError, preflight
+
+    cfg = setup(_args("synthetic/a_positives_only.yaml", tmp_path / "a", opts=["TEST.EVAL_PERIOD", "2"]))
+    with pytest.raises(ConfigError, match="DATASETS.VALIDATION.*empty"):
+        preflight(cfg)
+    cfg = setup(_args("synthetic/a_positives_only.yaml", tmp_path / "b",
+                      opts=["TEST.EVAL_PERIOD", "2", "DATASETS.VALIDATION", "('mammo_synth_tiny_test',)"]))
+    with pytest.raises(ConfigError, match="also in DATASETS.TEST"):
+        preflight(cfg)
 
 
 def test_best_checkpoint_hook_keeps_the_best(tmp_path):

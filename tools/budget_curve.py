@@ -50,7 +50,7 @@ if __name__ == "__main__":
         else:
             run_budget_curve(a.output, a.configs, budgets, extra_opts=a.opts, bootstrap=a.bootstrap,
                              validation_set=a.validation_set, jobs=a.jobs)
-    except (BudgetError, RunMismatch, ConfigFileError, DatasetError) as e:
+    except (BudgetError, RunMismatch, ConfigFileError, DatasetError, ValueError) as e:
         p.exit(2, f"budget_curve.py: error: {e}\n")
     except subprocess.CalledProcessError as e:
         p.exit(1, f"budget_curve.py: error: a training exited with status {e.returncode} ({' '.join(e.cmd)}); its "

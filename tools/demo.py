@@ -54,7 +54,7 @@ if __name__ == "__main__":
     try:
         run_demo(args.output, args.configs, extra_opts=args.opts, bootstrap=args.bootstrap, seeds=args.seeds,
                  validation_set=args.validation_set, jobs=args.jobs)
-    except (RunMismatch, ConfigFileError, DatasetError) as e:
+    except (RunMismatch, ConfigFileError, DatasetError, ValueError) as e:
         p.exit(2, f"demo.py: error: {e}\n")
     except subprocess.CalledProcessError as e:
         p.exit(1, f"demo.py: error: a training exited with status {e.returncode} ({' '.join(e.cmd)}); its "

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 def split_positive_negative(records: Iterable[dict]) -> tuple[list[dict], list[dict]]:
-    """(positives, negatives) of a list of dataset records, by whether ``annotations`` is empty."""
+    """(positives, negatives) of a list of dataset records, by whether a record holds a cancer box
+    (:func:`~mammo_tl.data.records.is_negative`)."""
     positives, negatives = [], []
     for r in records:
         (negatives if is_negative(r) else positives).append(r)

@@ -36,7 +36,8 @@ class MammogramDatasetMapper(DatasetMapper):
 
     The image is windowed to 0..255 (INPUT.INTENSITY_PERCENTILES), repeated to 3 channels and resized
     (INPUT.RESIZE_MODE). Records keep their ``patient_id``, ``laterality`` and ``view``. A negative image's
-    ``instances`` are empty, which is how the model tells it (mammo_tl.modeling.negatives).
+    ``instances`` hold no cancer box (empty, or boxed benign findings only), which is how the model tells it
+    (mammo_tl.modeling.negatives).
     """
 
     @configurable
@@ -85,6 +86,6 @@ class PairedDatasetMapper:
         if is_negative(positive):
             raise ValueError(f"{positive['file_name']}: expected a positive image (annotated), got no boxes")
         if not is_negative(negative):
-            raise ValueError(f"{negative['file_name']}: expected a negative image, got "
+            raise ValueError(f"{negative['file_name']}: expected a negative image, got a cancer box among its "
                              f"{len(negative['annotations'])} boxes")
         return self.image_mapper(positive), self.image_mapper(negative)

@@ -13,10 +13,16 @@ from typing import Any
 from detectron2.structures import BoxMode
 
 from ..files import atomic_write_json
+from ..modeling.findings import CANCER_CLASS
 
 logger = logging.getLogger(__name__)
 
 CLASS_NAME = "malignant_mass"
+# A second class for boxed benign findings: training data that annotates its look-alikes (the phantom's ceiling row,
+# configs/synthetic_ddsm/o_benign_annotated.yaml). Category ids index this tuple; 0, the cancer, is the one
+# class whose boxes are findings (evaluation, predict): mammo_tl.modeling.findings.CANCER_CLASS.
+BENIGN_CLASS_NAME = "benign"
+CLASS_NAMES = (CLASS_NAME, BENIGN_CLASS_NAME)
 LATERALITY = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
 
 
@@ -25,12 +31,13 @@ class DatasetError(Exception):
 
 
 def is_negative(record: dict) -> bool:
-    """The one rule for records: a negative image has ``annotations: []``, a positive one at least one box.
-    (The model's rule for a batch is mammo_tl.modeling.negatives.negative_images: no ground-truth box.)"""
+    """The one rule for records: a negative image has no cancer box (``annotations: []``, or benign boxes only),
+    a positive one at least one box of category 0. (The model's rule for a batch is
+    mammo_tl.modeling.negatives.negative_images: no ground-truth box of the cancer class.)"""
     if "annotations" not in record:
         raise KeyError(f"dataset record {record.get('file_name', record.get('image_id'))!r} has no "
                        "'annotations' key: mark negative images with annotations: []")
-    return len(record["annotations"]) == 0
+    return not any(a.get("category_id", CANCER_CLASS) == CANCER_CLASS for a in record["annotations"])
 
 
 def laterality(value: Any, where: str) -> str:
@@ -64,7 +71,8 @@ def validate_records(records: list[dict], source: str, report: Any = None, check
     4 finite numbers with x1 < x2 and y1 < y2 overlapping its image. A box that extends past the image is
     clipped and counted (in ``report``, a :class:`~mammo_tl.data.datasets.common.SkipReport`, when given, else
     in the log). XYWH_ABS boxes become XYXY_ABS;
-    ``category_id`` must be 0 (the one class). With ``check_files`` every ``file_name`` must exist.
+    ``category_id`` must index :data:`CLASS_NAMES` (0 the cancer, 1 a boxed benign finding). With ``check_files``
+    every ``file_name`` must exist.
     Returns ``records`` (modified in place).
     """
     if not isinstance(records, list):
@@ -128,10 +136,11 @@ def validate_records(records: list[dict], source: str, report: Any = None, check
                 clipped += 1
                 if len(examples) < 3:
                     examples.append(f"{r['file_name']}: {[x1, y1, x2, y2]} -> {c}")
-            if a.get("category_id", 0) != 0:
-                raise DatasetError(f"{where}: annotation {j} category_id {a.get('category_id')!r}: mammo_tl detects "
-                                   "one class, category_id 0")
-            a.update(bbox=c, bbox_mode=BoxMode.XYXY_ABS, category_id=0)
+            category = a.get("category_id", CANCER_CLASS)
+            if not (_is_number(category) and float(category) in range(len(CLASS_NAMES))):
+                raise DatasetError(f"{where}: annotation {j} category_id {category!r}: expected 0 ({CLASS_NAMES[0]}) "
+                                   f"or 1 ({CLASS_NAMES[1]}, a boxed benign finding)")
+            a.update(bbox=c, bbox_mode=BoxMode.XYXY_ABS, category_id=int(category))
     if missing_files:
         raise DatasetError(f"{source}: {len(missing_files)} of {len(records)} image files not found, e.g. "
                            f"{missing_files[:3]} (relative paths in a records file are resolved against its folder)")
@@ -144,7 +153,8 @@ def validate_records(records: list[dict], source: str, report: Any = None, check
 
 
 def export_coco(records: Iterable[dict], path: str, category: str = CLASS_NAME, info: dict | None = None) -> str:
-    """Write records as COCO JSON (boxes as XYWH, atomically); per image also source_image_id, patient_id,
+    """Write records as COCO JSON (boxes as XYWH, atomically; COCO category id = category_id + 1, ``category`` the
+    cancer class's name); per image also source_image_id, patient_id,
     laterality, view and, where records have them, lookalike_boxes (the synthetic sets' look-alikes)."""
     images, annotations = [], []
     for k, r in enumerate(records):
@@ -154,9 +164,12 @@ def export_coco(records: Iterable[dict], path: str, category: str = CLASS_NAME, 
                        **({"lookalike_boxes": r["lookalike_boxes"]} if "lookalike_boxes" in r else {})})
         for a in r["annotations"]:
             x1, y1, x2, y2 = a["bbox"]
-            annotations.append({"id": len(annotations) + 1, "image_id": k + 1, "category_id": 1,
+            annotations.append({"id": len(annotations) + 1, "image_id": k + 1,
+                                "category_id": int(a.get("category_id", CANCER_CLASS)) + 1,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": category}]}
+    names = (category, *CLASS_NAMES[1:max((a["category_id"] for a in annotations), default=1)])
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
     atomic_write_json({"info": info, **coco} if info is not None else coco, path)
     return path
 

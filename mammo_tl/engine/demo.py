@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from detectron2.data import DatasetCatalog
 
+from ..evaluation.runs import selected_weights
 from .experiments import REPO, expected_config, run_rows
 
 logger = logging.getLogger(__name__)
@@ -39,12 +40,12 @@ SEEDS_NOTE = ("The synthetic training, validation and test sets are generated fr
 
 def choose_demo_points(config_file: str, opts: Sequence[str], run_dir: str,
                        validation_set: str = VALIDATION_SET) -> None:
-    """Operating points of a trained demo row, chosen on the validation patients (reused while they belong
-    to the row's model_final.pth)."""
+    """Operating points of a trained demo row, chosen on the validation patients for the weights its test results
+    belong to (the validation-chosen checkpoint, else model_final.pth; reused while they belong to them)."""
     from ..evaluation.operating_points import FILE_NAME, OperatingPointError, load_operating_points
     from .choose_points import build_cfg, choose_points
 
-    weights = os.path.join(run_dir, "model_final.pth")
+    weights = selected_weights(run_dir)
     path = os.path.join(run_dir, FILE_NAME)
     if os.path.exists(path):
         try:
@@ -66,6 +67,12 @@ def run_demo(output: str, configs: Sequence[str] = DEMO_CONFIGS, extra_opts: Seq
 
     cfg = expected_config(configs[0], extra_opts)
     register_json_datasets(cfg.DATASETS.REGISTER_JSON)
+    for config_file in configs:
+        chosen_on = list(expected_config(config_file, extra_opts).DATASETS.VALIDATION)
+        if chosen_on and chosen_on[0] != validation_set:
+            raise ValueError(f"{config_file}: its models are chosen on DATASETS.VALIDATION {chosen_on[0]!r}, its "
+                             f"operating points would be chosen on {validation_set!r} (--validation-set): name one "
+                             f"set for both")
     for name in dict.fromkeys((*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST, validation_set)):
         n = len(DatasetCatalog.get(name))  # generates a built-in set on first use, with a progress bar
         print(f"[demo] {name}: {n} images", flush=True)

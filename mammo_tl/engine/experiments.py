@@ -4,7 +4,7 @@ data set (tools/run_ablation.py) and the demo (tools/demo.py).
 Each config trains in its own process (tools/train_net.py's command line) into OUTPUT/<config name>. A run that finished
 (model_final.pth and inference/eval_results.json) is reused, and an interrupted one resumed, only while its
 saved config (OUTPUT/<name>/config.yaml) equals the one asked for; otherwise the run is refused, naming the
-first differing keys, and only while the records of its DATASETS.TRAIN and TEST sets are those it was
+first differing keys, and only while the records of its DATASETS.TRAIN, TEST and VALIDATION sets are those it was
 trained on and the image files they name hold the same content (the records' digest and each image's size,
 mtime and SHA-256 in OUTPUT/<name>/run_inputs.json; a file whose size and mtime are unchanged is not hashed again),
 so a report never mixes results of other settings or other data.
@@ -74,12 +74,13 @@ INPUTS_FILE = "run_inputs.json"
 
 
 def inputs_digest(cfg: CfgNode) -> str:
-    """SHA-256 of the records of every DATASETS.TRAIN and DATASETS.TEST set of ``cfg``, as train_net loads them."""
+    """SHA-256 of the records of every DATASETS.TRAIN, TEST and VALIDATION set of ``cfg``, as train_net loads
+    them."""
     return run_inputs(cfg)[0]
 
 
 def run_inputs(cfg: CfgNode) -> tuple[str, list[str]]:
-    """(SHA-256 of the records of every DATASETS.TRAIN and DATASETS.TEST set of ``cfg`` as train_net loads them,
+    """(SHA-256 of the records of every DATASETS.TRAIN, TEST and VALIDATION set of ``cfg`` as train_net loads them,
     the sorted absolute paths of the image files those records name)."""
     from detectron2.data import DatasetCatalog
 
@@ -88,7 +89,7 @@ def run_inputs(cfg: CfgNode) -> tuple[str, list[str]]:
     register_json_datasets(cfg.DATASETS.REGISTER_JSON)
     h = hashlib.sha256()
     files = set()
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST, *cfg.DATASETS.VALIDATION):
         records = DatasetCatalog.get(name)
         h.update(json.dumps([name, records], sort_keys=True, default=str).encode())
         files.update(os.path.abspath(r["file_name"]) for r in records if isinstance(r.get("file_name"), str))
@@ -117,8 +118,8 @@ def _check_inputs(out, inputs, finished):
         with open(path) as f:
             recorded = json.load(f)
     if recorded.get("records_sha256") is not None and recorded["records_sha256"] != digest:
-        raise RunMismatch(f"{out} holds a run trained or evaluated on other records of its DATASETS.TRAIN/TEST sets "
-                          f"({path}): choose another --output or remove {out}")
+        raise RunMismatch(f"{out} holds a run trained or evaluated on other records of its DATASETS.TRAIN/TEST/"
+                          f"VALIDATION sets ({path}): choose another --output or remove {out}")
     if recorded.get("records_sha256") is None and finished:
         raise RunMismatch(f"{out} holds a finished run without a record of the data it was made from ({path}): "
                           f"choose another --output or remove {out}")
@@ -184,13 +185,21 @@ def run_rows(configs: Sequence[str], output: str, extra_opts: Sequence[str] = ()
 
     ``jobs`` > 1 trains that many configs at once, each in its own process with the CPU cores shared out
     (:func:`train_at_once`): on a CPU, two one-thread trainings side by side take less time than one after
-    the other with two threads each."""
+    the other with two threads each. With ``seeds`` every (seed, config) run is in one queue, seed by seed in the
+    order of ``configs``, before the reports are written."""
     check_rows(configs, output, extra_opts, seeds)
     if jobs < 1 or (jobs > 1 and num_gpus > 1):
         raise ValueError(f"--jobs {jobs}: at least 1, and 1 when every training uses {num_gpus} GPUs")
     if seeds is None:
         return _run_configs(configs, output, extra_opts, bootstrap, title, num_gpus, tag, after_training, jobs)
     start = time.time()
+    if jobs > 1:  # one queue over every seed and config, so no core waits at the end of a seed's rows
+        seed_opts = {s: [*extra_opts, "SEED", str(int(s))] for s in seeds}
+        queue = [(plan, c, s) for s in seeds for c in configs
+                 for plan in [_plan_run(c, os.path.join(output, SEED_DIR.format(s)), seed_opts[s], bootstrap,
+                                        num_gpus, tag)]]
+        train_at_once([(f"{name} (seed {s})", out, cmd, int(expected_config(c, opts).SOLVER.MAX_ITER))
+                       for (name, out, opts, cmd), c, s in queue if cmd is not None], jobs, tag)
     for s in seeds:
         print(f"[{tag}] training seed {s}: {len(configs)} config(s) into "
               f"{os.path.join(output, SEED_DIR.format(s))}", flush=True)

@@ -27,6 +27,7 @@ import torch
 from .. import __version__
 from ..config import get_mammo_tl_cfg
 from ..files import atomic_write_bytes, atomic_write_text, sha256_file
+from ..modeling.findings import CANCER_CLASS
 from .export_runtime import (EXPORT_FORMAT_VERSION, EXPORT_JSON, FORMATS, ExportedPredictor, ExportedPreparer,
                              ExportError, map_back)
 
@@ -85,7 +86,10 @@ def _test_image(size, seed):
 
 
 def _inference(model, image):
+    """The model's cancer-class boxes and scores (mammo_tl.modeling.findings), as the exported file returns them."""
     inst = model.inference([{"image": image}], do_postprocess=False)[0]
+    if model.roi_heads.num_classes > 1:  # traced as a mask: the exported file drops the other classes too
+        inst = inst[inst.pred_classes == CANCER_CLASS]
     return inst.pred_boxes.tensor, inst.scores
 
 

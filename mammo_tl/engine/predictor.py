@@ -12,6 +12,7 @@ import torch
 from ..data.mapper import MammogramDatasetMapper
 from ..data.preprocess import DecodeGeometry, MammoTransform, preprocess
 from ..data.resolution import ResolutionRequest
+from ..modeling.findings import cancer_findings
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class MammoPredictor:
 
     def __call__(self, image):
         """image: the stored pixel grid (H, W) or a :class:`PreparedImage`. Returns (boxes (n, 4) in
-        original pixels, scores (n,))."""
+        original pixels, scores (n,)) of the cancer class (a model trained with boxed benign findings also predicts
+        those; they are not findings: mammo_tl.modeling.findings)."""
         return self.predict_batch([image])[0]
 
     @torch.no_grad()
@@ -102,7 +104,7 @@ class MammoPredictor:
             outputs = self.model(inputs)
         results = []
         for p, out in zip(prepared, outputs):
-            inst = out["instances"].to("cpu")
+            inst = cancer_findings(out["instances"].to("cpu"))
             boxes = p.transform.inverse_boxes(inst.pred_boxes.tensor.float().numpy())
             h, w = p.transform.original_size
             boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)

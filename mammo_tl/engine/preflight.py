@@ -8,6 +8,9 @@ fail hours later, at the first evaluation or checkpoint, fails here in seconds, 
 * the paired loader has positive and negative images; the positives-only loader has positives;
 * every evaluator of DATASETS.TEST is built (the COCO conversion of the test records included), and the
   patient evaluator finds patient_id and laterality on every test record;
+* every training box's category indexes one of MODEL.ROI_HEADS.NUM_CLASSES;
+* with TEST.EVAL_PERIOD > 0 a validation set is named (DATASETS.VALIDATION), is no test set, shares no patient with
+  one and holds cancer boxes only;
 * images prepared by tools/prepare_dataset.py were prepared with the crop and flip the config names
   (INPUT.CROP_TO_BREAST, INPUT.CANONICAL_FLIP), which tools/predict.py applies to new images.
 
@@ -21,7 +24,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from detectron2.data import DatasetCatalog
 
@@ -109,6 +112,56 @@ def check_prepared_options(cfg: CfgNode, records: Iterable[Mapping], key: str, n
                        key, name, list(size), list(cfg.INPUT.FIXED_SIZE))
 
 
+def check_categories(cfg: CfgNode, records: Iterable[Mapping], name: str) -> None:
+    """Every training box's category_id indexes one of the model's MODEL.ROI_HEADS.NUM_CLASSES classes:
+    detectron2 would read category NUM_CLASSES as background, silently."""
+    n = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    for r in records:
+        for a in r["annotations"]:
+            if int(a.get("category_id", 0)) >= n:
+                raise ConfigError(f"DATASETS.TRAIN: dataset {name!r}, image {r.get('file_name')!r}: a box of "
+                                  f"category_id {a['category_id']}, but MODEL.ROI_HEADS.NUM_CLASSES is {n}: set "
+                                  f"it to {int(a['category_id']) + 1} to learn that class, or train on a set "
+                                  "without it")
+
+
+def check_validation(cfg: CfgNode, mapper: Any, train_patients: set[str]) -> dict[str, int]:
+    """DATASETS.VALIDATION, where models are chosen during training: named when TEST.EVAL_PERIOD > 0, never a
+    test set nor sharing a patient with one, cancer boxes only, readable. Returns {name: number of records}."""
+    from ..data.datasets.common import patient_key
+    from ..evaluation.evaluators import check_cancer_boxes_only
+
+    names = list(cfg.DATASETS.VALIDATION)
+    if cfg.TEST.EVAL_PERIOD > 0 and not names:
+        raise ConfigError(f"TEST.EVAL_PERIOD {cfg.TEST.EVAL_PERIOD} evaluates DATASETS.VALIDATION during training, "
+                          "and it is empty: name a validation set (models are chosen on validation data, never on "
+                          "DATASETS.TEST), or set TEST.EVAL_PERIOD 0 to evaluate the test sets once, at the end")
+    checked = {}
+    for name in names:
+        if name in cfg.DATASETS.TEST:
+            raise ConfigError(f"DATASETS.VALIDATION: {name!r} is also in DATASETS.TEST: models are chosen on "
+                              "validation data the test never sees")
+        records = _records("DATASETS.VALIDATION", name)
+        patients = {patient_key(r.get("patient_id")) for r in records}
+        for test in cfg.DATASETS.TEST:
+            shared = patients & {patient_key(r.get("patient_id")) for r in _records("DATASETS.TEST", test)}
+            if shared:
+                raise ConfigError(f"DATASETS.VALIDATION {name!r} shares {len(shared)} patient(s) with DATASETS.TEST "
+                                  f"{test!r}, e.g. {sorted(shared)[:5]}: choose models on patients the test never sees")
+        shared = patients & train_patients
+        if shared:
+            logger.warning("DATASETS.VALIDATION %r shares %d patient(s) with DATASETS.TRAIN, e.g. %s: the model is "
+                           "chosen on training patients", name, len(shared), sorted(shared)[:5])
+        try:
+            check_cancer_boxes_only(name)
+        except ValueError as e:
+            raise ConfigError(f"DATASETS.VALIDATION: {e}") from None
+        check_prepared_options(cfg, records, "DATASETS.VALIDATION", name)
+        _map_one(mapper, records[0], "DATASETS.VALIDATION", name)
+        checked[name] = len(records)
+    return checked
+
+
 def preflight(cfg: CfgNode, eval_only: bool = False) -> dict[str, int]:
     """Run every check above for ``cfg`` (frozen, datasets registered); raise ConfigError at the first
     problem. Returns {dataset name: number of records} of what was checked."""
@@ -135,6 +188,7 @@ def preflight(cfg: CfgNode, eval_only: bool = False) -> dict[str, int]:
             for r in (pos[:1] + neg[:1]):
                 _map_one(mapper, r, "DATASETS.TRAIN", name)
             train_patients |= {patient_key(r.get("patient_id")) for r in records}
+            check_categories(cfg, records, name)
             checked[name] = len(records)
         if cfg.DATALOADER.PAIRED.ENABLED:
             if not all_pos or not all_neg:
@@ -151,6 +205,8 @@ def preflight(cfg: CfgNode, eval_only: bool = False) -> dict[str, int]:
             logger.info("DATALOADER.FILTER_EMPTY_ANNOTATIONS: the %d negative training images are not used", all_neg)
 
     test_mapper = MammogramDatasetMapper(cfg, is_train=False)
+    if not eval_only:
+        checked.update(check_validation(cfg, test_mapper, train_patients))
     for name in cfg.DATASETS.TEST:
         records = _records("DATASETS.TEST", name)
         check_prepared_options(cfg, records, "DATASETS.TEST", name)

@@ -1,4 +1,5 @@
-"""PatientEvaluator: per-patient and per-breast metrics, ROC and FROC curves, per-patient CSV."""
+"""PatientEvaluator: per-patient and per-breast metrics, ROC and FROC curves, per-patient CSV; CancerCOCOEvaluator:
+COCO AP of the cancer class. Both score a model by its cancer-class boxes alone (mammo_tl.modeling.findings)."""
 from __future__ import annotations
 
 import csv
@@ -12,10 +13,11 @@ from typing import Any
 
 import numpy as np
 from detectron2.data import DatasetCatalog
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.utils import comm
 
-from ..data.records import is_negative
+from ..data.records import CLASS_NAMES, is_negative
+from ..modeling.findings import CANCER_CLASS, cancer_findings
 from ..files import atomic_write_json
 from ..data.datasets.common import patient_key
 from .metrics import froc, patient_metrics
@@ -53,6 +55,31 @@ def group_scores(image_scores: Mapping[Any, float], group_of: Mapping[Any, str],
     return out
 
 
+def check_cancer_boxes_only(dataset_name: str) -> None:
+    """Refuse an evaluation set whose records hold boxes of another class than the cancer: its COCO AP would
+    count them as cancers. Boxed benign findings belong in training sets."""
+    for r in DatasetCatalog.get(dataset_name):
+        other = [a for a in r["annotations"] if a.get("category_id", CANCER_CLASS) != CANCER_CLASS]
+        if other:
+            raise ValueError(f"dataset {dataset_name!r}, image {r.get('file_name')!r}: {len(other)} box(es) of "
+                             f"category {other[0]['category_id']} ({CLASS_NAMES[other[0]['category_id']]}): an "
+                             f"evaluation set holds cancer boxes (category 0) only; benign boxes are for training")
+
+
+class CancerCOCOEvaluator(COCOEvaluator):
+    """detectron2's COCOEvaluator on the cancer class: a model's boxes of other classes
+    (mammo_tl.modeling.findings) are left out before COCO AP is computed, so AP50 means the same for a model with
+    one class and one with two. The evaluated set must hold cancer boxes only (:func:`check_cancer_boxes_only`)."""
+
+    def __init__(self, dataset_name: str, *args: Any, **kwargs: Any) -> None:
+        check_cancer_boxes_only(dataset_name)
+        super().__init__(dataset_name, *args, **kwargs)
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        super().process(inputs, [{**o, "instances": cancer_findings(o["instances"])} if "instances" in o else o
+                                 for o in outputs])
+
+
 class PatientEvaluator(DatasetEvaluator):
     """Per-patient (and per-breast) AUC, sensitivity, specificity, accuracy and lesion-level FROC.
 
@@ -82,7 +109,7 @@ class PatientEvaluator(DatasetEvaluator):
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for inp, out in zip(inputs, outputs):
-            inst = out["instances"].to("cpu")
+            inst = cancer_findings(out["instances"].to("cpu"))
             self._predictions.append({
                 "image_id": inp["image_id"],
                 "boxes": inst.pred_boxes.tensor.numpy().astype(np.float64),
@@ -110,7 +137,9 @@ class PatientEvaluator(DatasetEvaluator):
                 results[level][f"{k}_ci_low"], results[level][f"{k}_ci_high"] = lo, hi
             if level == "patient":
                 patient_labels, patient_scores = labels, scores
-        gt = {r["image_id"]: np.array([a["bbox"] for a in r["annotations"]], dtype=np.float64).reshape(-1, 4)
+        gt = {r["image_id"]: np.array([a["bbox"] for a in r["annotations"]
+                                       if a.get("category_id", CANCER_CLASS) == CANCER_CLASS],
+                                      dtype=np.float64).reshape(-1, 4)
               for r in records}
         fr = froc(gt, {i: p["boxes"] for i, p in predictions.items()},
                   {i: p["scores"] for i, p in predictions.items()})

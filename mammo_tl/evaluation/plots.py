@@ -145,3 +145,46 @@ def plot_score_distributions(runs: Mapping[str, Mapping[str, Sequence[float]]], 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+LEARNING_CURVE_METRICS = (("validation/patient/auc", "validation patient AUC"),
+                          ("validation/patient/specificity@sensitivity_0.9",
+                           "validation specificity at sensitivity 0.9"),
+                          ("validation/bbox/AP50", "validation AP50"))
+
+
+def plot_learning_curves(runs: Mapping[str, Sequence[Sequence[Mapping]]], path: str,
+                         selected: Mapping[str, Sequence[int | None]] | None = None,
+                         metrics: Sequence[tuple[str, str]] = LEARNING_CURVE_METRICS) -> None:
+    """runs: name (a row) -> its runs' validation curves (one per seed; mammo_tl.evaluation.runs). One panel per
+    metric against iterations trained: per row a thick line, the mean over its seeds at the iterations all of them
+    were evaluated at, and each seed a thin line; ``selected`` (name -> per seed the iterations trained of the chosen
+    checkpoint, or None) marks each chosen checkpoint with a dot. A metric no curve holds is left out. Writes PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [(k, label) for k, label in metrics if any(k in p for curves in runs.values() for c in curves for p in c)]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.3 * max(1, len(metrics)), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, metrics):
+        for i, (name, curves) in enumerate(runs.items()):
+            color = f"C{i}"
+            by_iter: dict[int, list[float]] = {}
+            for k, curve in enumerate(curves):
+                pts = [(p["iterations_trained"], p[key]) for p in curve if key in p and np.isfinite(p[key])]
+                ax.plot([x for x, _ in pts], [y for _, y in pts], "-", color=color, lw=0.7, alpha=0.45)
+                for x, y in pts:
+                    by_iter.setdefault(x, []).append(y)
+                at = (selected or {}).get(name, [None] * len(curves))[k] if selected else None
+                mark = [y for x, y in pts if x == at]
+                if mark:
+                    ax.plot([at], mark, "o", color=color, ms=4)
+            xs = sorted(x for x, ys in by_iter.items() if len(ys) == len(curves))
+            ax.plot(xs, [float(np.mean(by_iter[x])) for x in xs], "-", color=color, lw=2.0,
+                    label=f"{name} ({len(curves)} seed{'s' if len(curves) != 1 else ''})")
+        ax.set(title=label, xlabel="training iterations", ylim=(0, 1.01))
+    axes.flat[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

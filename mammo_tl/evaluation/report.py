@@ -16,7 +16,8 @@ from .gallery import GalleryUnavailable, gallery_html, gallery_markdown, make_ga
 from .metrics import box_iou, paired_difference
 from .operating_points import FILE_NAME as OP_FILE_NAME
 from .operating_points import load_operating_points, metrics_at_points
-from .plots import plot_froc, plot_roc, plot_score_distributions
+from .plots import plot_froc, plot_learning_curves, plot_roc, plot_score_distributions
+from .runs import load_selection, load_validation_curve, selected_weights
 
 COLUMNS = (("ap50", "mAP (AP50)"), ("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
            ("specificity", "specificity"))
@@ -83,8 +84,9 @@ def training_seconds_per_iter(run_dir: str) -> float:
 
 
 def _stored_points(run_dir):
-    """The run's operating points (tools/operating_points.py) when they belong to its model_final.pth."""
-    path, weights = os.path.join(run_dir, OP_FILE_NAME), os.path.join(run_dir, "model_final.pth")
+    """The run's operating points (tools/operating_points.py) when they belong to the weights its test results
+    belong to (:func:`~mammo_tl.evaluation.runs.selected_weights`)."""
+    path, weights = os.path.join(run_dir, OP_FILE_NAME), selected_weights(run_dir)
     if not (os.path.exists(path) and os.path.exists(weights)):
         return None
     return load_operating_points(path, weights)
@@ -114,6 +116,59 @@ def add_gallery(loaded: Mapping[str, dict], output_dir: str, k: int, results: di
         return ["## Gallery", "", note, ""], ["<h2>Gallery</h2>", f"<p>{html.escape(note)}</p>"]
     results["gallery"] = g
     return gallery_markdown(g), gallery_html(g)
+
+
+def _final_test(run_dir):
+    """The final checkpoint's test figures of a run whose test result is a validation-chosen checkpoint."""
+    try:
+        with open(os.path.join(run_dir, "inference_final", "eval_results.json")) as f:
+            r = json.load(f)
+    except OSError:
+        return None
+    return {"auc": r["patient"]["auc"], "specificity": r["patient"]["specificity"],
+            "ap50": r.get("bbox", {}).get("AP50", float("nan")) / 100.0, "froc_cpm": r["froc"]["cpm"]}
+
+
+def add_learning_curves(runs: Mapping[str, Sequence[str]], output_dir: str,
+                        results: dict) -> tuple[list[str], list[str]]:
+    """The model-selection section (Markdown lines, HTML parts) of runs (name -> run folders, one per seed) trained
+    with a validation set: learning_curves.png (each row a line, seeds thin lines, chosen checkpoints dotted) and a
+    table of each run's chosen checkpoint beside its final one. Nothing for runs without one. Stores the figures
+    in ``results["model_selection"]``."""
+    curves = {n: [load_validation_curve(d) for d in dirs] for n, dirs in runs.items()}
+    if not any(c for cs in curves.values() for c in cs):
+        return [], []
+    selections = {n: [load_selection(d) for d in dirs] for n, dirs in runs.items()}
+    plot_learning_curves({n: [c or [] for c in cs] for n, cs in curves.items()},
+                         os.path.join(output_dir, "learning_curves.png"),
+                         selected={n: [s["selected"]["iterations_trained"] if s else None for s in ss]
+                                   for n, ss in selections.items()})
+    head = ["run", "seed", "rule", "chosen at (iterations)", "validation value", "final at",
+            "test AUC: chosen", "test AUC: final", "test AP50: chosen", "test AP50: final"]
+    rows, out = [], {}
+    for name, dirs in runs.items():
+        for k, (d, sel) in enumerate(zip(dirs, selections[name])):
+            if sel is None:
+                continue
+            chosen, final = load_run(d)["row"], _final_test(d) or {}
+            entry = {"metric": sel["metric"], "validation_set": sel["validation_set"],
+                     "chosen_iterations": sel["selected"]["iterations_trained"], "value": sel["selected"]["value"],
+                     "final_iterations": sel["final"]["iterations_trained"],
+                     "test_chosen": {k2: chosen[k2] for k2 in ("auc", "specificity", "ap50")}, "test_final": final}
+            out.setdefault(name, []).append(entry)
+            rows.append([name, str(k), f"highest {sel['metric']} on {sel['validation_set']}",
+                         str(entry["chosen_iterations"]), _fmt(entry["value"]), str(entry["final_iterations"]),
+                         _fmt(chosen["auc"]), _fmt(final.get("auc")), _fmt(chosen["ap50"]), _fmt(final.get("ap50"))])
+    results["model_selection"] = out
+    text = ("Models chosen on the validation patients: each run's test figures are those of its checkpoint with the "
+            "highest validation value, evaluated every TEST.EVAL_PERIOD iterations; the test patients were read "
+            "once, at the end of training, on that checkpoint and on the final one (beside it). Learning curves: "
+            "each row's mean over seeds (thick), each seed (thin), the chosen checkpoints (dots).")
+    md = ["## Model selection on validation", "", text, "", _md_table(head, rows), "",
+          "![learning curves](learning_curves.png)", ""]
+    parts = ["<h2>Model selection on validation</h2>", f"<p>{html.escape(text)}</p>", html_table(head, rows),
+             "<img src='learning_curves.png' alt='learning curves'>"]
+    return md, parts
 
 
 def make_report(runs: Mapping[str, str], output_dir: str, baseline: str | None = None, bootstrap: int = 1000,
@@ -186,10 +241,12 @@ def make_report(runs: Mapping[str, str], output_dir: str, baseline: str | None =
                   "tools/operating_points.py), never on the test patients:", "", _md_table(point_header, point_rows),
                   ""]
     lines += ["![ROC](roc.png) ![FROC](froc.png)", ""]
+    selection_md, selection_parts = add_learning_curves({n: [d] for n, d in runs.items()}, output_dir, results)
+    lines += selection_md
     scores_md, scores_parts = add_score_distributions(loaded, output_dir, results)
     lines += scores_md
     gallery_md, gallery_parts = add_gallery(loaded, output_dir, gallery, results)
-    gallery_parts = [*scores_parts, *gallery_parts]
+    gallery_parts = [*selection_parts, *scores_parts, *gallery_parts]
     lines += gallery_md
     md = "\n".join(lines)
     with open(os.path.join(output_dir, "report.md"), "w") as f:

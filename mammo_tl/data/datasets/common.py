@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 # the record helpers live in mammo_tl.data.records; the converters and tools import them from here too
@@ -108,12 +108,14 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def register_records(name: str, loader: Callable[[], list[dict]], **metadata) -> None:
-    """Register a loader under ``name`` with the single class mammo_tl detects."""
+def register_records(name: str, loader: Callable[[], list[dict]], class_names: Sequence[str] | None = None,
+                     **metadata) -> None:
+    """Register a loader under ``name``; its classes are ``class_names`` (default: the cancer class alone; a set
+    with boxed benign findings: mammo_tl.data.records.CLASS_NAMES)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(thing_classes=[CLASS_NAME], evaluator_type="coco", **metadata)
+    MetadataCatalog.get(name).set(thing_classes=list(class_names or [CLASS_NAME]), evaluator_type="coco", **metadata)
 
 
 def register_json_datasets(entries: Iterable[str]) -> None:

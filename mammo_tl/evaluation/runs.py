@@ -1,0 +1,38 @@
+"""What a training run's folder says about model selection: which weights its test results belong to
+(selection.json, written by mammo_tl.engine.hooks.FinalTestHook) and its validation learning curve
+(validation_curve.json, written by mammo_tl.engine.hooks.ValidationHook)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+SELECTION_FILE = "selection.json"
+CURVE_FILE = "validation_curve.json"
+
+
+def load_selection(run_dir: str) -> dict[str, Any] | None:
+    """The run's selection.json (rule, metric, validation set, selected and final checkpoints), None for a run
+    trained without a validation set."""
+    path = os.path.join(run_dir, SELECTION_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def selected_weights(run_dir: str) -> str:
+    """The weights a finished run's test results (inference/eval_results.json) belong to: the validation-chosen
+    checkpoint named in selection.json, else model_final.pth (a run without a validation set)."""
+    selection = load_selection(run_dir)
+    return os.path.join(run_dir, selection["selected"]["weights"] if selection else "model_final.pth")
+
+
+def load_validation_curve(run_dir: str) -> list[dict[str, float]] | None:
+    """The run's learning curve: [{"iteration", "iterations_trained", "validation/...": value}] in order of
+    training, None for a run trained without a validation set."""
+    path = os.path.join(run_dir, CURVE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return sorted(json.load(f), key=lambda p: p["iteration"])

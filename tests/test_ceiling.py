@@ -1,0 +1,107 @@
+"""The ceiling row's pieces (docs/experiments.md, part three): a second class of boxed benign findings in the
+records, findings = cancer-class boxes in evaluation and prediction, and the share of the ceiling's gain."""
+import numpy as np
+import pytest
+import torch
+from detectron2.structures import Boxes, Instances
+
+from mammo_tl.data.records import DatasetError, is_negative, validate_records
+from mammo_tl.modeling.findings import cancer_findings
+from mammo_tl.modeling.negatives import negative_images
+
+
+def _record(annotations, image_id=1):
+    return {"file_name": f"x{image_id}.png", "height": 100, "width": 100, "image_id": image_id, "patient_id": "p",
+            "laterality": "L", "view": "CC", "annotations": annotations}
+
+
+def test_records_take_a_benign_class_and_a_negative_image_holds_no_cancer():
+    benign = {"bbox": [10, 10, 20, 20], "category_id": 1}
+    cancer = {"bbox": [30, 30, 40, 40], "category_id": 0}
+    recs = validate_records([_record([benign], 1), _record([benign, cancer], 2), _record([], 3)], "t.json")
+    assert [is_negative(r) for r in recs] == [True, False, True]
+    assert [a["category_id"] for a in recs[1]["annotations"]] == [1, 0]
+    for bad in (2, -1, 0.5, "0", True):
+        with pytest.raises(DatasetError, match="t.json: record 0 .*category_id"):
+            validate_records([_record([{"bbox": [1, 1, 5, 5], "category_id": bad}])], "t.json")
+
+
+def test_the_model_reads_an_image_with_benign_boxes_only_as_negative():
+    def target(classes):
+        t = Instances((64, 64))
+        t.gt_boxes = Boxes(torch.tensor([[1.0, 1, 9, 9]] * len(classes)).reshape(-1, 4))
+        t.gt_classes = torch.tensor(classes, dtype=torch.int64)
+        return t
+
+    assert negative_images([target([]), target([1]), target([1, 0]), target([0])]) == [True, True, False, False]
+
+
+def _predictions(classes, scores):
+    inst = Instances((64, 64))
+    inst.pred_boxes = Boxes(torch.tensor([[float(i), 0, i + 5.0, 5] for i in range(len(classes))]).reshape(-1, 4))
+    inst.scores = torch.tensor(scores, dtype=torch.float32)
+    inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
+    return inst
+
+
+def test_only_cancer_boxes_are_findings():
+    kept = cancer_findings(_predictions([1, 0, 1, 0], [0.9, 0.6, 0.8, 0.3]))
+    assert kept.scores.tolist() == pytest.approx([0.6, 0.3])
+    assert kept.pred_boxes.tensor[:, 0].tolist() == [1.0, 3.0]
+    assert len(cancer_findings(_predictions([], []))) == 0
+
+
+def test_patient_score_is_the_highest_cancer_box(tiny_datasets):
+    """PatientEvaluator on hand-made two-class predictions: a benign box scoring 0.95 on a healthy patient's image
+    does not make the patient positive; each patient's score is its highest cancer-class box, by hand."""
+    from detectron2.data import DatasetCatalog
+
+    from mammo_tl.evaluation.evaluators import PatientEvaluator
+
+    records = DatasetCatalog.get("mammo_synth_tiny_test")
+    ev = PatientEvaluator("mammo_synth_tiny_test", output_dir=None, bootstrap=0)
+    ev.reset()
+    expected = {}
+    for k, r in enumerate(records):
+        cancer = 0.1 + 0.05 * k
+        ev.process([{"image_id": r["image_id"]}], [{"instances": _predictions([1, 0], [0.95, cancer])}])
+        expected[r["patient_id"]] = max(expected.get(r["patient_id"], 0.0), cancer)
+    ev.evaluate()
+    assert ev.patient_scores == pytest.approx(expected)
+
+
+def _auc(y, s):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(y, s)
+
+
+def test_ceiling_share_by_hand_and_by_an_independent_bootstrap():
+    from mammo_tl.evaluation.aggregate import ceiling_share
+
+    y = np.array([0, 0, 1, 1])
+    base, method, ceiling = [0.5, 0.6, 0.4, 0.7], [0.1, 0.6, 0.5, 0.7], [0.1, 0.2, 0.8, 0.9]
+    # AUCs by hand: base 2/4 pairs ordered = 0.5, method 3/4 = 0.75, ceiling 1.0
+    r = ceiling_share(y, [base], [method], [ceiling], bootstrap=0)
+    assert (r["method_gain"], r["ceiling_gain"], r["share"]) == pytest.approx((0.25, 0.5, 0.5))
+
+    # two seeds on 60 patients: the point estimate is the ratio of the mean gains, and the interval is that of
+    # a plain loop over the same resamples (numpy's generator, as the function draws them) with scikit-learn's AUC
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 30 + [1] * 30)
+    runs = [[y * shift + rng.normal(0, 1, 60) for _ in range(2)] for shift in (0.3, 0.8, 1.6)]
+    r = ceiling_share(y, *runs, bootstrap=200, seed=7, chunk=64)
+    gains = [np.mean([_auc(y, runs[i][k]) - _auc(y, runs[0][k]) for k in range(2)]) for i in (1, 2)]
+    assert r["share"] == pytest.approx(gains[0] / gains[1])
+    draw = np.random.default_rng(7)
+    shares, without = [], 0
+    for n in (64, 64, 64, 8):
+        for idx in draw.integers(0, 60, (n, 60)):
+            g = [np.mean([_auc(y[idx], runs[i][k][idx]) - _auc(y[idx], runs[0][k][idx]) for k in range(2)])
+                 for i in (1, 2)]
+            if g[1] > 0:
+                shares.append(g[0] / g[1])
+            else:
+                without += 1
+    assert r["replicates_without_gain"] == without
+    assert r["ci"] == pytest.approx(list(np.percentile(shares, [2.5, 97.5])))
