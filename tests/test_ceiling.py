@@ -105,3 +105,44 @@ def test_ceiling_share_by_hand_and_by_an_independent_bootstrap():
                 without += 1
     assert r["replicates_without_gain"] == without
     assert r["ci"] == pytest.approx(list(np.percentile(shares, [2.5, 97.5])))
+
+
+@pytest.mark.slow
+def test_a_two_class_model_predicts_and_exports_its_cancer_boxes_only(tmp_path):
+    """The ceiling's model (two classes, random weights, every box kept) through the predictor and an ONNX export:
+    both return exactly the model's own class-0 boxes and scores, and the benign ones are gone."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from mammo_tl.engine.export import export_model
+    from mammo_tl.engine.export_runtime import load_exported
+    from mammo_tl.engine.predictor import MammoPredictor
+    from tests.common import tiny_cfg
+
+    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+            "INPUT.CROP_TO_BREAST", "False"]
+    torch.manual_seed(5)
+    cfg = tiny_cfg(opts=opts)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("two_class")
+    weights = str(tmp_path / "two_class.pth")
+    cfg = tiny_cfg(opts=[*opts, "MODEL.WEIGHTS", weights])
+    predictor = MammoPredictor(cfg)
+    rng = np.random.default_rng(0)
+    image = (rng.random((128, 128)) * 4000).astype(np.uint16)
+    prepared = predictor.prepare(image)
+    with torch.no_grad():
+        raw = predictor.model([{"image": prepared.tensor, "height": 128, "width": 128}])[0]["instances"]
+    classes = raw.pred_classes.tolist()
+    assert 0 in classes and 1 in classes, "random weights at threshold 0 give boxes of both classes"
+    boxes, scores = predictor(image)
+    keep = raw.pred_classes == 0
+    assert scores.tolist() == pytest.approx(raw.scores[keep].tolist())
+    np.testing.assert_allclose(boxes, raw.pred_boxes.tensor[keep].numpy(), atol=1e-3)
+
+    config_file = tmp_path / "two_class.yaml"
+    config_file.write_text(cfg.dump())
+    export_model(str(config_file), "onnx", str(tmp_path / "export"))
+    exported = load_exported(str(tmp_path / "export" / "model.onnx"))
+    e_boxes, e_scores = exported(image)
+    assert len(e_scores) == len(scores) and e_scores.tolist() == pytest.approx(scores.tolist(), abs=1e-3)
