@@ -132,6 +132,11 @@ def test_budget_curve_as_typed(tiny_ddsm, tmp_path):
         assert float(r["auc"]) == pytest.approx(report["auc"], nan_ok=True)
         assert float(r["froc_cpm"]) == pytest.approx(report["froc_cpm"], nan_ok=True)
     assert (out / "budget_curve.png").exists() and (out / "budget_curve.md").exists()
+    # models chosen on the validation set: each length's learning curves in its report and the curve's page
+    for n in (4, 6):
+        assert (out / f"iters_{n}" / "learning_curves.png").stat().st_size > 1000
+        assert f"![learning curves, {n} iterations](iters_{n}/learning_curves.png)" in (
+            out / "budget_curve.md").read_text()
     # each seed's report shows the scores by finding: every cancer of the test set's annotations, the benign case
     test_set = json.loads((tiny_ddsm["root"] / "test" / "annotations.json").read_text())
     seed_report = json.loads((out / "iters_4" / "seed_0" / "results.json").read_text())
@@ -143,23 +148,64 @@ def test_budget_curve_as_typed(tiny_ddsm, tmp_path):
     assert "## Scores by finding" in (out / "iters_4" / "seed_0" / "report.md").read_text()
 
 
+def _on_tiny_data(tmp_path, row, train):
+    """configs/synthetic_ddsm/<row>.yaml trained on the tiny set ``train`` instead of the built-in one: a config
+    file of its own, so that rows whose training sets differ (the ceiling's boxed look-alikes) run in one command."""
+    path = tmp_path / f"{row}.yaml"
+    path.write_text(f'_BASE_: "{config_path("synthetic_ddsm/" + row + ".yaml")}"\nDATASETS:\n  TRAIN: ("{train}",)\n')
+    return str(path)
+
+
 @pytest.mark.slow
 def test_preregistered_rows_command_as_typed(tiny_ddsm, tmp_path):
     """docs/experiments.md's rows command (tools/demo.py over seeds on configs/synthetic_ddsm/), at 2 iterations
-    on the tiny DDSM sets, for the two rows the budget curve test does not train (b: paired negatives with
-    detectron2's losses; d1: the similarity loss on the box head's features)."""
+    on the tiny DDSM sets, for rows the budget curve test does not train (b: paired negatives with detectron2's
+    losses; d1: the similarity loss on the box head's features; o: the ceiling, look-alikes boxed): models chosen on
+    the validation set, learning curves, and the share of the ceiling's gain in the aggregate, equal to the ratio
+    of the runs' own AUC gains (scikit-learn on each run's patients.csv)."""
+    from sklearn.metrics import roc_auc_score
+
     out = tmp_path / "rows"
+    configs = [_on_tiny_data(tmp_path, "b_paired_negatives", "td_train"),
+               _on_tiny_data(tmp_path, "d1_similarity_penultimate", "td_train"),
+               _on_tiny_data(tmp_path, "o_benign_annotated", "td_train_benign")]
+    opts = [v for i, v in enumerate(tiny_ddsm["opts"]) if v != "DATASETS.TRAIN" and tiny_ddsm["opts"][i - 1] !=
+            "DATASETS.TRAIN"]
     cmd = [sys.executable, "tools/demo.py", "--output", str(out), "--seeds", "0", "--validation-set", "td_val",
-           "--bootstrap", "20", "--configs", config_path("synthetic_ddsm/b_paired_negatives.yaml"),
-           config_path("synthetic_ddsm/d1_similarity_penultimate.yaml"),
-           "--opts", *tiny_ddsm["opts"], "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)"]
+           "--bootstrap", "20", "--configs", *configs,
+           "--opts", *opts, "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     agg = json.loads((out / "results.json").read_text())
-    assert set(agg["configs"]) == {"b_paired_negatives", "d1_similarity_penultimate"}
+    assert set(agg["configs"]) == {"b_paired_negatives", "d1_similarity_penultimate", "o_benign_annotated"}
     assert agg["test"]["num_patients"] == 2
     saved = (out / "seed_0" / "d1_similarity_penultimate" / "config.yaml").read_text()
     assert "FEATURE: penultimate" in saved and "IMS_PER_BATCH: 2" in saved
+    o_run = out / "seed_0" / "o_benign_annotated"
+    assert "NUM_CLASSES: 2" in (o_run / "config.yaml").read_text() and "td_train_benign" in (
+        o_run / "config.yaml").read_text()
+    auc = {}
+    for name in agg["configs"]:
+        run = out / "seed_0" / name
+        selection = json.loads((run / "selection.json").read_text())
+        assert selection["validation_set"] == "td_val" and selection["final"]["iterations_trained"] == 2
+        assert (run / "inference_final" / "eval_results.json").exists()
+        rows = list(csv.DictReader(open(run / "inference" / "td_test" / "patients.csv")))
+        auc[name] = roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows])
+    assert (out / "learning_curves.png").stat().st_size > 1000
+    assert "## Model selection on validation" in (out / "report.md").read_text()
+    assert set(agg["model_selection"]) == set(agg["configs"])
+    ceiling = agg["ceiling"]
+    assert ceiling["row"] == "o_benign_annotated" and list(ceiling["shares"]) == ["d1_similarity_penultimate"]
+    share = ceiling["shares"]["d1_similarity_penultimate"]
+    gain, top = auc["d1_similarity_penultimate"] - auc["b_paired_negatives"], auc["o_benign_annotated"] - auc[
+        "b_paired_negatives"]
+    assert (share["method_gain"], share["ceiling_gain"]) == pytest.approx((gain, top))
+    if top > 0:
+        assert share["share"] == pytest.approx(gain / top)
+    else:
+        assert share["share"] is None or math.isnan(share["share"])
+    assert "## Share of the ceiling's gain" in (out / "report.md").read_text()
 
 
 def test_scores_by_finding_on_a_hand_made_run(tmp_path):

@@ -3,8 +3,9 @@
 
     python tools/demo.py --output output/demo [--jobs 2] [--opts KEY VALUE ...]
 
-Rows (a) and (d) of configs/synthetic_ddsm/ (the paper's DDSM protocol, one positive image per step), two
-trainings at once (--jobs; each gets the CPU cores shared out), operating points chosen on mammo_synth_ddsm_val.
+Rows (a) baseline, (d) the method and (o) the ceiling (look-alikes boxed) of configs/synthetic_ddsm/ (the paper's
+DDSM protocol, one positive image per step), two trainings at once (--jobs; each gets the CPU cores shared out),
+checkpoints and operating points chosen on mammo_synth_ddsm_val, the test patients read once per run.
 
 Over training seeds (config SEED; the synthetic data sets stay the same for every seed): each config is
 trained once per seed into OUTPUT/seed_<s>/<config name>, each seed's report is written to OUTPUT/seed_<s>/,

@@ -8,7 +8,8 @@ report and the aggregate over seeds), with the demo's guarantees: a finished run
 resumed, a folder of another config refused. Then OUTPUT/budget_curve.csv (one row per length, config and seed),
 budget_curve.md (the mean over seeds per length and config) and budget_curve.png (each metric against iterations)
 collect, for every run: AUC, sensitivity and specificity at the paper's threshold 0.5 and at the operating points
-chosen on the validation patients, AP50 and FROC CPM.
+chosen on the validation patients, AP50 and FROC CPM. For configs that choose their model on a validation set
+(DATASETS.VALIDATION), budget_curve.md also shows each length's learning curves (iters_<N>/learning_curves.png).
 """
 from __future__ import annotations
 
@@ -146,6 +147,11 @@ def write_budget_curve(output: str, names: Sequence[str], budgets: Sequence[tupl
     md += ["| " + " | ".join([str(m["iterations"]), m["config"], " ".join(map(str, m["seeds"]))]
                              + [_fmt(m[k]) for k, _ in METRICS]) + " |" for m in means]
     md += ["", "![budget curve](budget_curve.png)", ""]
+    curves = [(n, os.path.join(f"iters_{n}", "learning_curves.png")) for n, _ in budgets
+              if os.path.exists(os.path.join(output, f"iters_{n}", "learning_curves.png"))]
+    if curves:  # runs with a validation set: each length's learning curves, from its aggregate report
+        md += ["Validation learning curves (each row's mean over seeds thick, each seed thin, the chosen checkpoints "
+               "dotted):", "", *(f"![learning curves, {n} iterations]({path})" for n, path in curves), ""]
     atomic_write_text(os.path.join(output, "budget_curve.md"), "\n".join(md))
     plot_budget_curve(rows, METRICS, os.path.join(output, "budget_curve.png"))
     return rows

@@ -29,6 +29,7 @@ from numpy.typing import ArrayLike
 
 from ..config import ConfigFileError, differing_keys, flatten_config, load_yaml_file
 from ..files import atomic_write_json
+from .ceiling import ceiling_section, ceiling_shares
 from .metrics import _interval, _point_metrics, batch_metrics
 from .report import _md_table, add_gallery, add_learning_curves, find_eval_dir, html_table, load_run
 
@@ -191,45 +192,6 @@ def pooled_difference(y: ArrayLike, pairs: Iterable[Sequence[ArrayLike]], metric
     return out
 
 
-def ceiling_share(y: ArrayLike, base: Sequence[ArrayLike], method: Sequence[ArrayLike], ceiling: Sequence[ArrayLike],
-                  bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05,
-                  chunk: int = 500) -> dict[str, Any]:
-    """The share of the ceiling's AUC gain that a method recovers: (method - base) / (ceiling - base), each
-    difference pooled over seeds (the mean of the per-seed differences; ``base``, ``method``, ``ceiling``: one score
-    array per seed, in the order of ``y``). Its interval: the (alpha/2, 1 - alpha/2) percentiles over bootstrap
-    replicates of the same ratio, both differences computed on the same resample of the patients; a replicate
-    whose ceiling gain is not above 0 has no share and is counted in ``"replicates_without_gain"``. Returns
-    {"share", "method_gain", "ceiling_gain", "ci", "replicates_without_gain", "replicates"}."""
-    y = np.asarray(y)
-    runs = [tuple(np.asarray(s, dtype=np.float64) for s in t) for t in zip(base, method, ceiling)]
-    auc = {k: [float(_point_metrics(y, r[i], 0.5)["auc"]) for r in runs] for i, k in enumerate(("b", "m", "c"))}
-    method_gain = float(np.mean(np.subtract(auc["m"], auc["b"])))
-    ceiling_gain = float(np.mean(np.subtract(auc["c"], auc["b"])))
-    out = {"share": method_gain / ceiling_gain if ceiling_gain > 0 else float("nan"), "method_gain": method_gain,
-           "ceiling_gain": ceiling_gain, "ci": [float("nan"), float("nan")], "replicates_without_gain": 0,
-           "replicates": int(bootstrap)}
-    if not bootstrap:
-        return out
-    rng = np.random.default_rng(seed)
-    shares, without, done = [], 0, 0
-    while done < bootstrap:
-        n = min(chunk, bootstrap - done)
-        idx = rng.integers(0, len(y), (n, len(y)))
-        y_resampled = y[idx]
-        gain_m, gain_c = np.zeros(n), np.zeros(n)
-        for b, m, c in runs:
-            ab = batch_metrics(y_resampled, b[idx], 0.5, True)["auc"]
-            gain_m += batch_metrics(y_resampled, m[idx], 0.5, True)["auc"] - ab
-            gain_c += batch_metrics(y_resampled, c[idx], 0.5, True)["auc"] - ab
-        defined = np.isfinite(gain_c) & (gain_c > 0)
-        without += int((~defined).sum())
-        shares.append(gain_m[defined] / gain_c[defined])
-        done += n
-    out["ci"] = list(_interval(np.concatenate(shares), alpha))
-    out["replicates_without_gain"] = without
-    return out
-
-
 def _signs(per_seed, diff):
     pos = sum(d > 0 for d in per_seed)
     neg = sum(d < 0 for d in per_seed)
@@ -295,33 +257,11 @@ def aggregate(configs: Mapping[str, Sequence[str]], bootstrap: int = 1000, seed:
                           "signs": _signs(dp[k]["per_seed"], dp[k]["diff"])} for k in POINT_KEYS}
         entry["operating_points"] = ops
         results["differences"][f"{n} - {base}"] = entry
-    ceilings = [n for n in names[1:] if int(read_run_config(configs[n][0]).get("MODEL.ROI_HEADS.NUM_CLASSES", 1)) > 1]
-    if ceilings:
-        ceiling = ceilings[0]
-        scores = {n: [np.array([r["scores"][p] for p in ids]) for r in loaded[n]] for n in names}
-        results["ceiling"] = {"row": ceiling, "shares": OrderedDict(
-            (n, ceiling_share(y, scores[base], scores[n], scores[ceiling], bootstrap, seed, alpha))
-            for n in names[1:] if n != ceiling)}
+    ceiling = ceiling_shares({n: [np.array([r["scores"][p] for p in ids]) for r in loaded[n]] for n in names},
+                             {n: configs[n][0] for n in names}, y, bootstrap, seed, alpha)
+    if ceiling:
+        results["ceiling"] = ceiling
     return results, loaded
-
-
-def _ceiling_section(results: Mapping[str, Any], base: str) -> tuple[list[str], list[str]]:
-    """The share of the ceiling's gain each row recovers (Markdown lines, HTML parts); nothing without a ceiling."""
-    c = results.get("ceiling")
-    if not c:
-        return [], []
-    head = ["row", "AUC gain over " + base, f"{c['row']} (ceiling) gain", "share of the ceiling's gain [95% CI]",
-            "replicates without a ceiling gain"]
-    rows = [[n, f"{s['method_gain']:+.3f}", f"{s['ceiling_gain']:+.3f}",
-             "n/a (no ceiling gain)" if not np.isfinite(s["share"]) else
-             f"{s['share']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]", f"{s['replicates_without_gain']} of "
-             f"{s['replicates']}"] for n, s in c["shares"].items()]
-    text = (f"The ceiling, {c['row']}, is trained with the look-alikes boxed as a second class. "
-            f"Share = (row - {base}) / ({c['row']} - {base}), patient AUCs pooled over seeds; its interval from the "
-            "same bootstrap replicates as the differences above (a replicate whose ceiling gain is not above 0 has "
-            "no share). The share means something only when the ceiling's own gain over the baseline is above 0.")
-    return (["## Share of the ceiling's gain", "", text, "", _md_table(head, rows), ""],
-            ["<h2>Share of the ceiling's gain</h2>", f"<p>{html.escape(text)}</p>", html_table(head, rows)])
 
 
 LABELS = OrderedDict([("ap50", "mAP (AP50)"), ("auc", "AUC"), ("accuracy", "accuracy"),
@@ -407,7 +347,7 @@ def write_aggregate_report(configs: Mapping[str, Sequence[str]], output_dir: str
     if ptd_rows:
         lines += [f"Differences against {base} at those operating points (each run at its own threshold), pooled "
                   "over seeds as above:", "", _md_table(ptd_head, ptd_rows), ""]
-    share_md, share_parts = _ceiling_section(results, base)
+    share_md, share_parts = ceiling_section(results, base)
     lines += share_md
     selection_md, selection_parts = add_learning_curves(configs, output_dir, results)
     lines += selection_md

@@ -8,14 +8,17 @@ import html
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .ceiling import ceiling_section, ceiling_shares
 from .gallery import GalleryUnavailable, gallery_html, gallery_markdown, make_gallery
 from .metrics import box_iou, paired_difference
 from .operating_points import FILE_NAME as OP_FILE_NAME
 from .operating_points import load_operating_points, metrics_at_points
+from .markup import html_table
+from .markup import md_table as _md_table
 from .plots import plot_froc, plot_learning_curves, plot_roc, plot_score_distributions
 from .runs import load_selection, load_validation_curve, selected_weights
 
@@ -193,6 +196,12 @@ def make_report(runs: Mapping[str, str], output_dir: str, baseline: str | None =
         results["differences"][f"{name} - {baseline}"] = {k: {"diff": v["diff"], "ci": list(v["ci"])}
                                                           for k, v in d.items()}
 
+    ids = sorted(base["labels"], key=str)
+    order = [baseline, *(n for n in loaded if n != baseline)]
+    ceiling = ceiling_shares({n: [np.array([loaded[n]["scores"][p] for p in ids])] for n in order},
+                             {n: runs[n] for n in order}, np.array([base["labels"][p] for p in ids]), bootstrap, seed)
+    if ceiling:
+        results["ceiling"] = ceiling
     plot_roc({n: (np.array([r["labels"][p] for p in sorted(r["labels"])]),
                   np.array([r["scores"][p] for p in sorted(r["labels"])])) for n, r in loaded.items()},
              os.path.join(output_dir, "roc.png"))
@@ -241,12 +250,13 @@ def make_report(runs: Mapping[str, str], output_dir: str, baseline: str | None =
                   "tools/operating_points.py), never on the test patients:", "", _md_table(point_header, point_rows),
                   ""]
     lines += ["![ROC](roc.png) ![FROC](froc.png)", ""]
+    share_md, share_parts = ceiling_section(results, baseline)
     selection_md, selection_parts = add_learning_curves({n: [d] for n, d in runs.items()}, output_dir, results)
-    lines += selection_md
+    lines += [*share_md, *selection_md]
     scores_md, scores_parts = add_score_distributions(loaded, output_dir, results)
     lines += scores_md
     gallery_md, gallery_parts = add_gallery(loaded, output_dir, gallery, results)
-    gallery_parts = [*selection_parts, *scores_parts, *gallery_parts]
+    gallery_parts = [*share_parts, *selection_parts, *scores_parts, *gallery_parts]
     lines += gallery_md
     md = "\n".join(lines)
     with open(os.path.join(output_dir, "report.md"), "w") as f:
@@ -378,18 +388,6 @@ def add_score_distributions(loaded: Mapping[str, dict], output_dir: str, results
     lines += [intro, "", _md_table(header, rows), "", "![scores by finding](scores.png)", ""]
     parts += [f"<p>{html.escape(intro)}</p>", html_table(header, rows), "<p><img src='scores.png'></p>"]
     return lines, parts
-
-
-def _md_table(header, rows):
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def html_table(h: Sequence[str], rs: Iterable[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in h)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rs)
-    return f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"
 
 
 def _html(title, header, rows, diff_header, diff_rows, point_header=(), point_rows=(), extra=()):

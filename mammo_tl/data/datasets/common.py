@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 # the record helpers live in mammo_tl.data.records; the converters and tools import them from here too
-from ..records import (CLASS_NAME, LATERALITY, DatasetError, box_annotation, clip_box, export_coco,  # noqa: F401
+from ..records import (CLASS_NAME, CLASS_NAMES, LATERALITY, DatasetError, box_annotation, clip_box, export_coco,  # noqa: F401
                        is_negative, laterality, load_records, save_records, validate_records)
 
 logger = logging.getLogger(__name__)
@@ -118,10 +118,24 @@ def register_records(name: str, loader: Callable[[], list[dict]], class_names: S
     MetadataCatalog.get(name).set(thing_classes=list(class_names or [CLASS_NAME]), evaluator_type="coco", **metadata)
 
 
+def _classes_in(path: str) -> tuple[str, ...] | None:
+    """CLASS_NAMES when the records file holds a box of another class than the cancer (a boxed benign finding),
+    else None (the cancer class alone); a file that cannot be read as records is left to the loader's checks."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
+        benign = any(isinstance(a, dict) and a.get("category_id", 0) not in (0, None)
+                     for r in records if isinstance(r, dict) for a in (r.get("annotations") or []))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return CLASS_NAMES if benign else None
+
+
 def register_json_datasets(entries: Iterable[str]) -> None:
     """Register each "name=path/records.json" (config key DATASETS.REGISTER_JSON). A name already
     registered for the same file is left alone; for another file it is an error (never a silent reuse).
 
+    A records file holding boxed benign findings (category_id 1) gets both class names (CLASS_NAMES).
     The metadata key is ``records_file``, not ``json_file``: detectron2's COCOEvaluator reads a
     ``json_file`` as a COCO annotation file, and builds its own COCO file from the records without one.
     """
@@ -143,7 +157,7 @@ def register_json_datasets(entries: Iterable[str]) -> None:
         if not os.path.exists(path):
             raise DatasetError(f"DATASETS.REGISTER_JSON: {path} (for {name}) not found; it is written by "
                                "tools/prepare_dataset.py / tools/split_dataset.py (see datasets/README.md)")
-        register_records(name, lambda p=path: load_records(p), records_file=path)
+        register_records(name, lambda p=path: load_records(p), class_names=_classes_in(path), records_file=path)
 
 
 def read_csv_rows(path: str | os.PathLike, required: Iterable[str], delimiter: str = ",",
