@@ -3,7 +3,8 @@
 #   make test    the linter, then the test suite (CPU)
 #   make lint    ruff (rules in ruff.toml)
 #   make bench   benchmark tables (bench/)
-# GPU users: make install TORCH_VERSION=... TORCHVISION_VERSION=... [TORCH_INDEX_URL=...]
+# torch's build (docs/getting_started.md, "Install"): CPU only: make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+#   (PyPI's default torch 2.14.1 is the CUDA 13 build: driver 580+); other versions: TORCH_VERSION=... TORCHVISION_VERSION=...
 # Official detectron2 from GitHub instead of the PyPI wheel: make install DETECTRON2_SOURCE=git
 
 PYTHON ?= python3
