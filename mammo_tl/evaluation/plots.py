@@ -147,17 +147,18 @@ def plot_score_distributions(runs: Mapping[str, Mapping[str, Sequence[float]]], 
     plt.close(fig)
 
 
-LEARNING_CURVE_METRICS = (("validation/patient/auc", "validation patient AUC"),
+# (key, label, scale): COCO's AP50 is recorded in percent, as detectron2 does; plotted as a fraction
+LEARNING_CURVE_METRICS = (("validation/patient/auc", "validation patient AUC", 1.0),
                           ("validation/patient/specificity@sensitivity_0.9",
-                           "validation specificity at sensitivity 0.9"),
-                          ("validation/bbox/AP50", "validation AP50"))
+                           "validation specificity at sensitivity 0.9", 1.0),
+                          ("validation/bbox/AP50", "validation AP50", 0.01))
 
 
 def plot_learning_curves(runs: Mapping[str, Sequence[Sequence[Mapping]]], path: str,
                          selected: Mapping[str, Sequence[int | None]] | None = None,
-                         metrics: Sequence[tuple[str, str]] = LEARNING_CURVE_METRICS) -> None:
+                         metrics: Sequence[tuple[str, str, float]] = LEARNING_CURVE_METRICS) -> None:
     """runs: name (a row) -> its runs' validation curves (one per seed; mammo_tl.evaluation.runs). One panel per
-    metric against iterations trained: per row a thick line, the mean over its seeds at the iterations all of them
+    metric ((key, label, scale): the value times scale is plotted) against iterations trained: per row a thick line, the mean over its seeds at the iterations all of them
     were evaluated at, and each seed a thin line; ``selected`` (name -> per seed the iterations trained of the chosen
     checkpoint, or None) marks each chosen checkpoint with a dot. A metric no curve holds is left out. Writes PNG."""
     import matplotlib
@@ -165,14 +166,14 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Sequence[Mapping]]], path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [(k, label) for k, label in metrics if any(k in p for curves in runs.values() for c in curves for p in c)]
+    metrics = [m for m in metrics if any(m[0] in p for curves in runs.values() for c in curves for p in c)]
     fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.3 * max(1, len(metrics)), 3.6), squeeze=False)
-    for ax, (key, label) in zip(axes.flat, metrics):
+    for ax, (key, label, scale) in zip(axes.flat, metrics):
         for i, (name, curves) in enumerate(runs.items()):
             color = f"C{i}"
             by_iter: dict[int, list[float]] = {}
             for k, curve in enumerate(curves):
-                pts = [(p["iterations_trained"], p[key]) for p in curve if key in p and np.isfinite(p[key])]
+                pts = [(p["iterations_trained"], p[key] * scale) for p in curve if key in p and np.isfinite(p[key])]
                 ax.plot([x for x, _ in pts], [y for _, y in pts], "-", color=color, lw=0.7, alpha=0.45)
                 for x, y in pts:
                     by_iter.setdefault(x, []).append(y)
