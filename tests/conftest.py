@@ -58,7 +58,7 @@ if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller (or a run without 
 os.environ["MAMMO_TL_TEST_PID"] = str(os.getpid())  # this test process (controller or worker): its children are direct
 if _DC_DIR not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_DC_DIR, os.environ.get("PYTHONPATH")) if p)
-_dc_state = {"deselected": set(), "files": set(), "workers": []}
+_dc_state = {"deselected": set(), "files": set(), "workers": [], "skipped_for_programs": set()}
 _dc_run_path = _dc_runpy.run_path
 
 
@@ -74,6 +74,17 @@ def _dc_logged_run_path(path_name, *args, **kwargs):
 
 
 _dc_runpy.run_path = _dc_logged_run_path
+
+
+def pytest_runtest_logreport(report):
+    """Tests skipped for a missing system program (tests/pacs.py's require()): with pytest-xdist the controller
+    sees every worker's reports."""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        message = str(report.longrepr[2]).removeprefix("Skipped: ")
+        from tests.doc_commands.checker import MISSING_PROGRAM
+
+        if MISSING_PROGRAM in message:
+            _dc_state["skipped_for_programs"].add(message)
 
 
 def pytest_deselected(items):
@@ -130,14 +141,10 @@ def pytest_sessionfinish(session, exitstatus):
     hidden = checker.undocumented(runs, commands, doc_text)
     lines = [f"documented commands: {len(commands)} in {len(checker.doc_files())} docs, "
              f"{len(runs)} tools/bench runs by the tests"]
-    if missing or hidden:
-        if missing:
-            lines += [f"FAILED: {len(missing)} documented commands no test ran (run them in a test, or add them to "
-                      "EXEMPT in tests/doc_commands/checker.py with the reason):"]
-            lines += [f"  {c}\n      {why}" for c, why in missing]
-        if hidden:
-            lines += [f"FAILED: {len(hidden)} test runs no doc shows (document them):"]
-            lines += [f"  {shape}  ({test.split(' ')[0]})\n      {why}" for shape, test, why in hidden]
+    found, failed = checker.verdict(missing, hidden, sorted(_dc_state["skipped_for_programs"]),
+                                    os.environ.get("CI", "").lower() == "true")
+    lines += found
+    if failed:
         lines += [f"the tests' command log: {log}"]
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     else:

@@ -146,3 +146,4 @@ def test_a_two_class_model_predicts_and_exports_its_cancer_boxes_only(tmp_path):
     exported = load_exported(str(tmp_path / "export" / "model.onnx"))
     e_boxes, e_scores = exported(image)
     assert len(e_scores) == len(scores) and e_scores.tolist() == pytest.approx(scores.tolist(), abs=1e-3)
+    np.testing.assert_allclose(e_boxes, boxes, atol=0.5)

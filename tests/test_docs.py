@@ -419,6 +419,24 @@ def test_a_full_run_fails_listing_the_documented_commands_no_test_ran(tmp_path, 
     assert "2 passed" in full.stdout and "FAILED: 1 documented commands no test ran" in full.stdout
     assert "README.md:5: python tools/x.py --b 1" in full.stdout
     assert "no test ran tools/x.py --b; tests ran: tools/x.py --a" in full.stdout
+    # a test skipped for a missing system program (as tests/pacs.py's require() skips outside CI, here pointed at a
+    # program that does not exist): the unrun command is listed loudly with what to install, and the run passes;
+    # under CI=true it fails as before
+    (tmp_path / "tests" / "test_two.py").write_text(
+        "import pytest\ndef test_needs_a_pacs():\n"
+        "    pytest.skip('/nonexistent/Orthanc is not installed (Debian/Ubuntu: apt-get install -y orthanc)')\n")
+    env["CI"] = "false"
+    lenient = pytest_run()
+    assert lenient.returncode == 0, lenient.stdout[-3000:]
+    assert "NOT CHECKED: 1 documented commands no test ran, because 1 tests were skipped" in lenient.stdout
+    missing = "/nonexistent/Orthanc is not installed (Debian/Ubuntu: apt-get install -y orthanc)"
+    assert f"skipped: {missing}" in lenient.stdout
+    assert "README.md:5: python tools/x.py --b 1" in lenient.stdout and "bash .ci/run" in lenient.stdout
+    env["CI"] = "true"
+    strict = pytest_run()
+    assert strict.returncode == 1, strict.stdout[-3000:]
+    assert "FAILED: 1 documented commands no test ran" in strict.stdout
+    (tmp_path / "tests" / "test_two.py").unlink()
     if not workers:
         return
     partial = pytest_run("-k", "runs_a")  # deselected by the workers, reported to the controller

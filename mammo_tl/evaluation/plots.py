@@ -158,9 +158,10 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Sequence[Mapping]]], path: 
                          selected: Mapping[str, Sequence[int | None]] | None = None,
                          metrics: Sequence[tuple[str, str, float]] = LEARNING_CURVE_METRICS) -> None:
     """runs: name (a row) -> its runs' validation curves (one per seed; mammo_tl.evaluation.runs). One panel per
-    metric ((key, label, scale): the value times scale is plotted) against iterations trained: per row a thick line, the mean over its seeds at the iterations all of them
-    were evaluated at, and each seed a thin line; ``selected`` (name -> per seed the iterations trained of the chosen
-    checkpoint, or None) marks each chosen checkpoint with a dot. A metric no curve holds is left out. Writes PNG."""
+    metric ((key, label, scale): the value times scale is plotted) against iterations trained: per row a thick line,
+    the mean over its seeds at the iterations all of them were evaluated at, and each seed a thin line; ``selected``
+    (name -> per seed the iterations trained of the chosen checkpoint, or None) marks each chosen checkpoint with a
+    dot. A metric no curve holds is left out. Writes PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -337,3 +337,33 @@ def undocumented(runs, commands, doc_text):
             seen.add((shape.script, shape.sub, why))
             problems.append((shape, test, why))
     return problems
+
+
+# A test skipped because a system program is missing says so in this form (tests/pacs.py's require()).
+MISSING_PROGRAM = " is not installed ("
+
+
+def verdict(missing: list, hidden: list, skipped_for_programs: list, ci: bool) -> tuple[list, bool]:
+    """(summary lines, whether the run fails) for documented commands no test ran (``missing``: (command, why)),
+    test runs no doc shows (``hidden``: (shape, test, why)) and the skip messages of tests skipped for a missing
+    system program. Commands left unrun while such tests were skipped do not fail a run outside CI: they are
+    listed, with what to install for the full check. Under CI (which installs every program) they fail, and so
+    does anything hidden."""
+    lines, failed = [], False
+    if missing and skipped_for_programs and not ci:
+        lines += [f"NOT CHECKED: {len(missing)} documented commands no test ran, because {len(skipped_for_programs)} "
+                  "tests were skipped for a program this machine lacks:"]
+        lines += [f"  skipped: {m}" for m in sorted(set(skipped_for_programs))]
+        lines += [f"  {c}\n      {why}" for c, why in missing]
+        lines += ["  install those programs (or run `bash .ci/run` as root, which installs them and runs make test "
+                  "with CI=true) for the full check"]
+    elif missing:
+        failed = True
+        lines += [f"FAILED: {len(missing)} documented commands no test ran (run them in a test, or add them to "
+                  "EXEMPT in tests/doc_commands/checker.py with the reason):"]
+        lines += [f"  {c}\n      {why}" for c, why in missing]
+    if hidden:
+        failed = True
+        lines += [f"FAILED: {len(hidden)} test runs no doc shows (document them):"]
+        lines += [f"  {shape}  ({test.split(' ')[0]})\n      {why}" for shape, test, why in hidden]
+    return lines, failed
