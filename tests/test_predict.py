@@ -143,3 +143,16 @@ def test_predict_writes_boxes_in_original_coordinates(tmp_path, tmp_path_factory
     overlay = by_patient["PAT1"]["overlay"]
     assert overlay.startswith("overlays/PAT1_R_CC_") and (tmp_path / "out" / overlay).exists()
     assert json.load(open(tmp_path / "out" / "skipped.json")) == skipped
+
+
+def test_help_states_every_default_and_what_output_is():
+    """tools/predict.py --help as a user reads it: --min-score says its default, --output what it is."""
+    import re
+
+    from tests.common import run_in_process
+
+    r = run_in_process(["tools/predict.py", "--help"])
+    assert r.returncode == 0
+    text = re.sub(r"\s+", " ", r.stdout)
+    assert re.search(r"--min-score MIN_SCORE report boxes scoring at least this, 0 to 1 \(default 0\.05\)", text)
+    assert re.search(r"--output DIR the folder the results go to", text)

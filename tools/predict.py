@@ -73,7 +73,8 @@ if __name__ == "__main__":
                    help="an exported model (tools/export_model.py: model.onnx or model.ts beside its export.json) "
                         "instead of --config-file and MODEL.WEIGHTS")
     p.add_argument("--input", nargs="+", help="files or folders (searched recursively)")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="the folder the results go to (predictions.json, patients.csv, ...; created if missing)")
     p.add_argument("--shard", type=argparse_type(check_shard), metavar="I/N",
                    help="predict only shard I of N (whole studies, patients or folders per shard); see --merge")
     p.add_argument("--merge", nargs="+", metavar="SHARD_OUTPUT",

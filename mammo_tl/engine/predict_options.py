@@ -181,7 +181,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     from ..data.image_io import DEFAULT_MAX_PIXELS
 
     p.add_argument("--min-score", type=argparse_type(check_min_score), default=0.05,
-                   help="report boxes scoring at least this (0 to 1)")
+                   help="report boxes scoring at least this, 0 to 1 (default 0.05)")
     p.add_argument("--max-pixels", type=argparse_type(check_max_pixels), default=DEFAULT_MAX_PIXELS,
                    help=f"skip images with more pixels than this, before decoding them (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--operating-point", metavar="NAME",
