@@ -147,3 +147,31 @@ def test_a_two_class_model_predicts_and_exports_its_cancer_boxes_only(tmp_path):
     e_boxes, e_scores = exported(image)
     assert len(e_scores) == len(scores) and e_scores.tolist() == pytest.approx(scores.tolist(), abs=1e-3)
     np.testing.assert_allclose(e_boxes, boxes, atol=0.5)
+
+
+def test_report_curves_draws_runs_still_training(tmp_path):
+    """tools/report.py --curves on hand-made run folders: every run's validation_curve.json read back as written
+    (a finished run's selection ringed), and a clear error when no run has a curve."""
+    import json
+
+    from tests.common import run_in_process
+
+    curves = {"a0": [0.6, 0.62], "a1": [0.58], "o0": [0.7, 0.75, 0.8]}
+    for name, values in curves.items():
+        run = tmp_path / name
+        run.mkdir()
+        (run / "validation_curve.json").write_text(json.dumps([
+            {"iteration": 300 * (k + 1) - 1, "iterations_trained": 300 * (k + 1), "validation/patient/auc": v,
+             "validation/bbox/AP50": 100 * v} for k, v in enumerate(values)]))
+    (tmp_path / "o0" / "selection.json").write_text(json.dumps({"selected": {"iterations_trained": 900}}))
+    out = tmp_path / "curves"
+    r = run_in_process(["tools/report.py", "--output", str(out), "--curves", f"a={tmp_path / 'a0'},{tmp_path / 'a1'}",
+                        "--curves", f"o={tmp_path / 'o0'}"])
+    assert r.returncode == 0, r.stderr
+    assert (out / "learning_curves.png").stat().st_size > 1000
+    saved = json.loads((out / "learning_curves.json").read_text())
+    assert [p["validation/patient/auc"] for p in saved["o"][str(tmp_path / "o0")]] == curves["o0"]
+    assert [p["iterations_trained"] for p in saved["a"][str(tmp_path / "a0")]] == [300, 600]
+    (tmp_path / "empty").mkdir()
+    bad = run_in_process(["tools/report.py", "--output", str(out), "--curves", f"x={tmp_path / 'empty'}"])
+    assert bad.returncode == 2 and "validation_curve.json" in bad.stderr

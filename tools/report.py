@@ -13,12 +13,16 @@ their config.yaml apart from SEED and OUTPUT_DIR, and every run the test patient
     python tools/report.py --output output/report_seeds \\
         --aggregate a=$D/seed_0/a_positives_only,$D/seed_1/a_positives_only,$D/seed_2/a_positives_only \\
         --aggregate d=$D/seed_0/d_tl_similarity,$D/seed_1/d_tl_similarity,$D/seed_2/d_tl_similarity
+
+Validation learning curves only (runs trained with DATASETS.VALIDATION, finished or still training), one --curves
+per configuration as for --aggregate: OUTPUT/learning_curves.png and learning_curves.json (every run's curve).
 """
 import argparse
 import sys
 
 from mammo_tl.evaluation.aggregate import AggregateError, write_aggregate_report
-from mammo_tl.evaluation.report import make_report
+from mammo_tl.evaluation.report import learning_curves_png, make_report
+from mammo_tl.evaluation.runs import load_validation_curve
 
 
 def _pairs(p, items, flag):
@@ -41,6 +45,8 @@ def main():
     g.add_argument("--aggregate", action="append", metavar="NAME=DIR,DIR,...",
                    help="one configuration's evaluated runs, one per training seed; the first configuration is\n"
                         "the baseline for the differences pooled over seeds")
+    g.add_argument("--curves", action="append", metavar="NAME=DIR,DIR,...",
+                   help="one configuration's runs (finished or still training): their validation learning curves")
     p.add_argument("--output", required=True)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--gallery", type=int, default=3, metavar="K",
@@ -50,6 +56,20 @@ def main():
     args = p.parse_args()
     if args.bootstrap < 0 or args.gallery < 0:
         p.error("--bootstrap and --gallery must be >= 0")
+    if args.curves:
+        import json
+        import os
+
+        configs = {name: [d for d in dirs.split(",") if d] for name, dirs in _pairs(p, args.curves, "--curves").items()}
+        os.makedirs(args.output, exist_ok=True)
+        if not learning_curves_png(configs, os.path.join(args.output, "learning_curves.png")):
+            print("error: none of these runs has a validation_curve.json (trained without DATASETS.VALIDATION, or "
+                  "before its first evaluation)", file=sys.stderr)
+            sys.exit(2)
+        with open(os.path.join(args.output, "learning_curves.json"), "w") as f:
+            json.dump({n: {d: load_validation_curve(d) for d in dirs} for n, dirs in configs.items()}, f, indent=1)
+        print(f"wrote {args.output}/learning_curves.png and learning_curves.json")
+        return
     if args.run:
         _, md = make_report(_pairs(p, args.run, "--run"), args.output, bootstrap=args.bootstrap,
                             title=args.title or "mammo_tl results", gallery=args.gallery)

@@ -161,7 +161,7 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Sequence[Mapping]]], path: 
     metric ((key, label, scale): the value times scale is plotted) against iterations trained: per row a thick line,
     the mean over its seeds at the iterations all of them were evaluated at, and each seed a thin line; ``selected``
     (name -> per seed the iterations trained of the chosen checkpoint, or None) marks each chosen checkpoint with a
-    dot. A metric no curve holds is left out. Writes PNG."""
+    ring. A metric no curve holds is left out. Writes PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,17 +175,18 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Sequence[Mapping]]], path: 
             by_iter: dict[int, list[float]] = {}
             for k, curve in enumerate(curves):
                 pts = [(p["iterations_trained"], p[key] * scale) for p in curve if key in p and np.isfinite(p[key])]
-                ax.plot([x for x, _ in pts], [y for _, y in pts], "-", color=color, lw=0.7, alpha=0.45)
+                ax.plot([x for x, _ in pts], [y for _, y in pts], ".-", color=color, lw=0.7, ms=3, alpha=0.45)
                 for x, y in pts:
                     by_iter.setdefault(x, []).append(y)
                 at = (selected or {}).get(name, [None] * len(curves))[k] if selected else None
                 mark = [y for x, y in pts if x == at]
                 if mark:
-                    ax.plot([at], mark, "o", color=color, ms=4)
+                    ax.plot([at], mark, "o", color=color, ms=6, mfc="none")
             xs = sorted(x for x, ys in by_iter.items() if len(ys) == len(curves))
             ax.plot(xs, [float(np.mean(by_iter[x])) for x in xs], "-", color=color, lw=2.0,
                     label=f"{name} ({len(curves)} seed{'s' if len(curves) != 1 else ''})")
         ax.set(title=label, xlabel="training iterations", ylim=(0, 1.01))
+        ax.set_xlim(left=0)
     axes.flat[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -132,20 +132,27 @@ def _final_test(run_dir):
             "ap50": r.get("bbox", {}).get("AP50", float("nan")) / 100.0, "froc_cpm": r["froc"]["cpm"]}
 
 
+def learning_curves_png(runs: Mapping[str, Sequence[str]], path: str) -> bool:
+    """The validation learning curves of runs (name -> run folders, one per seed; finished or still training) drawn
+    to ``path``, each finished run's chosen checkpoint dotted. False, and nothing drawn, when none has a curve."""
+    curves = {n: [load_validation_curve(d) or [] for d in dirs] for n, dirs in runs.items()}
+    if not any(c for cs in curves.values() for c in cs):
+        return False
+    selections = {n: [load_selection(d) for d in dirs] for n, dirs in runs.items()}
+    plot_learning_curves(curves, path, selected={n: [s["selected"]["iterations_trained"] if s else None for s in ss]
+                                                 for n, ss in selections.items()})
+    return True
+
+
 def add_learning_curves(runs: Mapping[str, Sequence[str]], output_dir: str,
                         results: dict) -> tuple[list[str], list[str]]:
     """The model-selection section (Markdown lines, HTML parts) of runs (name -> run folders, one per seed) trained
     with a validation set: learning_curves.png (each row a line, seeds thin lines, chosen checkpoints dotted) and a
     table of each run's chosen checkpoint beside its final one. Nothing for runs without one. Stores the figures
     in ``results["model_selection"]``."""
-    curves = {n: [load_validation_curve(d) for d in dirs] for n, dirs in runs.items()}
-    if not any(c for cs in curves.values() for c in cs):
+    if not learning_curves_png(runs, os.path.join(output_dir, "learning_curves.png")):
         return [], []
     selections = {n: [load_selection(d) for d in dirs] for n, dirs in runs.items()}
-    plot_learning_curves({n: [c or [] for c in cs] for n, cs in curves.items()},
-                         os.path.join(output_dir, "learning_curves.png"),
-                         selected={n: [s["selected"]["iterations_trained"] if s else None for s in ss]
-                                   for n, ss in selections.items()})
     head = ["run", "seed", "rule", "chosen at (iterations)", "validation value", "final at",
             "test AUC: chosen", "test AUC: final", "test AP50: chosen", "test AP50: final"]
     rows, out = [], {}
