@@ -156,3 +156,21 @@ def test_help_states_every_default_and_what_output_is():
     text = re.sub(r"\s+", " ", r.stdout)
     assert re.search(r"--min-score MIN_SCORE report boxes scoring at least this, 0 to 1 \(default 0\.05\)", text)
     assert re.search(r"--output DIR the folder the results go to", text)
+
+
+def test_a_phantom_trained_model_on_dicom_files_is_warned_about(caplog):
+    """make demo's models know only the built-in phantoms: predicting DICOM files with one says so; a model trained
+    on a user's set, or phantom PNGs, gets no warning."""
+    import logging
+
+    from mammo_tl.engine.predict_options import warn_if_trained_on_phantoms
+    from tests.common import tiny_cfg
+
+    demo = tiny_cfg("synthetic_ddsm/d_tl_similarity.yaml", opts=["DATASETS.TRAIN", "('mammo_synth_ddsm_train',)"])
+    with caplog.at_level(logging.WARNING, logger="mammo_tl.engine.predict_options"):
+        message = warn_if_trained_on_phantoms(demo, ["a/scan.dcm", "b.png", "c.DCM"])
+    assert "built-in synthetic phantoms" in message and "2 DICOM file(s)" in message
+    assert message in caplog.text
+    assert warn_if_trained_on_phantoms(demo, ["b.png"]) is None
+    own = tiny_cfg(opts=["DATASETS.TRAIN", "('cbis_ddsm_paper_train',)"])
+    assert warn_if_trained_on_phantoms(own, ["a/scan.dcm"]) is None

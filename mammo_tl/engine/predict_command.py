@@ -31,7 +31,7 @@ from .export_runtime import ExportedPredictor, ExportError, load_exported, model
 from .predict_loader import predict_files, prepared_inputs  # noqa: F401  (public: bench/inference.py)
 from .predict_options import (PredictError, build_cfg, check_device, dicom_config_name, load_operating_point,
                               _patients_table, check_batch_size, check_max_pixels, check_min_score, check_shard,
-                              check_workers, default_workers, inputs_digest, select_shard)
+                              check_workers, default_workers, inputs_digest, select_shard, warn_if_trained_on_phantoms)
 from .predict_output import (FINAL_FILES, JSONL, MANIFEST, OVERLAYS, RUN, _DicomFolder, _jsonl_records_or_none,
                              _Output, _resume_differences, _resumable_records, _run_record, reusable_records)
 from .predictor import MammoPredictor
@@ -101,6 +101,8 @@ def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opt
         left_out = f"; {in_output_folders} inside --output or --dicom-out left out" if in_output_folders else ""
         raise PredictError(f"--input {' '.join(inputs)}: no image files found (looked for "
                            f"{', '.join(IMAGE_SUFFIXES)}{left_out})")
+    if not model:
+        warn_if_trained_on_phantoms(cfg, files)
     entries, patients_summary, patients_sha256 = _patients_table(patients, files) if patients else ({}, None, None)
     point = load_operating_point(operating_point, operating_points, cfg.MODEL.WEIGHTS, min_score) \
         if operating_point else None

@@ -175,6 +175,25 @@ def argparse_type(check: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+PHANTOM_PREFIX = "mammo_synth_"  # the built-in synthetic sets (mammo_tl.data.datasets.synthetic)
+
+
+def warn_if_trained_on_phantoms(cfg: Any, files: Sequence[str]) -> str | None:
+    """A warning (logged, and returned) when a model trained only on the built-in synthetic phantoms
+    (DATASETS.TRAIN) predicts DICOM files: it has never seen a real mammogram, and its operating points come from
+    phantoms. None otherwise."""
+    train = list(cfg.DATASETS.TRAIN)
+    dicoms = [f for f in files if str(f).lower().endswith((".dcm", ".dicom"))]
+    if not train or not dicoms or not all(str(n).startswith(PHANTOM_PREFIX) for n in train):
+        return None
+    message = (f"this model was trained on the built-in synthetic phantoms only (DATASETS.TRAIN {train}) and is "
+               f"predicting {len(dicoms)} DICOM file(s): it has never seen a real mammogram, so its boxes on real "
+               "films say nothing about them, and its operating points were chosen on phantoms. Train on your "
+               "data first (docs/getting_started.md)")
+    logger.warning("%s", message)
+    return message
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The options tools/predict.py and tools/serve.py share: what is reported (--min-score, the operating
     point), what is read (--max-pixels) and how the model runs (--batch-size, --device)."""
