@@ -83,12 +83,19 @@ def _worker(root, out_dir):
     torch.set_num_threads(1)
     ensure_tiny_datasets(root)
     rank = comm.get_rank()
+    # models chosen on the validation set across the two processes: every process must test the checkpoint the
+    # main process chose (only it sees the validation metrics)
     cfg = tiny_cfg(opts=["SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 3, "SOLVER.CHECKPOINT_PERIOD", 100,
                          "DATALOADER.PAIRED.POSITIVE_SEED", 7, "DATALOADER.PAIRED.NEGATIVE_SEED", 8,
-                         "OUTPUT_DIR", os.path.join(out_dir, "train"), "DATASETS.TEST", ()])
-    seen = []
+                         "OUTPUT_DIR", os.path.join(out_dir, "train"), "DATASETS.VALIDATION", ("mammo_synth_tiny_val",),
+                         "TEST.EVAL_PERIOD", 1, "TEST.PATIENT.BOOTSTRAP", 0, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+    seen, tested = [], []
 
     class RecordingTrainer(Trainer):
+        def _test_checkpoint(self, weights, folder):
+            tested.append([os.path.basename(weights) if weights else None, folder])
+            return super()._test_checkpoint(weights, folder)
+
         @classmethod
         def build_train_loader(cls, cfg):
             for batch in super().build_train_loader(cfg):
@@ -104,7 +111,7 @@ def _worker(root, out_dir):
     with EventStorage():
         losses = {k: v.item() for k, v in trainer.model(RecordingTrainer._last_batch).items()}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump({"seen": seen[:3], "iter": trainer.iter, "world": comm.get_world_size(),
+        json.dump({"seen": seen[:3], "iter": trainer.iter, "world": comm.get_world_size(), "tested": tested,
                    "loss_names": sorted(k for k in losses if k.startswith("loss_")),
                    "loss_rpn_tl": losses["loss_rpn_tl"], "loss_sim": losses["loss_sim"]}, f)
 
@@ -121,6 +128,12 @@ def test_two_process_gloo_training(tiny_datasets, tmp_path):
         assert {"loss_rpn_tl", "loss_sim"} <= set(r["loss_names"])
         assert r["loss_rpn_tl"] > 0 and r["loss_sim"] > 0
     assert ranks[0]["loss_names"] == ranks[1]["loss_names"]
+    # both processes tested the same checkpoints: the final one, then the one selection.json names
+    selection = json.load(open(tmp_path / "train" / "selection.json"))
+    chosen = selection["selected"]["weights"]
+    assert ranks[0]["tested"] == ranks[1]["tested"] == [
+        [None, "inference_final"], [None if chosen == "model_final.pth" else chosen, "inference"]]
+    assert json.load(open(tmp_path / "train" / "inference" / "eval_results.json"))["patient"]["num_patients"] == 6
     # each rank takes its own slice of both streams
     first = [[f for f, _ in b] for b in ranks[0]["seen"]]
     second = [[f for f, _ in b] for b in ranks[1]["seen"]]

@@ -149,7 +149,6 @@ class ValidationHook(HookBase):
             self._do_eval()
 
 
-
 class FinalTestHook(HookBase):
     """After the last iteration: ``test(weights_file or None, folder)`` evaluates DATASETS.TEST on the final
     model into OUTPUT_DIR/inference_final/ and on the checkpoint BestCheckpointHook chose on validation data into
@@ -171,8 +170,10 @@ class FinalTestHook(HookBase):
         final_iter = self.trainer.max_iter
         self.test(None, "inference_final")
         best_file = os.path.join(self.output_dir, self.best.file_prefix + ".pth")
-        chosen = self.best.best_iter is not None and os.path.exists(best_file)
-        best_iter = int(self.best.best_iter) if chosen else final_iter
+        # the main process's choice on every process (only it sees the validation metrics): all test one model
+        best_iter, best_value = comm.all_gather((self.best.best_iter, self.best.best_value))[0]
+        chosen = best_iter is not None and os.path.exists(best_file)
+        best_iter = int(best_iter) if chosen else final_iter
         if chosen:
             self.test(best_file, "inference")
         else:
@@ -186,7 +187,7 @@ class FinalTestHook(HookBase):
                 "metric": self.best.metric, "validation_set": self.validation_set,
                 "selected": {"weights": os.path.basename(best_file) if chosen else "model_final.pth",
                              "iteration": best_iter, "iterations_trained": trained(best_iter, final_iter),
-                             "value": self.best.best_value if chosen else None},
+                             "value": best_value if chosen else None},
                 "final": {"weights": "model_final.pth", "iteration": final_iter, "iterations_trained": final_iter},
                 "test_results": {"selected": "inference/eval_results.json",
                                  "final": "inference_final/eval_results.json"},
