@@ -206,6 +206,11 @@ def test_preregistered_rows_command_as_typed(tiny_ddsm, tmp_path):
     else:
         assert share["share"] is None or math.isnan(share["share"])
     assert "## Share of the ceiling's gain" in (out / "report.md").read_text()
+    # the seed's own report (one run per row, as make demo writes it) shows the same share
+    seed_report = json.loads((out / "seed_0" / "results.json").read_text())
+    assert seed_report["ceiling"]["shares"]["d1_similarity_penultimate"]["method_gain"] == pytest.approx(gain)
+    assert "## Share of the ceiling's gain" in (out / "seed_0" / "report.md").read_text()
+    assert "## Model selection on validation" in (out / "seed_0" / "report.md").read_text()
 
 
 def test_scores_by_finding_on_a_hand_made_run(tmp_path):
