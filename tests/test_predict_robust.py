@@ -284,3 +284,29 @@ def test_nothing_predicted_is_an_error_with_the_counts_written(tmp_path, config)
         run_predict(config, [str(src)], str(out), OPTS)
     summary = json.load(open(out / "summary.json"))
     assert (summary["predicted"], summary["skipped_by_reason"]) == (0, {"constant_image": 1, "unreadable": 1})
+
+
+def test_file_names_not_in_utf8_or_near_the_length_limit_are_predicted(tmp_path, config):
+    """A name that is not valid UTF-8 (bytes from another system's encoding) and one of 250 bytes: both are
+    predicted, with overlays, and every table is written (no leftover temporary files)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    latin1 = os.path.join(os.fsencode(src), b"M\xfcller_L_CC.png")  # "Muller" in Latin-1: not UTF-8
+    long_name = "x" * 246 + ".png"
+    assert cv2.imencode(".png", breast_phantom(seed=1))[0]
+    with open(latin1, "wb") as f:
+        f.write(cv2.imencode(".png", breast_phantom(seed=1))[1].tobytes())
+    _png(src / long_name, seed=2)
+    r = _predict_cli("--config-file", config, "--input", src, "--output", out, "--overlay", "--min-score", "0",
+                     *OPTS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.load(open(out / "summary.json"))
+    assert (summary["inputs"], summary["predicted"], summary["skipped"]) == (2, 2, 0)
+    patients = [row["patient_id"] for row in csv.DictReader(open(out / "patients.csv", encoding="utf-8"))]
+    assert "M\\xfcller" in patients  # the undecodable byte written as an escape, the side and view still read
+    preds = json.load(open(out / "predictions.json"))
+    assert sorted(os.fsencode(p["file_name"]) for p in preds) == sorted([latin1, os.fsencode(src / long_name)])
+    overlays = sorted(os.listdir(out / "overlays"))
+    assert len(overlays) == 2 and all(len(o.encode()) <= 120 for o in overlays)
+    assert sorted(os.path.basename(p["overlay"]) for p in preds) == overlays
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
