@@ -228,8 +228,8 @@ def test_lock_of_a_killed_owner_is_free_while_its_forked_workers_live(tmp_path, 
     try:
         os.kill(worker, 0)  # the orphaned worker is alive...
         assert os.path.exists(os.path.join(folder, LOCK_NAME))
-        with caplog.at_level(logging.WARNING, logger="mammo_tl.files"):
-            with FolderLock(folder, "predict --resume"):  # ...and the lock is taken over at once
-                assert "no longer running; taken over" in caplog.text
+        # ...and the lock is taken over at once
+        with caplog.at_level(logging.WARNING, logger="mammo_tl.files"), FolderLock(folder, "predict --resume"):
+            assert "no longer running; taken over" in caplog.text
     finally:
         os.kill(worker, signal.SIGKILL)
