@@ -63,6 +63,25 @@ def writable_folder_problem(folder: str | os.PathLike) -> str | None:
 
 
 LOCK_NAME = ".mammo_tl.lock"
+# The FolderLocks this process holds, by id: closed in every child forked while they are held (DataLoader
+# workers), so the kernel's flock belongs to the process that took it alone and ends with it. Otherwise the
+# workers a kill -9 orphans keep holding it, and the next run is refused until they exit.
+_HELD_LOCKS: dict[int, FolderLock] = {}
+
+
+def _close_inherited_locks() -> None:
+    for lock in list(_HELD_LOCKS.values()):
+        fd, lock.fd = lock.fd, None
+        if fd is not None:
+            try:
+                os.close(fd)  # the parent's descriptor of the same open file keeps the flock
+            except OSError:
+                pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class FolderLocked(RuntimeError):
@@ -144,7 +163,9 @@ class FolderLock:
     is refused even then: whether that process still runs cannot be checked from here (flock does not reach every
     network file system), and the message says which file to remove by hand. On a file system without flock the
     recorded pid decides (a live pid on this host holds the folder), with a warning that two processes starting
-    at the same instant could both proceed."""
+    at the same instant could both proceed. Children forked while the lock is held (DataLoader workers) close
+    their copy of it at once: only the process that took the lock holds it, so a lock whose owner was killed
+    is free however long its orphaned workers live."""
 
     def __init__(self, folder, command, name=LOCK_NAME):
         self.folder, self.command, self.path = folder, command, os.path.join(folder, name)
@@ -201,6 +222,7 @@ class FolderLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, data, 0)
             self.fd = fd
+            _HELD_LOCKS[id(self)] = self
             return self
         raise FolderLocked(f"{self.folder}: its lock {self.path} kept changing; another process is starting there")
 
@@ -208,6 +230,7 @@ class FolderLock:
         if not self.held:
             return
         fd, self.fd = self.fd, None
+        _HELD_LOCKS.pop(id(self), None)
         try:
             if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                 os.remove(self.path)  # before closing: a process that opened it meanwhile sees it gone, retries

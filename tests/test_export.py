@@ -305,3 +305,60 @@ def test_a_trace_that_fails_or_differs_is_refused_and_nothing_written(setup, tmp
                                           r"0\.1 pixels"):
         export_model(setup["config"], "torchscript", str(tmp_path / "e"))
     assert not (tmp_path / "e").exists()
+
+
+def _bound_sha256(meta):
+    """export.json's content as the model file binds it, computed here: every key but the model's own sha256,
+    the verification record and the path added on reading; sorted keys, no spaces."""
+    bound = {k: v for k, v in meta.items() if k not in ("model_sha256", "verified", "path")}
+    return hashlib.sha256(json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_the_model_file_binds_its_export_json(setup, dicoms, tmp_path):
+    import onnxruntime
+    import torch
+
+    onnx_meta = json.load(open(os.path.join(os.path.dirname(setup["models"]["onnx"]), "export.json")))
+    session = onnxruntime.InferenceSession(setup["models"]["onnx"], providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["mammo_tl.export_json_sha256"] == _bound_sha256(onnx_meta)
+    ts_meta = json.load(open(os.path.join(os.path.dirname(setup["models"]["torchscript"]), "export.json")))
+    extra = {"mammo_tl.export_json_sha256": ""}
+    torch.jit.load(setup["models"]["torchscript"], _extra_files=extra)
+    assert extra["mammo_tl.export_json_sha256"].decode() == _bound_sha256(ts_meta)
+
+    for fmt, change in (("onnx", ("intensity_percentiles", [1.0, 99.0])), ("torchscript", ("canonical_flip", True)),
+                        ("onnx", ("crop_to_breast", True))):
+        folder = _copy(setup, fmt, tmp_path / f"{fmt}_{change[0]}")
+        meta = json.load(open(folder / "export.json"))
+        meta["input"][change[0]] = change[1]  # well-formed, and every score would change
+        json.dump(meta, open(folder / "export.json", "w"))
+        with pytest.raises(PredictError, match=r"export\.json: differs from the export\.json that \S+ was exported "
+                                               r"with .* changed after export"):
+            run_predict(None, [str(dicoms / "a.dcm")], str(tmp_path / "out"), workers=0,
+                        model=str(folder / setup["models"][fmt].rsplit("/", 1)[1]))
+    assert not (tmp_path / "out" / "predictions.json").exists()
+
+
+def test_damaged_model_files_are_refused_naming_the_file(setup, dicoms, tmp_path):
+    for fmt, name, what in (("onnx", "model.onnx", "ONNX"), ("torchscript", "model.ts", "TorchScript")):
+        folder = _copy(setup, fmt, tmp_path)
+        data = b"garbage in place of a model " * 40
+        (folder / name).write_bytes(data)
+        meta = json.load(open(folder / "export.json"))
+        meta["model_sha256"] = hashlib.sha256(data).hexdigest()  # replaced consistently: the hash cannot tell
+        json.dump(meta, open(folder / "export.json", "w"))
+        with pytest.raises(PredictError, match=rf"--model \S+{name}: not a usable {what} model, damaged or replaced"):
+            run_predict(None, [str(dicoms / "a.dcm")], str(tmp_path / "out"), workers=0, model=str(folder / name))
+
+
+def test_export_options_are_checked_before_any_work(setup, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(ExportError, match=r"--output \S+a_file: exists and is not a folder"):
+        export_model(setup["config"], "onnx", str(tmp_path / "a_file"))
+    for opset in (9, 11, 15, 21):  # 11 to 15 trace, but their RoiAlign moves boxes by up to 100 pixels
+        with pytest.raises(ExportError, match=rf"--opset {opset}: this model exports to ONNX opsets 16 to 20"):
+            export_model(setup["config"], "onnx", str(tmp_path / "e"), opset=opset)
+    r = run_in_process([os.path.join("tools", "export_model.py"), "--config-file", setup["config"], "--format", "onnx",
+                        "--output", str(tmp_path / "e"), "--opset", "9"])
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "--opset 9" in r.stderr
+    assert not (tmp_path / "e").exists()

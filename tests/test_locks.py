@@ -200,3 +200,36 @@ def test_two_takers_of_a_stale_lock_interleaved_one_wins(tmp_path, monkeypatch):
     assert sorted(results) == ["lost", "won"]
     for lock in locks:
         lock.release()
+
+
+# A run that forks a worker while it holds the lock (as predict's DataLoader does), then is killed with -9: the
+# worker lives on, orphaned.
+FORKING_CHILD = f"""
+import importlib.util, os, signal, sys, time
+spec = importlib.util.spec_from_file_location("mammo_files", {FILES_PY!r})
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+lock = m.FolderLock(sys.argv[1], "predict").acquire()
+worker = os.fork()
+if worker == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1), os.dup2(null, 2)  # the test reads the owner's output to its end
+    time.sleep(60)
+    os._exit(0)
+print(worker, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_lock_of_a_killed_owner_is_free_while_its_forked_workers_live(tmp_path, caplog):
+    folder = str(tmp_path / "out")
+    run = subprocess.run([sys.executable, "-c", FORKING_CHILD, folder], capture_output=True, text=True, timeout=60)
+    assert run.returncode == -signal.SIGKILL
+    worker = int(run.stdout.split()[0])
+    try:
+        os.kill(worker, 0)  # the orphaned worker is alive...
+        assert os.path.exists(os.path.join(folder, LOCK_NAME))
+        # ...and the lock is taken over at once
+        with caplog.at_level(logging.WARNING, logger="mammo_tl.files"), FolderLock(folder, "predict --resume"):
+            assert "no longer running; taken over" in caplog.text
+    finally:
+        os.kill(worker, signal.SIGKILL)

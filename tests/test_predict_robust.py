@@ -284,3 +284,76 @@ def test_nothing_predicted_is_an_error_with_the_counts_written(tmp_path, config)
         run_predict(config, [str(src)], str(out), OPTS)
     summary = json.load(open(out / "summary.json"))
     assert (summary["predicted"], summary["skipped_by_reason"]) == (0, {"constant_image": 1, "unreadable": 1})
+
+
+def test_file_names_not_in_utf8_or_near_the_length_limit_are_predicted(tmp_path, config):
+    """A name that is not valid UTF-8 (bytes from another system's encoding) and one of 250 bytes: both are
+    predicted, with overlays, and every table is written (no leftover temporary files)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    latin1 = os.path.join(os.fsencode(src), b"M\xfcller_L_CC.png")  # "Muller" in Latin-1: not UTF-8
+    long_name = "x" * 246 + ".png"
+    assert cv2.imencode(".png", breast_phantom(seed=1))[0]
+    with open(latin1, "wb") as f:
+        f.write(cv2.imencode(".png", breast_phantom(seed=1))[1].tobytes())
+    _png(src / long_name, seed=2)
+    r = _predict_cli("--config-file", config, "--input", src, "--output", out, "--overlay", "--min-score", "0",
+                     *OPTS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.load(open(out / "summary.json"))
+    assert (summary["inputs"], summary["predicted"], summary["skipped"]) == (2, 2, 0)
+    patients = [row["patient_id"] for row in csv.DictReader(open(out / "patients.csv", encoding="utf-8"))]
+    assert "M\\xfcller" in patients  # the undecodable byte written as an escape, the side and view still read
+    preds = json.load(open(out / "predictions.json"))
+    assert sorted(os.fsencode(p["file_name"]) for p in preds) == sorted([latin1, os.fsencode(src / long_name)])
+    overlays = sorted(os.listdir(out / "overlays"))
+    assert len(overlays) == 2 and all(len(o.encode()) <= 120 for o in overlays)
+    assert sorted(os.path.basename(p["overlay"]) for p in preds) == overlays
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
+
+
+def test_overwrite_replaces_a_log_with_a_damaged_line(tmp_path, config):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(3):
+        _png(src / f"P{i}_L_CC.png", seed=i)
+    run_predict(config, [str(src)], str(out), OPTS, overlay=True, workers=0)
+    lines = open(out / "predictions.jsonl", "rb").read().split(b"\n")
+    lines[1] = b'{"file_name": "' + b"\x00\xff" * 20  # a middle line damaged on disk
+    (out / "predictions.jsonl").write_bytes(b"\n".join(lines))
+    with pytest.raises(PredictError, match=r"line 2 is not a prediction record .* use --overwrite"):
+        run_predict(config, [str(src)], str(out), OPTS, overlay=True, workers=0, resume=True)
+    preds, _ = run_predict(config, [str(src)], str(out), OPTS, overlay=True, workers=0, overwrite=True)
+    assert [p["patient_id"] for p in preds] == ["P0", "P1", "P2"]
+    assert len(open(out / "predictions.jsonl").read().splitlines()) == 3
+    assert sorted(os.listdir(out / "overlays")) == sorted(os.path.basename(p["overlay"]) for p in preds)
+
+
+def test_resume_reuses_inputs_named_by_another_path(tmp_path, config, monkeypatch):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(2):
+        _png(src / f"P{i}_L_CC.png", seed=i)
+    first, _ = run_predict(config, [str(src)], str(out), OPTS, workers=0)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(MammoPredictor, "__call__", lambda *a: pytest.fail("predicted again"))
+    preds, _ = run_predict(config, ["in"], "out", OPTS, workers=0, resume=True)
+    assert [p["file_name"] for p in preds] == [os.path.join("in", f"P{i}_L_CC.png") for i in range(2)]
+    assert [p["scores"] for p in preds] == [p["scores"] for p in first]
+    summary = json.load(open(out / "summary.json"))
+    assert (summary["from_previous_run"], summary["previous_run_not_in_inputs"]) == (2, 0)
+
+
+def test_resume_does_not_log_a_skipped_input_again(tmp_path, config):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _png(src / "P0_L_CC.png")
+    (src / "broken.png").write_bytes(b"not a png")
+    run_predict(config, [str(src)], str(out), OPTS, workers=0)
+    for _ in range(2):
+        _, skipped = run_predict(config, [str(src)], str(out), OPTS, workers=0, resume=True)
+        assert [os.path.basename(s["file_name"]) for s in skipped] == ["broken.png"]
+    lines = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    assert sorted((os.path.basename(r["file_name"]), r["status"]) for r in lines) == [
+        ("P0_L_CC.png", "predicted"), ("broken.png", "skipped")]
+    (src / "broken.png").write_bytes(b"still not a png, another way")  # skipped again, for the same reason
+    _png(src / "broken2.png", np.zeros((200, 160), np.uint16))
+    run_predict(config, [str(src)], str(out), OPTS, workers=0, resume=True)
+    assert len(open(out / "predictions.jsonl").read().splitlines()) == 3  # the new input's line only

@@ -165,3 +165,22 @@ def test_shard_option_is_parsed_as_prepare_dataset_parses_it():
                      ("2", "expected I/N"), ("1/0", "at least 1")):
         with pytest.raises(ValueError, match=why):
             check_shard(bad)
+
+
+def test_merge_refuses_an_overlay_name_outside_the_output(runs, tmp_path_factory):
+    root = runs["root"]
+    other = tmp_path_factory.mktemp("shard_escape")
+    tampered = other / "s2"
+    shutil.copytree(root / "s2", tampered)
+    lines = [json.loads(line) for line in open(tampered / "predictions.jsonl")]
+    victim = next(r for r in lines if r.get("overlay"))
+    shutil.copyfile(tampered / victim["overlay"], other / "planted.png")  # where "../planted.png" points from s2
+    victim["overlay"] = "../planted.png"
+    with open(tampered / "predictions.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in lines)
+    manifest = json.load(open(tampered / "manifest.json"))
+    manifest["files"]["predictions.jsonl"] = hashlib.sha256((tampered / "predictions.jsonl").read_bytes()).hexdigest()
+    json.dump(manifest, open(tampered / "manifest.json", "w"))
+    with pytest.raises(PredictError, match=r"names its overlay '\.\./planted\.png', not a file in overlays/"):
+        run_merge([str(root / "s1"), str(tampered)], str(other / "deep" / "merged"))
+    assert not (other / "deep" / "planted.png").exists()  # "../planted.png" from the merged --output

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import jpeg2000
-from .image_checks import ImageReadError, check_pixel_budget, check_regular_file
+from .image_checks import ImageReadError, check_file_size, check_pixel_budget, check_regular_file, max_file_bytes
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -91,7 +91,9 @@ def _read_mammogram(path, apply_voi, max_pixels, keep_integers, data=None, resol
     from pydicom.errors import InvalidDicomError
 
     if data is None:
-        check_regular_file(path, DicomReadError)
+        st = check_regular_file(path, DicomReadError)
+        check_file_size(path, st.st_size, max_pixels, DicomReadError)
+    _check_deflated_size(path, data, max_pixels)
     try:
         ds = pydicom.dcmread(path if data is None else io.BytesIO(data))
     except InvalidDicomError as e:
@@ -99,6 +101,10 @@ def _read_mammogram(path, apply_voi, max_pixels, keep_integers, data=None, resol
     except Exception as e:  # truncated or mangled headers surface as many exception types
         raise DicomReadError(path, f"corrupt or truncated DICOM header ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds:
+        if _mentions_pixel_data(path, data):
+            # pydicom stops silently at an element longer than the bytes left: the file was cut short
+            raise DicomReadError(path, "truncated or corrupt: its pixel data element is cut short (the file ends "
+                                       "before the length its header gives)")
         raise DicomReadError(path, "no pixel data (not an image object)")
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).strip()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -107,7 +113,12 @@ def _read_mammogram(path, apply_voi, max_pixels, keep_integers, data=None, resol
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     shape = f"{rows} x {cols}" + (f" x {frames} frames" if frames != 1 else "")
     check_pixel_budget(path, rows * cols * max(frames, 1), shape, max_pixels, DicomReadError)
+    if frames != 1:
+        raise DicomReadError(path, f"{frames} frames (NumberOfFrames): one image per file expected; give each "
+                                   f"frame as a file of its own", kind="multi_frame")
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown"))
+    if syntax in jpeg2000.J2K_SYNTAXES:
+        _check_codestream_size(path, ds, rows, cols)
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     grid_args = (ds, apply_voi and has_voi, photometric == "MONOCHROME1", keep_integers)
     image, geometry, fallback = None, None, None
@@ -142,6 +153,63 @@ def _read_mammogram(path, apply_voi, max_pixels, keep_integers, data=None, resol
         meta["decode_geometry"] = geometry
         meta["decode_fallback"] = fallback
     return image, meta, ds
+
+
+def _check_deflated_size(path, data, max_pixels):
+    """A Deflated Explicit VR Little Endian file inflated in steps, refused (before pydicom inflates it whole)
+    when it expands beyond :func:`~.image_checks.max_file_bytes`: a few KB can inflate to gigabytes."""
+    import io
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    try:
+        with (open(path, "rb") if data is None else io.BytesIO(data)) as fp:
+            read_preamble(fp, False)
+            meta = _read_file_meta_info(fp)
+            if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+                return
+            bound, inflated = max_file_bytes(max_pixels), 0
+            inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            while chunk := fp.read(1 << 20):
+                while chunk:
+                    inflated += len(inflate.decompress(chunk, 1 << 24))
+                    chunk = inflate.unconsumed_tail
+                    if inflated > bound:
+                        raise DicomReadError(path, f"deflated DICOM expanding to more than {bound:,} bytes (the bound "
+                                                   f"for max_pixels pixels); not read", kind="too_large")
+    except DicomReadError:
+        raise
+    except Exception:  # not a DICOM, or a damaged deflate stream: dcmread reports it
+        return
+
+
+def _mentions_pixel_data(path, data):
+    """True when the file's bytes hold the Pixel Data tag (7FE0,0010) although pydicom found no such element."""
+    try:
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError:
+        return False
+    return b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data
+
+
+def _check_codestream_size(path, ds, rows, cols):
+    """Refuse a JPEG 2000 file whose codestream's image size is not the header's Rows x Columns: decoding it
+    would allocate the codestream's size (gigabytes for a forged header), which the pixel budget never saw."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
+        info = jpeg2000.parse_codestream(codestream)
+    except Exception as e:
+        raise DicomReadError(path, f"JPEG 2000 pixel data without a readable codestream header, truncated or "
+                                   f"corrupt ({type(e).__name__}: {e})") from None
+    if (info.height, info.width) != (rows, cols):
+        raise DicomReadError(path, f"its JPEG 2000 codestream is {info.height} x {info.width} pixels but its header "
+                                   f"says Rows x Columns {rows} x {cols}: corrupt or forged; not decoded")
 
 
 def _reduced_decode(path, ds, syntax, frames, resolution, grid_args):

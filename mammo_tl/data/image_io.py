@@ -17,7 +17,7 @@ import numpy as np
 
 from .dicom import read_dicom
 from .dicom_header import read_header
-from .image_checks import FileIdentity, read_whole_file
+from .image_checks import FileIdentity, check_file_size, read_whole_file
 from .image_checks import (DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, ImageReadError, check_pixel_budget,  # noqa: F401
                            check_regular_file, is_dicom_path)
 
@@ -30,12 +30,16 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def _header_size(path, max_pixels, data=None):
     """(width, height) from a PNG/TIFF/JPEG/... header without decoding; None when Pillow refused to even
     open it because it exceeds Pillow's own bomb limit, which lies above ``max_pixels``. ``data``: the
-    file's bytes, already read (``path`` then only names it)."""
+    file's bytes, already read (``path`` then only names it). A file of several pages or frames (a multi-page
+    TIFF) is refused: one image per file, as for DICOM."""
     from PIL import Image, UnidentifiedImageError
 
     if data is None:
-        with open(path, "rb") as f:
-            head = f.read(24)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(24)
+        except OSError as e:  # e.g. PermissionError: counted like any unreadable file
+            raise ImageReadError(path, f"cannot be read ({type(e).__name__}: {e.strerror})") from None
     else:
         head = data[:24]
     if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":  # the cache's own format, read on every step
@@ -44,7 +48,15 @@ def _header_size(path, max_pixels, data=None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: our budget decides
             with Image.open(path if data is None else io.BytesIO(data)) as im:
-                return im.size
+                frames = getattr(im, "n_frames", 1)
+                size = im.size
+        if frames != 1:
+            raise ImageReadError(path, f"{frames} pages or frames ({im.format}): one image per file expected (only "
+                                       f"its first would be read); give each as a file of its own",
+                                 kind="multi_frame")
+        return size
+    except ImageReadError:
+        raise
     except Image.DecompressionBombError as e:
         limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
         threshold = 2 * (Image.MAX_IMAGE_PIXELS or 0)
@@ -84,12 +96,13 @@ def read_stored_image(path: str | os.PathLike, max_pixels: int | None = None, ke
     if is_dicom_path(path):
         return StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers,
                                        resolution=resolution))
-    check_regular_file(path)
+    check_file_size(path, check_regular_file(path).st_size, max_pixels)
     size = _header_size(path, max_pixels)
     if size is not None:
         w, h = size
         check_pixel_budget(path, w * h, f"{w} x {h}", max_pixels)
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    data, _ = read_whole_file(path, max_pixels)  # bytes, not cv2.imread: OpenCV fails on names not in UTF-8
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
         raise ImageReadError(path, "not a readable image (OpenCV could not decode it)")
     return StoredImage(*_pixels_and_meta(img, keep_integers, resolution))
@@ -106,16 +119,16 @@ def read_stored_image_identified(path: str | os.PathLike, max_pixels: int | None
     path = str(path)
     if is_dicom_path(path):
         check_regular_file(path)
-        data, identity = read_whole_file(path)
+        data, identity = read_whole_file(path, max_pixels)
         stored = StoredImage(*read_dicom(path, max_pixels=max_pixels, keep_integers=keep_integers, data=data,
                                          resolution=resolution))
         return stored, identity
-    check_regular_file(path)
+    check_file_size(path, check_regular_file(path).st_size, max_pixels)
     size = _header_size(path, max_pixels)
     if size is not None:
         w, h = size
         check_pixel_budget(path, w * h, f"{w} x {h}", max_pixels)
-    data, identity = read_whole_file(path)
+    data, identity = read_whole_file(path, max_pixels)
     # the budget again, on the bytes decoded: the file may have been replaced since its header was read
     size = _header_size(path, max_pixels, data)
     if size is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import dicom_header
+from .image_checks import has_dicom_preamble
 from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_stored_image_identified
 
 if TYPE_CHECKING:
@@ -31,6 +32,13 @@ UNKNOWN_PATIENT_PREFIX = "unknown:"
 # Where a patient id, side or view came from, as predictions.json names it ("dicom:<keyword>" besides).
 SOURCES = ("patients_csv", "cbis_ddsm_patient_id", "file_name", "unknown", "conflict")
 PATIENTS_CSV_COLUMNS = ("file", "patient_id", "laterality", "view")
+# Pixel values beyond this magnitude are refused: the model's windowing and resizing compute in float32, where
+# differences and sums of such values overflow to infinity (NaN model input). Stored mammograms hold at most
+# 65535 (a few thousand after rescaling).
+MAX_PIXEL_MAGNITUDE = 1e30
+# The most UTF-8 bytes of a file's name kept in :func:`image_key` (file systems allow 255 per name; the key
+# gets a hash and a suffix besides).
+KEY_STEM_BYTES = 100
 
 
 class SkippedImage(Exception):
@@ -50,8 +58,20 @@ def _inside(path, folders):
     return any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
 
 
+def _found_in_folder(root, names):
+    """The input files among ``names`` in ``root``: an image suffix, or (PACS exports often have no suffix) a
+    name without one whose bytes start with the DICOM preamble; other files are left out."""
+    found = []
+    for n in sorted(names):
+        path = os.path.join(root, n)
+        if n.lower().endswith(IMAGE_SUFFIXES) or (not os.path.splitext(n)[1] and has_dicom_preamble(path)):
+            found.append(path)
+    return found
+
+
 def list_inputs(paths: Iterable[str], exclude: Iterable[str | None] = ()) -> tuple[list[str], int]:
-    """Files given directly, plus image files found (recursively, sorted) in folders; a file reached twice
+    """Files given directly, plus image files found (recursively, sorted) in folders: names with an image
+    suffix, and names without a suffix that hold a DICOM file (its DICM preamble); a file reached twice
     (a folder and a file in it) is listed once. Files in the folders ``exclude`` (predict's own output
     folders, whose overlays are images too) are left out, with a warning giving their number; the count is
     the second value returned."""
@@ -60,7 +80,7 @@ def list_inputs(paths: Iterable[str], exclude: Iterable[str | None] = ()) -> tup
     for p in paths:
         if os.path.isdir(p):
             for root, _, names in sorted(os.walk(p)):
-                found = [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+                found = _found_in_folder(root, names)
                 if folders and _inside(root, folders):
                     excluded += len(found)
                     continue
@@ -86,10 +106,18 @@ def list_inputs(paths: Iterable[str], exclude: Iterable[str | None] = ()) -> tup
     return unique, excluded
 
 
+def printable_name(name: str) -> str:
+    """``name`` (a file name as the OS gave it) as text every output can hold: bytes that are not UTF-8
+    (held by Python as lone surrogates) become \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def image_key(path: str | os.PathLike) -> str:
     """A name unique to the file, for overlays and unknown patients: its stem and a hash of its full path
-    (a/x.dcm and b/x.dcm differ)."""
-    stem = os.path.splitext(os.path.basename(path))[0]
+    (a/x.dcm and b/x.dcm differ). The stem is made valid UTF-8 (:func:`printable_name`), without path
+    separators, and cut to :data:`KEY_STEM_BYTES` bytes, so the key is always a usable file name."""
+    stem = printable_name(os.path.splitext(os.path.basename(path))[0]).replace(os.sep, "_")
+    stem = stem.encode("utf-8")[:KEY_STEM_BYTES].decode("utf-8", "ignore")
     digest = hashlib.sha1(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{stem}_{digest}"
 
@@ -174,7 +202,7 @@ def _patients_csv_entry(path, row, record, base):
 def _from_file_name(path):
     """{"patient_id", "laterality", "view"} from a name <patient>_<L|R>_<CC|MLO> or a CBIS-DDSM PatientID
     used as the name; {} otherwise."""
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = printable_name(os.path.splitext(os.path.basename(path))[0])
     cbis = dicom_header.parse_cbis_ddsm_patient_id(stem)
     if cbis:
         return cbis
@@ -243,6 +271,9 @@ def describe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, pati
     lo, hi = float(image.min()), float(image.max())
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise SkippedImage(path, "non_finite", "pixel values that are not finite numbers (NaN or infinity)")
+    if max(abs(lo), abs(hi)) > MAX_PIXEL_MAGNITUDE:
+        raise SkippedImage(path, "non_finite", f"pixel values from {lo:g} to {hi:g}, beyond +-{MAX_PIXEL_MAGNITUDE:g}: "
+                                               "windowing and resizing them overflow (no mammogram holds such values)")
     if not hi > lo:
         raise SkippedImage(path, "constant_image", f"every pixel is {lo:g}: nothing to detect")
     meta["min"], meta["max"] = lo, hi

@@ -28,11 +28,16 @@ from .. import __version__
 from ..config import get_mammo_tl_cfg
 from ..files import atomic_write_bytes, atomic_write_text, sha256_file
 from ..modeling.findings import CANCER_CLASS
-from .export_runtime import (EXPORT_FORMAT_VERSION, EXPORT_JSON, FORMATS, ExportedPredictor, ExportedPreparer,
-                             ExportError, map_back)
+from .export_runtime import (BINDING_KEY, EXPORT_FORMAT_VERSION, EXPORT_JSON, FORMATS, ExportedPredictor,
+                             ExportedPreparer, ExportError, _first_line, export_json_binding, map_back,
+                             onnx_with_binding)
 
 logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
+# The ONNX opsets an export may ask for: detectron2's box pooling (ROIAlignV2, aligned=True) is ONNX RoiAlign
+# with coordinate_transformation_mode "half_pixel", which exists from opset 16 (at 11 to 15 the export runs but
+# its boxes differ by up to 100 pixels); torch's TorchScript-based exporter writes up to opset 20.
+MIN_OPSET, MAX_OPSET = 16, 20
 # The exported model must reproduce the PyTorch model's boxes (pixels of the model's input grid) and scores
 # within these on the test images, else the export is refused.
 BOX_TOLERANCE = 0.01
@@ -119,6 +124,13 @@ def export_model(config_file: str, fmt: str, output: str, opts: Sequence[str] = 
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    valid_opset = isinstance(opset, int) and not isinstance(opset, bool) and MIN_OPSET <= opset <= MAX_OPSET
+    if fmt == "onnx" and not valid_opset:
+        raise ExportError(f"--opset {opset!r}: this model exports to ONNX opsets {MIN_OPSET} to {MAX_OPSET} (RoiAlign "
+                          f"as detectron2 pools boxes exists from opset {MIN_OPSET}); the default is {DEFAULT_OPSET}")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ExportError(f"--output {output}: exists and is not a folder; name a folder for the model and "
+                          f"{EXPORT_JSON}")
     cfg = _config(config_file, opts)
     problem = exportable_problem(cfg, fmt)
     if problem:
@@ -142,29 +154,12 @@ def export_model(config_file: str, fmt: str, output: str, opts: Sequence[str] = 
         if not torch.equal(exported_prep(im).tensor, p.tensor):
             raise ExportError(f"--config-file {config_file}: the preparation recorded in {EXPORT_JSON} does not "
                               f"reproduce predict's (INPUT.* keys); cannot export")
-    # eval() on the adapter too: torch.onnx.export restores the adapter's mode afterwards, on the model inside
-    adapter = TracingAdapter(model, (prepared[0].tensor,), inference_func=_inference).eval()
-    buffer = io.BytesIO()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python branches: checked by running it below
-            if fmt == "torchscript":
-                torch.jit.save(torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False), buffer)
-            else:
-                torch.onnx.export(adapter, adapter.flattened_inputs, buffer, opset_version=int(opset), dynamo=False,
-                                  input_names=["image"], output_names=["boxes", "scores"])
-    except Exception as e:
-        raise ExportError(f"--config-file {config_file}: detectron2 cannot trace this model to {fmt} "
-                          f"(MODEL.PROPOSAL_GENERATOR.NAME {cfg.MODEL.PROPOSAL_GENERATOR.NAME}, "
-                          f"MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME}, "
-                          f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME}): {type(e).__name__}: {e}") from None
-    data = buffer.getvalue()
     config_text = cfg.dump()
     with open(config_file, "rb") as f:
         config_file_sha256 = hashlib.sha256(f.read()).hexdigest()
     meta = {"format_version": EXPORT_FORMAT_VERSION, "written_by": "tools/export_model.py", "mammo_tl": __version__,
             "torch": torch.__version__, "format": fmt, "model_file": model_file,
-            "model_sha256": hashlib.sha256(data).hexdigest(), "opset": int(opset) if fmt == "onnx" else None,
+            "opset": int(opset) if fmt == "onnx" else None,
             "input": prep, "output": "boxes (n, 4) x1 y1 x2 y2 in the input grid, scores (n,)",
             "score_threshold": float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST),
             "detections_per_image": int(cfg.TEST.DETECTIONS_PER_IMAGE),
@@ -172,6 +167,30 @@ def export_model(config_file: str, fmt: str, output: str, opts: Sequence[str] = 
                        "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
                        "weights": cfg.MODEL.WEIGHTS, "weights_sha256": sha256_file(cfg.MODEL.WEIGHTS)},
             "config": config_text}
+    # the model file records the sha256 of this export.json's content: a changed preparation is refused on load
+    binding = export_json_binding(meta)
+    # eval() on the adapter too: torch.onnx.export restores the adapter's mode afterwards, on the model inside
+    adapter = TracingAdapter(model, (prepared[0].tensor,), inference_func=_inference).eval()
+    buffer = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python branches: checked by running it below
+            if fmt == "torchscript":
+                torch.jit.save(torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False), buffer,
+                               _extra_files={BINDING_KEY: binding})
+            else:
+                torch.onnx.export(adapter, adapter.flattened_inputs, buffer, opset_version=int(opset), dynamo=False,
+                                  input_names=["image"], output_names=["boxes", "scores"])
+    except Exception as e:
+        raise ExportError(f"--config-file {config_file}: detectron2 cannot trace this model to {fmt} "
+                          f"(MODEL.PROPOSAL_GENERATOR.NAME {cfg.MODEL.PROPOSAL_GENERATOR.NAME}, "
+                          f"MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME}, "
+                          f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME}): {type(e).__name__}: {_first_line(e)}") \
+            from None
+    data = buffer.getvalue()
+    if fmt == "onnx":
+        data = onnx_with_binding(data, binding)
+    meta["model_sha256"] = hashlib.sha256(data).hexdigest()
     exported = ExportedPredictor(model_file, meta, "cpu", data)
     checks = []
     with torch.no_grad():

@@ -33,7 +33,14 @@ from .predictor import PreparedImage
 
 logger = logging.getLogger(__name__)
 EXPORT_JSON = "export.json"
-EXPORT_FORMAT_VERSION = 1
+# 2: the model file holds the sha256 of its export.json (:func:`export_json_binding`); version 1 files had none
+EXPORT_FORMAT_VERSION = 2
+# The key under which the model file records :func:`export_json_binding`: an ONNX metadata_props entry, a
+# TorchScript archive's extra file.
+BINDING_KEY = "mammo_tl.export_json_sha256"
+# export.json's keys that the binding leaves out: written after the model file is made (its sha256, the
+# verification), or added when it is read.
+_UNBOUND_KEYS = ("model_sha256", "verified", "path")
 FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
 SUFFIX_FORMAT = {".ts": "torchscript", ".onnx": "onnx"}
 
@@ -72,7 +79,8 @@ def read_export_json(model_path: str) -> dict[str, Any]:
     _check(isinstance(meta, dict) and meta.get("written_by") == "tools/export_model.py", path,
            "not an export.json written by tools/export_model.py")
     _check(meta.get("format_version") == EXPORT_FORMAT_VERSION, path,
-           f"format_version {meta.get('format_version')!r}; this version of mammo_tl reads {EXPORT_FORMAT_VERSION}")
+           f"format_version {meta.get('format_version')!r}; this version of mammo_tl reads {EXPORT_FORMAT_VERSION} "
+           f"(export the model again with tools/export_model.py)")
     fmt = SUFFIX_FORMAT[suffix]
     _check(meta.get("format") == fmt and meta.get("model_file") == os.path.basename(model_path), path,
            f"describes {meta.get('model_file')!r} ({meta.get('format')!r}), not {os.path.basename(model_path)} "
@@ -97,6 +105,36 @@ def read_export_json(model_path: str) -> dict[str, Any]:
         _check(isinstance(meta.get("source", {}).get(k), str), path, f"source.{k} is missing")
     meta["path"] = path
     return meta
+
+
+def export_json_binding(meta: Mapping[str, Any]) -> str:
+    """The sha256 of export.json's content that the model file records: every key but those written after the
+    model file is made (:data:`_UNBOUND_KEYS`), serialized canonically (sorted keys, no spaces). A changed
+    preparation, flip, score threshold or source in export.json no longer matches the model's record."""
+    bound = {k: v for k, v in meta.items() if k not in _UNBOUND_KEYS}
+    text = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _protobuf_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: its key (field number, wire type 2), the payload's length, the payload."""
+    out = bytearray()
+    for varint in ((number << 3) | 2, len(payload)):
+        rest = varint
+        while True:
+            byte, rest = rest & 0x7F, rest >> 7
+            out.append(byte | (0x80 if rest else 0))
+            if not rest:
+                break
+    return bytes(out) + payload
+
+
+def onnx_with_binding(data: bytes, binding: str) -> bytes:
+    """The serialized ONNX ModelProto ``data`` with a metadata_props entry (field 14; key 1, value 2)
+    {:data:`BINDING_KEY`: ``binding``}: a field appended to a serialized message is part of it (protobuf's
+    merge rule), so no ONNX library is needed."""
+    entry = _protobuf_field(1, BINDING_KEY.encode()) + _protobuf_field(2, binding.encode())
+    return data + _protobuf_field(14, entry)
 
 
 def model_identity(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,15 +182,35 @@ class ExportedPredictor:
                                   f"{', '.join(onnxruntime.get_available_providers())})")
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
-            self.session = onnxruntime.InferenceSession(data if data is not None else model_path, options,
-                                                        providers=providers)
-            self.input_name = self.session.get_inputs()[0].name
+            try:
+                self.session = onnxruntime.InferenceSession(data if data is not None else model_path, options,
+                                                            providers=providers)
+                self.input_name = self.session.get_inputs()[0].name
+                recorded = self.session.get_modelmeta().custom_metadata_map.get(BINDING_KEY)
+            except Exception as e:  # InvalidProtobuf, Fail, ...: a damaged or replaced file
+                raise ExportError(f"--model {model_path}: not a usable ONNX model, damaged or replaced "
+                                  f"({type(e).__name__}: {_first_line(e)}); export it again") from None
         else:
             if device != "cpu":
                 raise ExportError(f"--device {device}: a TorchScript model exported by tools/export_model.py is "
                                   f"traced on the CPU and runs there; use --device cpu, or the ONNX export")
-            self.module = torch.jit.load(io.BytesIO(data) if data is not None else model_path, map_location="cpu")
-            self.module.eval()
+            extra = {BINDING_KEY: ""}
+            try:
+                self.module = torch.jit.load(io.BytesIO(data) if data is not None else model_path,
+                                             map_location="cpu", _extra_files=extra)
+                self.module.eval()
+            except Exception as e:  # RuntimeError from the archive reader: a damaged or replaced file
+                raise ExportError(f"--model {model_path}: not a usable TorchScript model, damaged or replaced "
+                                  f"({type(e).__name__}: {_first_line(e)}); export it again") from None
+            recorded = extra[BINDING_KEY]
+            recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
+        expected = export_json_binding(meta)
+        if recorded != expected:
+            where = meta.get("path", EXPORT_JSON)
+            raise ExportError(f"{where}: differs from the export.json that {model_path} was exported with (the model "
+                              f"records sha256 {str(recorded or 'none')[:12]}..., this one's content hashes to "
+                              f"{expected[:12]}...): its preparation or settings were changed after export, and "
+                              f"would change every score. Restore it, or export the model again")
 
     def _run(self, tensor: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         if self.format == "onnx":
@@ -173,6 +231,11 @@ class ExportedPredictor:
             boxes, scores = self._run(p.tensor)
             results.append(map_back(boxes, scores, p.transform, tuple(p.tensor.shape[-2:])))
         return results
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def map_back(boxes: np.ndarray, scores: np.ndarray, transform: MammoTransform,

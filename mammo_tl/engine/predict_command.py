@@ -191,6 +191,7 @@ class _Run:
         self.record, self.point, self.patients_summary = record, point, patients_summary
         self.in_output_folders = in_output_folders
         self.owner = os.path.realpath(out.folder)
+        self.previous_skips = {}
 
     def _previous(self, resume, overwrite):
         """(previous records to reuse, {file: why predicted again}, previous records not among the inputs)."""
@@ -206,10 +207,18 @@ class _Run:
             raise PredictError(f"{'; '.join(where)}: pass --resume to continue it or --overwrite to replace it")
         if dicom:
             dicom.check_owner(self.owner, resume)
-        done = _resumable_records(out, self.record) if resume and previous else {}
-        not_inputs = len(set(done) - set(self.files))
+        done, skipped = _resumable_records(out, self.record) if resume and previous else ({}, {})
+        # the records by the file's real path: an input folder given as /data/in then as in (or through a link)
+        # names the same files; the records reused take the names given now
+        inputs = {os.path.realpath(f): f for f in self.files}
+        by_path = {os.path.realpath(k): r for k, r in done.items()}
+        self.previous_skips = {inputs[p]: r for p, r in ((os.path.realpath(k), r) for k, r in skipped.items())
+                               if p in inputs}
+        gone = sorted(r["file_name"] for p, r in by_path.items() if p not in inputs)
+        done = {inputs[p]: {**r, "file_name": inputs[p]} for p, r in by_path.items() if p in inputs}
+        not_inputs = len(gone)
         if not_inputs and dicom:
-            names = sorted(set(done) - set(self.files))
+            names = gone
             raise PredictError(
                 f"--resume with --dicom-out: {not_inputs} image(s) predicted in {out.folder} are not among the "
                 f"inputs now (e.g. {', '.join(names[:3])}); the reports written now would no longer cover them. "
@@ -259,6 +268,12 @@ class _Run:
             for r in predict_files(predictor, todo, max_pixels=max_pixels, min_score=min_score, workers=workers,
                                    batch_size=batch_size, patients=entries,
                                    output=out.folder if overlay else None, threshold=threshold):
+                before = self.previous_skips.get(r["file_name"]) if continuing else None
+                if before is not None and r["status"] == "skipped" and _same_skip(before, r):
+                    # skipped again for the same reason: its line is in the log already (not one more per --resume)
+                    records[r["file_name"]] = r
+                    progress.update(1)
+                    continue
                 try:
                     log.write(json.dumps(r) + "\n")
                     log.flush()
@@ -276,6 +291,11 @@ class _Run:
                   "changed_since_previous_run": len(changed), "inputs_in_output_folders": self.in_output_folders}
         return _finish(out, files, records, counts, point=point, patients_summary=self.patients_summary,
                        dicom=dicom, algorithm=algorithm, owner=self.owner, allow_empty=self.sharded)
+
+
+def _same_skip(before, now):
+    """A previous skip record that says what ``now`` says (same kind and reason), under whatever name."""
+    return (before.get("kind"), before.get("reason")) == (now.get("kind"), now.get("reason"))
 
 
 def _changed_after_prediction(records):
@@ -474,13 +494,15 @@ def run_merge(shards: Sequence[str], output: str, *, dicom_out: str | None = Non
     files, records = [None] * total, {}
     for folder, record, shard_records in read:
         part = record["shard"]
+        # by real path: a shard resumed with its inputs named another way (relative, absolute) logged them so
+        by_path = {os.path.realpath(k): r for k, r in shard_records.items()}
         for f, pos in zip(part["files"], part["positions"]):
-            if f not in shard_records:
+            if os.path.realpath(f) not in by_path:
                 raise PredictError(f"--merge {folder}: no prediction record for {f}; rerun the shard with --resume")
             if not 0 <= pos < total or files[pos] is not None:
                 raise PredictError(f"--merge {folder}: {RUN} gives input {f} position {pos}, taken or outside the "
                                    f"{total} inputs")
-            files[pos], records[f] = f, shard_records[f]
+            files[pos], records[f] = f, {**by_path[os.path.realpath(f)], "file_name": f}
     if None in files:
         raise PredictError(f"--merge: the shards cover {total - files.count(None)} of the run's {total} inputs")
     with contextlib.ExitStack() as held:
@@ -531,6 +553,11 @@ def _copy_overlays(read, out):
             name = r.get("overlay")
             if not name:
                 continue
+            if not (isinstance(name, str) and os.path.dirname(name) == OVERLAYS
+                    and os.path.basename(name) not in ("", ".", "..") and name == os.path.normpath(name)):
+                raise PredictError(f"--merge {os.path.join(folder, JSONL)}: the record of {r.get('file_name')} names "
+                                   f"its overlay {name!r}, not a file in {OVERLAYS}/: refused (it would be copied "
+                                   f"outside the merged --output)")
             src = os.path.join(folder, name)
             if not os.path.isfile(src) or sha256_file(src) != r.get("overlay_sha256"):
                 raise PredictError(f"--merge {src}: missing or changed since the shard wrote it (its record in "

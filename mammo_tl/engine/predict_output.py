@@ -74,7 +74,8 @@ def _read_jsonl(path):
                 records[r["file_name"]] = r
             except (ValueError, KeyError, TypeError) as e:
                 raise PredictError(f"{path}: line {i} is not a prediction record ({type(e).__name__}: {e}); use "
-                                   f"--overwrite to start again") from None
+                                   f"--overwrite to start again (it removes this file, which its "
+                                   f"{MANIFEST} lists as this tool's)") from None
         end += len(line) + 1
     if lines[-1].strip():
         logger.warning("%s: line %d is incomplete (the previous run was stopped while writing it); its image "
@@ -166,13 +167,14 @@ class _Folder:
     def removal_plan(self, listed: Mapping[str, str | None],
                      removable_unhashed: Collection[str] = ()) -> tuple[list[str], list[str], list[str]]:
         """(names to remove, names left: listed but changed, names left: not listed) for --overwrite.
-        ``removable_unhashed``: listed names without a sha256 known to be this tool's anyway."""
+        ``removable_unhashed``: listed names known to be this tool's whatever their sha256 (none yet, or a log
+        damaged since)."""
         remove, changed = [], []
         for name, sha in sorted(listed.items()):
             p = self.path(name)
             if not os.path.isfile(p) or os.path.islink(p):
                 continue
-            ok = name in removable_unhashed if sha is None else sha256_file(p) == sha
+            ok = name in removable_unhashed or (sha is not None and sha256_file(p) == sha)
             (remove if ok else changed).append(name)
         unlisted = [n for n in self.present() if n not in listed]
         return remove, changed, unlisted
@@ -212,12 +214,15 @@ class _Output(_Folder):
         name with their sha256, go; everything else stays, named in a warning. Refused (nothing removed) when
         a file this run writes would stay: it would be replaced without having been ours."""
         listed = self.listed()
-        records = _jsonl_records_or_none(self.path(JSONL))
+        # a line of the log damaged on disk (not JSON at all) does not make it another program's file: the
+        # manifest lists it as this tool's, and its readable records still name their overlays
+        records = _jsonl_records_or_none(self.path(JSONL), skip_unparsable=JSONL in listed)
         for r in (records or {}).values():
             if isinstance(r.get("overlay"), str) and isinstance(r.get("overlay_sha256"), str) \
                     and self._own_name(r["overlay"]):
                 listed.setdefault(r["overlay"], r["overlay_sha256"])
-        # a stopped run's log has no sha256 yet: it goes when every line is one of this tool's records
+        # a stopped run's log has no sha256 yet, and a log damaged on disk has another: listed as this tool's, it
+        # goes when every line that is JSON is one of this tool's records
         remove, changed, unlisted = self.removal_plan(listed, (JSONL,) if records is not None else ())
         blocking = [n for n in (JSONL, RUN) + FINAL_FILES if n in changed or n in unlisted]
         if blocking:
@@ -236,9 +241,10 @@ class _Output(_Folder):
         self.warn_left(changed, unlisted)
 
 
-def _jsonl_records_or_none(path):
+def _jsonl_records_or_none(path, skip_unparsable=False):
     """The records of a predictions.jsonl when every complete line is one of this tool's records; None when
-    it is missing or any line is not."""
+    it is missing or any line is not. ``skip_unparsable``: lines that are not JSON at all (damaged bytes) are
+    left out instead; a JSON line that is not a record still gives None."""
     try:
         with open(path, "rb") as f:
             lines = f.read().split(b"\n")
@@ -246,6 +252,11 @@ def _jsonl_records_or_none(path):
         return None
     records = {}
     for line in lines[:-1]:
+        if skip_unparsable:
+            try:
+                json.loads(line)
+            except ValueError:
+                continue
         try:
             r = json.loads(line)
             if not (isinstance(r, dict) and isinstance(r["file_name"], str) and r["status"] in ("predicted",
@@ -315,7 +326,8 @@ class _DicomFolder(_Folder):
 
 
 def _resumable_records(out, record):
-    """--resume: the previous run's predicted records, after checking it ran with the same settings."""
+    """--resume: (the previous run's predicted records, its skipped records), by file name, after checking it
+    ran with the same settings."""
     if not os.path.exists(out.path(RUN)):
         raise PredictError(f"{out.path(RUN)}: not found, so the previous run's config and weights are unknown "
                            f"and it cannot be resumed; use --overwrite to start again")
@@ -330,9 +342,11 @@ def _resumable_records(out, record):
         raise PredictError(f"--resume: {out.folder} was predicted with other settings: {'; '.join(diffs)}. "
                            f"Rerun with the same ones, or use --overwrite to start again")
     if not os.path.exists(out.path(JSONL)):
-        return {}
-    # skipped images are tried again: the file may have been fixed since
-    return {k: r for k, r in _read_jsonl(out.path(JSONL)).items() if r.get("status") == "predicted"}
+        return {}, {}
+    # skipped images are tried again (the file may have been fixed since); their records say why they were skipped
+    records = _read_jsonl(out.path(JSONL))
+    return ({k: r for k, r in records.items() if r.get("status") == "predicted"},
+            {k: r for k, r in records.items() if r.get("status") == "skipped"})
 
 
 FILE_KEYS = ("file_size", "file_mtime_ns", "file_sha256")

@@ -32,10 +32,10 @@ def write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a temporary file renamed over it)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, UnicodeError) as e:  # UnicodeError: text the file's encoding cannot hold
         if os.path.isfile(tmp):
             os.remove(tmp)
         raise OutputError(f"{path}: cannot be written ({type(e).__name__}: {e})") from None
