@@ -206,6 +206,11 @@ def test_preregistered_rows_command_as_typed(tiny_ddsm, tmp_path):
     else:
         assert share["share"] is None or math.isnan(share["share"])
     assert "## Share of the ceiling's gain" in (out / "report.md").read_text()
+    lo = agg["differences"]["o_benign_annotated - b_paired_negatives"]["auc"]["ci"][0]
+    verdict = ("**Whether the ceiling stands above b_paired_negatives is not known" if lo is None or math.isnan(lo)
+               else "**The ceiling stands above b_paired_negatives" if lo > 0
+               else "**The ceiling does not stand above b_paired_negatives")
+    assert verdict in (out / "report.md").read_text()
     # the seed's own report (one run per row, as make demo writes it) shows the same share
     seed_report = json.loads((out / "seed_0" / "results.json").read_text())
     assert seed_report["ceiling"]["shares"]["d1_similarity_penultimate"]["method_gain"] == pytest.approx(gain)

@@ -175,3 +175,15 @@ def test_report_curves_draws_runs_still_training(tmp_path):
     (tmp_path / "empty").mkdir()
     bad = run_in_process(["tools/report.py", "--output", str(out), "--curves", f"x={tmp_path / 'empty'}"])
     assert bad.returncode == 2 and "validation_curve.json" in bad.stderr
+
+
+def test_the_report_says_whether_the_ceiling_stands_above_the_baseline():
+    from mammo_tl.evaluation.ceiling import ceiling_verdict
+
+    def results(ci):
+        return {"ceiling": {"row": "o", "shares": {}}, "differences": {"o - a": {"auc": {"diff": 0.05, "ci": ci}}}}
+
+    assert ceiling_verdict(results([0.01, 0.09]), "a").startswith("The ceiling stands above a: AUC +0.050 [+0.010,")
+    low = ceiling_verdict(results([-0.02, 0.09]), "a")
+    assert low.startswith("The ceiling does not stand above a here") and "the shares below mean nothing" in low
+    assert "not known" in ceiling_verdict({"ceiling": {"row": "o"}, "differences": {}}, "a")

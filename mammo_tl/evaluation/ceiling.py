@@ -93,7 +93,28 @@ def ceiling_section(results: Mapping[str, Any], base: str) -> tuple[list[str], l
             f"Share = (row - {base}) / ({c['row']} - {base}), patient AUCs pooled over seeds; its interval from the "
             "same bootstrap replicates as the differences above (a replicate whose ceiling gain is not above 0 has "
             "no share). The share means something only when the ceiling's own gain over the baseline is above 0.")
-    return (["## Share of the ceiling's gain", "", text, "", md_table(head, rows), ""],
-            ["<h2>Share of the ceiling's gain</h2>", f"<p>{html.escape(text)}</p>", html_table(head, rows)])
+    verdict = ceiling_verdict(results, base)
+    return (["## Share of the ceiling's gain", "", text, "", f"**{verdict}**", "", md_table(head, rows), ""],
+            ["<h2>Share of the ceiling's gain</h2>", f"<p>{html.escape(text)}</p>",
+             f"<p><b>{html.escape(verdict)}</b></p>", html_table(head, rows)])
+
+
+def ceiling_verdict(results: Mapping[str, Any], base: str) -> str:
+    """Whether the ceiling stands above the baseline in these runs (its AUC difference's interval above 0), the
+    condition under which a row's share of its gain can be read; a sentence."""
+    c = results["ceiling"]
+    d = results.get("differences", {}).get(f"{c['row']} - {base}", {}).get("auc")
+    if not d or d.get("ci") is None or not np.all(np.isfinite(d["ci"])):
+        return (f"Whether the ceiling stands above {base} is not known here (no interval for their AUC difference): "
+                "read no share.")
+    diff, (lo, hi) = d["diff"], d["ci"]
+    if lo > 0:
+        return (f"The ceiling stands above {base}: AUC {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]. The shares below can be "
+                "read.")
+    return (f"The ceiling does not stand above {base} here: AUC {diff:+.3f} [{lo:+.3f}, {hi:+.3f}], an interval "
+            f"not above 0. At this training length even a model told what the look-alikes are does not rank patients "
+            f"better than {base}, so no row can be read against it: the shares below mean nothing. The learning "
+            "curves show how the rows compare during training; docs/experiments.md (part three) where the ceiling "
+            "separates.")
 
 
