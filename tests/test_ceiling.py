@@ -77,7 +77,7 @@ def _auc(y, s):
 
 
 def test_ceiling_share_by_hand_and_by_an_independent_bootstrap():
-    from mammo_tl.evaluation.aggregate import ceiling_share
+    from mammo_tl.evaluation.ceiling import ceiling_share
 
     y = np.array([0, 0, 1, 1])
     base, method, ceiling = [0.5, 0.6, 0.4, 0.7], [0.1, 0.6, 0.5, 0.7], [0.1, 0.2, 0.8, 0.9]
