@@ -90,12 +90,12 @@ def test_ceiling_share_by_hand_and_by_an_independent_bootstrap():
     rng = np.random.default_rng(3)
     y = np.array([0] * 30 + [1] * 30)
     runs = [[y * shift + rng.normal(0, 1, 60) for _ in range(2)] for shift in (0.3, 0.8, 1.6)]
-    r = ceiling_share(y, *runs, bootstrap=200, seed=7, chunk=64)
+    r = ceiling_share(y, *runs, bootstrap=60, seed=7, chunk=25)
     gains = [np.mean([_auc(y, runs[i][k]) - _auc(y, runs[0][k]) for k in range(2)]) for i in (1, 2)]
     assert r["share"] == pytest.approx(gains[0] / gains[1])
     draw = np.random.default_rng(7)
     shares, without = [], 0
-    for n in (64, 64, 64, 8):
+    for n in (25, 25, 10):
         for idx in draw.integers(0, 60, (n, 60)):
             g = [np.mean([_auc(y[idx], runs[i][k][idx]) - _auc(y[idx], runs[0][k][idx]) for k in range(2)])
                  for i in (1, 2)]
