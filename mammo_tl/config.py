@@ -16,6 +16,8 @@ import yaml
 from detectron2.config import CfgNode as CN  # noqa: N817  (detectron2's own name for it)
 
 BASE_KEY = "_BASE_"
+# Keys whose True says "run code from a file I trust": taken from the command line only, never from a data file.
+COMMAND_LINE_ONLY = (("MODEL", "WEIGHTS_TRUSTED_PICKLE"),)
 
 
 class ConfigFileError(ValueError):
@@ -68,6 +70,21 @@ def load_yaml_file(path: str | os.PathLike) -> Any:
         raise ConfigFileError(f"{path}: is a folder, not a config file") from None
 
 
+def check_no_trust_switch(data: Mapping[str, Any], filename: str | os.PathLike) -> None:
+    """Refuse a config file (``data`` as read from ``filename``) that sets a key of :data:`COMMAND_LINE_ONLY` to
+    anything but False: MODEL.WEIGHTS_TRUSTED_PICKLE True makes a .pkl MODEL.WEIGHTS be unpickled, which runs any
+    code it holds, so only the person typing the command may say it, never a file they were given (a config, a
+    file of its _BASE_ chain, a run's saved config.yaml)."""
+    for section, key in COMMAND_LINE_ONLY:
+        node = data.get(section)
+        if isinstance(node, Mapping) and key in node and node[key] is not False:
+            raise ConfigFileError(
+                f"{filename}: sets {section}.{key} {node[key]!r}, which a config file may not: it makes a .pkl "
+                f"MODEL.WEIGHTS be unpickled, and unpickling runs any code the file holds. Remove the line; if you "
+                f"trust the .pkl, say so on the command line (`{section}.{key} True` after the command's options), "
+                f"or better convert it once with `python tools/convert_weights.py --trusted FILE.pkl OUT.pth`")
+
+
 def _merge_a_into_b(a, b, path):
     for k, v in a.items():
         if isinstance(v, dict) and k in b:
@@ -96,6 +113,7 @@ class SafeCfgNode(CN):
             cfg = {}
         if not isinstance(cfg, dict):
             raise ConfigFileError(f"{filename}: a config file holds a mapping of keys, found a {type(cfg).__name__}")
+        check_no_trust_switch(cfg, filename)
         if BASE_KEY not in cfg:
             return cfg
         bases = cfg.pop(BASE_KEY)

@@ -140,3 +140,100 @@ def test_every_command_refuses_the_tag(tmp_path, command):
     if command.startswith(("train_net", "phantom_difficulty")) or command in ("run_ablation", "demo", "cross_validate",
                                                                               "operating_points"):
         assert "Traceback" not in p.stderr, p.stderr  # a message, not a crash
+
+
+class _Unpickled:
+    """Unpickling this creates the marker file: what a crafted .pkl could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _trusting_chain(tmp_path):
+    """child.yaml -> _BASE_ base.yaml, which names a crafted evil.pkl as MODEL.WEIGHTS and (line 4) switches on
+    MODEL.WEIGHTS_TRUSTED_PICKLE; a run folder whose saved config.yaml does the same. Returns (child, base, run,
+    marker)."""
+    import pickle
+
+    marker = tmp_path / "unpickled"
+    evil = tmp_path / "evil.pkl"
+    with open(evil, "wb") as f:
+        pickle.dump({"model": {"w": _Unpickled(marker)}, "__author__": "x"}, f)
+    base = tmp_path / "base.yaml"
+    base.write_text(f"MODEL:\n  DEVICE: cpu\n  WEIGHTS: {evil}\n  WEIGHTS_TRUSTED_PICKLE: True\n")
+    child = tmp_path / "child.yaml"
+    child.write_text('_BASE_: "base.yaml"\nSOLVER:\n  MAX_ITER: 3\n')
+    run = tmp_path / "run"
+    (run / "inference").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"MODEL:\n  WEIGHTS: {evil}\n  WEIGHTS_TRUSTED_PICKLE: true\n")
+    (tmp_path / "in").mkdir()
+    return str(child), str(base), str(run), marker
+
+
+# Every command that loads MODEL.WEIGHTS, as typed, with the switch in a config file.
+TRUST_COMMANDS = {
+    "train_net": lambda c, r, o: ["tools/train_net.py", "--config-file", c, "OUTPUT_DIR", o],
+    "train_net_eval_only": lambda c, r, o: ["tools/train_net.py", "--config-file", c, "--eval-only",
+                                            "OUTPUT_DIR", o],
+    "train_net_resume": lambda c, r, o: ["tools/train_net.py", "--config-file", c, "--resume", "OUTPUT_DIR", o],
+    "predict": lambda c, r, o: ["tools/predict.py", "--config-file", c, "--input", "in", "--output", o],
+    "predict_saved_config": lambda c, r, o: ["tools/predict.py", "--config-file", os.path.join(r, "config.yaml"),
+                                             "--input", "in", "--output", o],
+    "export": lambda c, r, o: ["tools/export_model.py", "--config-file", c, "--output", o],
+    "export_saved_config": lambda c, r, o: ["tools/export_model.py", "--config-file",
+                                            os.path.join(r, "config.yaml"), "--output", o],
+}
+
+
+@pytest.mark.parametrize("command", sorted(TRUST_COMMANDS))
+def test_a_config_file_cannot_switch_on_unpickling(tmp_path, command):
+    """MODEL.WEIGHTS_TRUSTED_PICKLE True in a config's _BASE_ or in a run's saved config.yaml is refused, naming
+    the file, and the .pkl is never unpickled; the same key on the command line is what says "trusted"."""
+    from tests.common import run_in_process
+
+    child, base, run, marker = _trusting_chain(tmp_path)
+    script, *args = TRUST_COMMANDS[command](child, run, str(tmp_path / "out"))
+    p = run_in_process([os.path.join(REPO, script), *args], cwd=str(tmp_path))
+    named = os.path.join(run, "config.yaml") if command.endswith("saved_config") else base
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert f"{named}: sets MODEL.WEIGHTS_TRUSTED_PICKLE True, which a config file may not" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    assert not marker.exists()
+
+
+def test_trust_switch_from_the_command_line_only(tmp_path):
+    _trusting_chain(tmp_path)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("MODEL:\n  WEIGHTS_TRUSTED_PICKLE: false\n")  # False, as every saved config.yaml holds it
+    cfg = get_mammo_tl_cfg()
+    cfg.merge_from_file(str(plain))
+    cfg.merge_from_list(["MODEL.WEIGHTS_TRUSTED_PICKLE", "True"])
+    assert cfg.MODEL.WEIGHTS_TRUSTED_PICKLE is True
+    for value in ("yes", "1", '"True"'):  # whatever YAML makes of it
+        plain.write_text(f"MODEL:\n  WEIGHTS_TRUSTED_PICKLE: {value}\n")
+        with pytest.raises(ConfigFileError, match=r"plain\.yaml: sets MODEL\.WEIGHTS_TRUSTED_PICKLE"):
+            get_mammo_tl_cfg().merge_from_file(str(plain))
+
+
+def test_a_run_started_trusting_a_pickle_saves_its_config_without_the_switch(tmp_path):
+    """The run's config.yaml (what predict, export and --resume read) says False; --resume with the switch on the
+    command line again is the same run."""
+    from detectron2.engine import default_argument_parser
+
+    from mammo_tl.engine.launcher import check_resume, setup
+    from tests.common import TINY_OPTS, config_path
+
+    out = tmp_path / "run"
+    args = default_argument_parser().parse_args(
+        ["--config-file", config_path("synthetic/a_positives_only.yaml"), "OUTPUT_DIR", str(out), *TINY_OPTS,
+         "MODEL.WEIGHTS_TRUSTED_PICKLE", "True"])
+    cfg = setup(args)
+    assert cfg.MODEL.WEIGHTS_TRUSTED_PICKLE is True
+    assert yaml.safe_load((out / "config.yaml").read_text())["MODEL"]["WEIGHTS_TRUSTED_PICKLE"] is False
+    check_resume(cfg)  # raises on any key that differs
+    again = get_mammo_tl_cfg()
+    again.merge_from_file(str(out / "config.yaml"))
+    assert again.MODEL.WEIGHTS_TRUSTED_PICKLE is False

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from mammo_tl.data.inputs import describe
@@ -138,7 +139,8 @@ def isolated(setup, dicoms, tmp_path_factory):
     root = tmp_path_factory.mktemp("export_isolated")
     (root / "wrapper.py").write_text(WRAPPER)
     argvs = [[os.path.join("tools", "predict.py"), "--model", setup["models"][fmt], "--input", str(dicoms),
-              "--output", str(root / fmt), "--overlay", "--dicom-out", str(root / f"{fmt}_dicom"), "--workers", "0"]
+              "--output", str(root / fmt), "--overlay", "--dicom-out", str(root / f"{fmt}_dicom"), "--workers", "0",
+              *(["--trust-torchscript"] if fmt == "torchscript" else [])]
              for fmt in ("onnx", "torchscript")]
     r = subprocess.run([sys.executable, str(root / "wrapper.py"), str(root / "seen.json"), json.dumps(argvs)],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -217,7 +219,7 @@ def _copy(setup, fmt, tmp_path):
 def test_exported_folder_is_checked_where_it_enters(setup, dicoms, tmp_path):
     def predict(model, **kw):
         return run_predict(kw.pop("config", None), [str(dicoms)], str(tmp_path / "out"), workers=0, model=str(model),
-                           overwrite=True, **kw)
+                           overwrite=True, trust_torchscript=True, **kw)
 
     folder = _copy(setup, "onnx", tmp_path)
     data = (folder / "model.onnx").read_bytes()
@@ -246,12 +248,61 @@ def test_exported_folder_is_checked_where_it_enters(setup, dicoms, tmp_path):
     assert not (tmp_path / "out" / "predictions.json").exists()
 
 
+class _WritesAFile(torch.nn.Module):
+    """A TorchScript model whose forward overwrites the first bytes of a user's file (a shared memory map)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.from_file(self.path, shared=True, size=5, dtype=torch.uint8)
+        t.fill_(88)
+        return torch.zeros(0, 4), torch.zeros(0) * t.sum()
+
+
+def test_torchscript_runs_only_when_trusted_and_onnx_is_the_default(setup, dicoms, tmp_path):
+    """A model.ts is a program: one whose forward writes a user's file, with an export.json recording its sha256,
+    is refused by predict without --trust-torchscript, before it is loaded; with the flag its code runs (which is
+    why the flag exists). tools/export_model.py without --format writes ONNX."""
+    import warnings
+
+    folder = _copy(setup, "torchscript", tmp_path)
+    victim = tmp_path / "notes.txt"
+    victim.write_text("hello world")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script's deprecation
+        torch.jit.save(torch.jit.script(_WritesAFile(str(victim))), str(folder / "model.ts"))
+    meta = json.load(open(folder / "export.json"))
+    meta["model_sha256"] = hashlib.sha256((folder / "model.ts").read_bytes()).hexdigest()
+    json.dump(meta, open(folder / "export.json", "w"))
+
+    argv = [os.path.join("tools", "predict.py"), "--model", str(folder / "model.ts"), "--input",
+            str(dicoms / "a.dcm"), "--output", str(tmp_path / "out"), "--workers", "0"]
+    r = run_in_process(argv)
+    assert r.returncode == 1
+    assert f"--model {folder / 'model.ts'}: a TorchScript file is a program, not data" in r.stderr
+    assert "--trust-torchscript" in r.stderr and "Traceback" not in r.stderr
+    assert victim.read_text() == "hello world"
+    assert not (tmp_path / "out").exists()  # refused before any folder is made
+    r = run_in_process([*argv, "--trust-torchscript"])
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "XXXXX world"  # what trusting a .ts means
+
+    r = run_in_process([os.path.join("tools", "export_model.py"), "--config-file", setup["config"], "--output",
+                        str(tmp_path / "default"), "MODEL.WEIGHTS", setup["weights"]])
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / "default")) == ["export.json", "model.onnx"]
+    assert json.load(open(tmp_path / "default" / "export.json"))["format"] == "onnx"
+
+
 def test_resume_does_not_reuse_another_models_results(setup, dicoms, tmp_path):
     out = str(tmp_path / "out")
     run_predict(None, [str(dicoms / "a.dcm")], out, workers=0, model=setup["models"]["onnx"])
     with pytest.raises(PredictError, match=r"--resume: .* other settings: the model \(.*model\.onnx then, "
                                            r".*model\.ts now: different files\); --model"):
-        run_predict(None, [str(dicoms / "a.dcm")], out, workers=0, model=setup["models"]["torchscript"], resume=True)
+        run_predict(None, [str(dicoms / "a.dcm")], out, workers=0, model=setup["models"]["torchscript"], resume=True,
+                    trust_torchscript=True)
     with pytest.raises(PredictError, match=r"--resume: .* other settings: the model .*; --model"):
         run_predict(setup["config"], [str(dicoms / "a.dcm")], out, OPTS, workers=0, resume=True)
     preds, _ = run_predict(None, [str(dicoms / "a.dcm")], out, workers=0, model=setup["models"]["onnx"], resume=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a trained model as TorchScript or ONNX, for tools/predict.py --model or another runtime.
+"""Export a trained model as ONNX (the default) or TorchScript, for tools/predict.py --model or another runtime.
 
     python tools/export_model.py --config-file output/demo/d_tl_similarity/config.yaml --format onnx \\
         --output exported/ MODEL.WEIGHTS output/demo/d_tl_similarity/model_final.pth
@@ -8,8 +8,10 @@ Writes OUTPUT/model.onnx (or model.ts) and OUTPUT/export.json: the preparation t
 the model (input size, intensity percentiles, crop to the breast, canonical flip), the score threshold inside
 the graph, the model file's sha256 and the source weights' and config's sha256. The graph takes one prepared
 image (3, H, W) float32 and returns boxes (n, 4) in that grid and scores (n,); predict maps the boxes back to
-the stored image. The export is run beside the PyTorch model on two test images and refused unless its boxes
-and scores agree (0.01 pixel, 1e-4). Refused, naming the key: INPUT.RESIZE_MODE other than "fixed", a
+the stored image. ONNX is the recommended format: a graph of operators that a runtime interprets. A TorchScript
+model.ts is a program (loading it runs code), so predict runs one only with --trust-torchscript. The export is
+run beside the PyTorch model on two test images and refused unless its boxes and scores agree (0.01 pixel,
+1e-4). Refused, naming the key: INPUT.RESIZE_MODE other than "fixed", a
 META_ARCHITECTURE other than GeneralizedRCNN, MASK_ON / KEYPOINT_ON, deformable convolution for ONNX, or any
 model detectron2 cannot trace. Exit status 1 with a message on any error, 2 on a bad argument.
 """
@@ -23,7 +25,9 @@ from mammo_tl.engine.export_runtime import FORMATS, ExportError
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", required=True, help="the trained model's config (its run's config.yaml)")
-    p.add_argument("--format", required=True, choices=tuple(FORMATS), help="torchscript (model.ts) or onnx")
+    p.add_argument("--format", default="onnx", choices=tuple(FORMATS),
+                   help="onnx (model.onnx, the default: a graph that runtimes read as data) or torchscript "
+                        "(model.ts: a program; predict runs it only with --trust-torchscript)")
     p.add_argument("--output", required=True, help="folder for the model and export.json")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ... (MODEL.WEIGHTS W)")

@@ -51,6 +51,7 @@ patients.csv that a spreadsheet would take for a formula (=, +, -, @, tab, CR fi
 --model DIR/model.onnx (or .ts): an exported model (tools/export_model.py) run by ONNX Runtime or TorchScript,
 with the preparation its export.json records, instead of --config-file and MODEL.WEIGHTS; refused when
 export.json is missing or does not describe the file, or the file's sha256 differs from the one recorded.
+A model.ts is code (it runs with your rights): it is refused unless --trust-torchscript; ONNX is data.
 --shard I/N: predict only shard I of N: a DICOM study's images share a shard (hash of StudyInstanceUID),
 other files go by their --patients patient_id, else by their folder. Each shard needs its own --output; then
 --merge SHARD_OUTPUT ... --output OUT [--dicom-out DIR] writes what one unsharded run would have written
@@ -72,6 +73,8 @@ if __name__ == "__main__":
     p.add_argument("--model", metavar="DIR/model.onnx",
                    help="an exported model (tools/export_model.py: model.onnx or model.ts beside its export.json) "
                         "instead of --config-file and MODEL.WEIGHTS")
+    p.add_argument("--trust-torchscript", action="store_true",
+                   help="run a TorchScript --model (model.ts): it is code and runs with your rights; ONNX is data")
     p.add_argument("--input", nargs="+", help="files or folders (searched recursively)")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="the folder the results go to (predictions.json, patients.csv, ...; created if missing)")
@@ -95,7 +98,8 @@ if __name__ == "__main__":
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     a = p.parse_args()
     if a.merge:
-        given = [f"--{k.replace('_', '-')}" for k in ("config_file", "model", "input", "shard", "patients",
+        given = [f"--{k.replace('_', '-')}" for k in ("config_file", "model", "trust_torchscript", "input", "shard",
+                                                      "patients",
                                                       "operating_point", "operating_points", "overlay", "resume",
                                                       "amp", "opts") if getattr(a, k)]
         typed = [t.split("=")[0] for t in sys.argv[1:] if t.startswith("--") and len(t) > 2]  # abbreviations too
@@ -116,6 +120,6 @@ if __name__ == "__main__":
                         max_pixels=a.max_pixels, resume=a.resume, overwrite=a.overwrite, dicom_out=a.dicom_out,
                         patients=a.patients, workers=a.workers, batch_size=a.batch_size, device=a.device,
                         amp=a.amp, operating_point=a.operating_point, operating_points=a.operating_points,
-                        model=a.model, shard=a.shard)
+                        model=a.model, shard=a.shard, trust_torchscript=a.trust_torchscript)
     except (PredictError, WeightsError) as e:
         sys.exit(f"predict.py: error: {e}")

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 # Keys a resumed run may change: where it runs and how many loader processes feed it (neither changes what is
 # trained), and OUTPUT_DIR itself (a run folder moved or reached by another path).
-RESUME_MAY_DIFFER = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "OUTPUT_DIR")
+# MODEL.WEIGHTS_TRUSTED_PICKLE is taken from the command line only and saved as False (mammo_tl.config).
+RESUME_MAY_DIFFER = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "OUTPUT_DIR", "MODEL.WEIGHTS_TRUSTED_PICKLE")
 # SOLVER.MAX_ITER may change too (train longer, or stop sooner) under a schedule set in absolute iterations: with
 # WarmupMultiStepLR (detectron2's default, every mammo_tl config) SOLVER.STEPS and WARMUP_ITERS fix the learning
 # rate of each iteration whatever MAX_ITER is, so the run is the one its new config.yaml describes. Refused under
@@ -98,15 +99,29 @@ def _training_config(out):
     return None
 
 
+def saved_config_text(cfg: CfgNode) -> str:
+    """``cfg`` as a run folder saves it (config.yaml): MODEL.WEIGHTS_TRUSTED_PICKLE False whatever the command line
+    said, since a config file may not switch it on (mammo_tl.config.check_no_trust_switch) and the run's
+    config.yaml is the file predict, export and --resume are given."""
+    if not cfg.MODEL.WEIGHTS_TRUSTED_PICKLE:
+        return cfg.dump()
+    plain = cfg.clone()
+    plain.defrost()
+    plain.MODEL.WEIGHTS_TRUSTED_PICKLE = False
+    return plain.dump()
+
+
 def setup(args: argparse.Namespace) -> CfgNode:
     cfg = build_cfg(args)
     register_json_datasets(cfg.DATASETS.REGISTER_JSON)
     check_output_dir(cfg.OUTPUT_DIR)  # before default_setup, which writes its log and config there
     kept = _training_config(cfg.OUTPUT_DIR) if args.eval_only and comm.is_main_process() else None
     default_setup(cfg, args)
+    saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if comm.is_main_process() and cfg.MODEL.WEIGHTS_TRUSTED_PICKLE:  # default_setup saved it with True
+        atomic_write_bytes(saved, saved_config_text(cfg).encode("utf-8"))
     if kept is not None:  # the training run's config.yaml stays what --resume checks; this run's goes beside it
-        saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-        atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, EVAL_CONFIG), cfg.dump().encode("utf-8"))
+        atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, EVAL_CONFIG), saved_config_text(cfg).encode("utf-8"))
         atomic_write_bytes(saved, kept)
         logging.getLogger(__name__).info("--eval-only into the training run %s: its config.yaml kept, this "
                                          "evaluation's config saved as %s", cfg.OUTPUT_DIR, EVAL_CONFIG)

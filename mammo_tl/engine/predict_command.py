@@ -62,13 +62,15 @@ def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opt
                 overwrite: bool = False, *, dicom_out: str | None = None, patients: str | None = None,
                 workers: int | None = None, batch_size: int = 1, device: str | None = None, amp: bool = False,
                 operating_point: str | None = None, operating_points: str | None = None, model: str | None = None,
-                shard: tuple[int, int] | str | None = None) -> tuple[list[dict], list[dict]]:
+                shard: tuple[int, int] | str | None = None,
+                trust_torchscript: bool = False) -> tuple[list[dict], list[dict]]:
     """Predict every input file; see tools/predict.py. Returns (predictions, skipped) as written to
     predictions.json and skipped.json. Raises PredictError (or WeightsError) naming what is wrong.
 
     ``model``: an exported model (DIR/model.onnx or DIR/model.ts, tools/export_model.py) instead of
     ``config_file`` and MODEL.WEIGHTS. ``shard`` (I, N) or "I/N": predict only shard I's inputs
-    (:func:`~.predict_options.select_shard`), for :func:`run_merge`."""
+    (:func:`~.predict_options.select_shard`), for :func:`run_merge`. A TorchScript ``model`` (model.ts) is a
+    program, not data: it is run only with ``trust_torchscript`` (--trust-torchscript)."""
     min_score = check_min_score(min_score)
     max_pixels = check_max_pixels(DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     workers = default_workers() if workers is None else check_workers(workers)
@@ -86,7 +88,8 @@ def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opt
         raise PredictError(f"--dicom-out {dicom_out} is the --output folder: give the DICOM outputs a folder of "
                            f"their own (e.g. {os.path.join(output, 'dicom')})")
     if model:
-        exported = _exported_model(model, config_file, opts, min_score, device, amp, operating_point)
+        exported = _exported_model(model, config_file, opts, min_score, device, amp, operating_point,
+                                   trust_torchscript)
         device = device or "cpu"
     else:
         if not config_file:
@@ -155,8 +158,15 @@ class _Exported:
             raise PredictError(str(e)) from None
 
 
-def _exported_model(model, config_file, opts, min_score, device, amp, operating_point):
-    """--model: refuses options that do not apply to an exported model, and checks its export.json."""
+def _exported_model(model, config_file, opts, min_score, device, amp, operating_point, trust_torchscript=False):
+    """--model: refuses options that do not apply to an exported model, a TorchScript one without
+    --trust-torchscript, and checks its export.json."""
+    if str(model).endswith(".ts") and not trust_torchscript:
+        raise PredictError(f"--model {model}: a TorchScript file is a program, not data: loading and running it "
+                           f"runs whatever code it holds (it can read and write your files), and export.json's "
+                           f"sha256 only says the file is the one that export.json describes, not who wrote them. "
+                           f"Use an ONNX export (tools/export_model.py --format onnx, the default), or pass "
+                           f"--trust-torchscript for a model.ts you exported yourself")
     if config_file:
         raise PredictError(f"--model {model} and --config-file {config_file}: an exported model carries its "
                            f"preparation and settings (export.json); give one of them")
