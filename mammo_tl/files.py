@@ -5,7 +5,8 @@ import hashlib
 import json
 import os
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -39,6 +40,42 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def durable_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """``write(f)`` into ``.<name>.<pid>-<random>.partial`` beside ``path``, flushed and fsync'ed, then renamed to
+    ``path`` and the folder fsync'ed: a process killed (or a machine stopped) at any moment leaves the previous
+    ``path`` whole, or the new one whole, never a part. Partial files a killed writer left for ``path`` are
+    removed first (call it only from the folder's one writer)."""
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    for stale in os.listdir(folder):
+        if stale.startswith(f".{name}.") and stale.endswith(".partial"):
+            try:
+                os.remove(os.path.join(folder, stale))
+            except OSError:
+                pass
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened (not on Linux): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

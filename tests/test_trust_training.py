@@ -298,6 +298,106 @@ def test_aggregate_refuses_a_run_without_eval_results(tmp_path):
     assert not (tmp_path / "rep" / "results.json").exists()
 
 
+# ---- train_net --resume: only on the data the run started with; a split is not overwritten by accident -----------
+
+def _copied_tiny_sets(tmp_path):
+    """The tiny sets' images copied under tmp_path, their records saved as train.json / test.json."""
+    from detectron2.data import DatasetCatalog
+
+    paths = {}
+    for split in ("train", "test"):
+        recs = copy.deepcopy(DatasetCatalog.get(f"mammo_synth_tiny_{split}"))
+        os.makedirs(tmp_path / "img" / split, exist_ok=True)
+        for r in recs:
+            dst = str(tmp_path / "img" / split / os.path.basename(r["file_name"]))
+            shutil.copy2(r["file_name"], dst)
+            r["file_name"] = dst
+        paths[split] = str(tmp_path / f"{split}.json")
+        save_records(recs, paths[split])
+    return paths
+
+
+def test_resume_refuses_data_changed_since_the_run_started(tmp_path, tiny_datasets):
+    """A split rewritten between a kill and --resume (a test patient moved into training) and an image whose
+    content changed are refused, naming the change, before any iteration; the same data again resumes."""
+    from tests.common import run_in_process
+
+    paths = _copied_tiny_sets(tmp_path)
+    out = tmp_path / "run"
+
+    def train(max_iter, *extra):
+        return run_in_process(
+            ["tools/train_net.py", "--config-file", config_path("synthetic/a_positives_only.yaml"), *extra,
+             "OUTPUT_DIR", str(out), *TRAIN_OPTS, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "1",
+             "DATASETS.REGISTER_JSON", f"['resume_train={paths['train']}', 'resume_test={paths['test']}']",
+             "DATASETS.TRAIN", "('resume_train',)", "DATASETS.TEST", "('resume_test',)"])
+
+    p = train(2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    recorded = json.load(open(out / "run_inputs.json"))
+    assert len(recorded["images"]) == len(load_records(paths["train"])) + len(load_records(paths["test"]))
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    original = {k: open(v, "rb").read() for k, v in paths.items()}
+
+    # the split rewritten: one test image (and so its patient) moved into training
+    train_recs, test_recs = json.load(open(paths["train"])), json.load(open(paths["test"]))
+    moved = dict(test_recs[0], image_id=max(r["image_id"] for r in train_recs) + 1000)
+    json.dump(train_recs + [moved], open(paths["train"], "w"))
+    json.dump(test_recs[1:], open(paths["test"], "w"))
+    p = train(3, "--resume")
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert f"train_net.py: --resume: {out} holds a run trained or evaluated on other records of its " \
+           "DATASETS.TRAIN/TEST sets" in p.stderr
+    assert "DATASETS.TRAIN ('resume_train',), DATASETS.TEST ('resume_test',)" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (out / "model_0000002.pth").exists() and json.load(open(out / "run_inputs.json")) == recorded
+
+    # the split restored, one image's pixels changed
+    for k, v in paths.items():
+        open(v, "wb").write(original[k])
+    image = load_records(paths["train"])[0]["file_name"]
+    before = open(image, "rb").read()
+    px = cv2.imread(image, cv2.IMREAD_UNCHANGED)
+    px[0, 0] = px[0, 0] + 1
+    assert cv2.imwrite(image, px)
+    p = train(3, "--resume")
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert f"--resume: {out} holds a run made from other image content: 1 of {len(recorded['images'])} image " \
+           f"file(s) its records name changed since (or are gone), e.g. ['{image}']" in p.stderr
+    assert not (out / "model_0000002.pth").exists()
+
+    open(image, "wb").write(before)  # the same content again (a new mtime): resumed
+    p = train(3, "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Starting training from iteration 2" in p.stderr + p.stdout
+    assert (out / "model_0000002.pth").exists()
+
+
+def test_split_refuses_to_overwrite_a_split_without_overwrite(tmp_path):
+    path = _saved_variants(tmp_path)
+    split = tmp_path / "split"
+    assert _run("tools/split_dataset.py", "random", "--records", path, "--output", str(split), "--test-fraction",
+                "0.5", "--seed", "0").returncode == 0
+    before = {n: (split / n).read_bytes() for n in ("train.json", "test.json")}
+    p = _run("tools/split_dataset.py", "random", "--records", path, "--output", str(split), "--test-fraction",
+             "0.5", "--seed", "1")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"split_dataset.py random: {split} already holds a split ({split / 'train.json'}, " \
+           f"{split / 'test.json'})" in p.stderr
+    assert "--overwrite" in p.stderr and "Traceback" not in p.stderr
+    assert {n: (split / n).read_bytes() for n in before} == before
+    p = _run("tools/split_dataset.py", "random", "--records", path, "--output", str(split), "--test-fraction",
+             "0.5", "--seed", "1", "--overwrite")
+    assert p.returncode == 0, p.stderr
+    assert {n: (split / n).read_bytes() for n in before} != before
+    folds = tmp_path / "folds"
+    assert _run("tools/split_dataset.py", "kfold", "--records", path, "--output", str(folds),
+                "--folds", "2").returncode == 0
+    p = _run("tools/split_dataset.py", "kfold", "--records", path, "--output", str(folds), "--folds", "2",
+             "--seed", "3")
+    assert p.returncode == 1 and f"{folds / 'fold0' / 'train.json'}" in p.stderr
+
+
 # ---- run_ablation: reuse keyed by records and image content; refusals are messages ---------------------------------
 
 def _ablation_case(tmp_path, tiny_datasets, tag):

@@ -21,6 +21,8 @@ Use in a config: DATASETS.REGISTER_JSON: ["mine_train=OUTPUT/train.json", "mine_
 Patient ids that differ only in case or white space ("P001", "p001", "P001 ") are one patient: kept on one side
 of every split, and checked as one; they are listed when found. kfold refuses an OUTPUT holding more folds than
 asked for (fold<k>/ left by an earlier split into more folds), which tools/cross_validate.py would train.
+An --output that already holds a split is refused unless --overwrite: runs trained on it, and one resumed later,
+would silently get other patients.
 """
 import argparse
 import os
@@ -28,8 +30,8 @@ import re
 import sys
 
 from mammo_tl.data.datasets.common import DatasetError, check_patient_disjoint, load_records
-from mammo_tl.data.splits import (describe, kfold_split, official_split, paper_ddsm_split, patient_id_variants,
-                                  random_split, write_split)
+from mammo_tl.data.splits import (check_split_output, describe, kfold_split, official_split, paper_ddsm_split,
+                                  patient_id_variants, random_split, write_split)
 
 
 def _print_split(out_dir, train, test, prefix=""):
@@ -51,6 +53,8 @@ def main():
     for q in (s, o, k, r):
         q.add_argument("--records", required=True, help="records JSON (tools/prepare_dataset.py)")
         q.add_argument("--output", required=True, help="folder for the split's records files")
+        q.add_argument("--overwrite", action="store_true",
+                       help="replace the split already in --output (refused without it)")
     for q in (s, k, r):
         q.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("check", help="refuse splits that share a patient")
@@ -102,6 +106,7 @@ def run(a):
     _note_variants(records, a.records)
     if a.cmd == "kfold":
         _check_stale_folds(a.output, a.folds)
+    check_split_output(a.output, a.folds if a.cmd == "kfold" else None, overwrite=a.overwrite)
     if a.cmd == "paper-ddsm":
         mass = [r for r in records if r.get("abnormality_type", "mass") == "mass"]
         if len(mass) < len(records):

@@ -198,6 +198,25 @@ def _still_needed(quota, pools):
     return [q - len(p) for q, p in zip(quota, pools)]
 
 
+def split_paths(out_dir: str, folds: int | None = None) -> list[str]:
+    """The records files a split into ``out_dir`` writes: train.json and test.json, or with ``folds`` those of
+    fold<k>/ for every k < folds."""
+    dirs = [out_dir] if folds is None else [os.path.join(out_dir, f"fold{k}") for k in range(folds)]
+    return [os.path.join(d, f"{name}.json") for d in dirs for name in ("train", "test")]
+
+
+def check_split_output(out_dir: str, folds: int | None = None, overwrite: bool = False) -> None:
+    """Refuse (DatasetError) a split into ``out_dir`` where one is already written, unless ``overwrite``: runs
+    trained on the old split (one to be resumed included) would silently see the new one, whose test patients
+    may be the old one's training patients."""
+    existing = [p for p in split_paths(out_dir, folds) if os.path.lexists(p)]
+    if existing and not overwrite:
+        shown = ", ".join(existing[:4]) + (f", ... ({len(existing) - 4} more)" if len(existing) > 4 else "")
+        raise DatasetError(f"{out_dir} already holds a split ({shown}): replacing it would change the data of every "
+                           f"run trained on it (one resumed later would test on patients it trained on). Choose "
+                           f"another --output, or pass --overwrite to replace it")
+
+
 def write_split(out_dir: str, train: Iterable[dict], test: Iterable[dict]) -> list[str]:
     """Write out_dir/train.json and out_dir/test.json; returns their paths."""
     paths = []

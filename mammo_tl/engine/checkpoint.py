@@ -9,6 +9,11 @@
   ``purpose="train"``: starting from random initialisation or a partial (e.g. ImageNet) checkpoint is
   allowed and logged; a checkpoint matching none of the model's weights is refused.
 * ``--resume`` with an empty or dangling ``OUTPUT_DIR/last_checkpoint`` names that file and what it holds.
+* Every checkpoint (periodic, best, final) and ``last_checkpoint`` is written whole or not at all
+  (:func:`mammo_tl.files.durable_write`: a temporary file, fsync, rename), so a kill while one is written keeps
+  the previous file, and ``last_checkpoint`` only ever names a complete one. ``--resume`` writes
+  ``model_final.pth`` again when it is missing or unreadable (an earlier version's kill mid-write) and the run it
+  resumes had already reached its last iteration, since training would not run again to write it.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
+
+from ..files import durable_write
 
 if TYPE_CHECKING:
     from detectron2.config import CfgNode
@@ -107,10 +114,57 @@ class MammoCheckpointer(DetectionCheckpointer):
             # detectron2 resets this only on success, and asserts it is unset on the next load
             self._source, self._parsed_url_during_load = None, None
 
+    def save(self, name: str, **kwargs: Any) -> None:
+        """fvcore's ``save`` (model, checkpointables and ``kwargs`` to ``<save_dir>/<name>.pth``, then tagged in
+        ``last_checkpoint``), each file written whole or not at all."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        if os.path.basename(save_file) != basename:
+            raise ValueError(f"checkpoint name {name!r} is not a file name")
+        self.logger.info("Saving checkpoint to %s", save_file)
+        durable_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """``<save_dir>/last_checkpoint`` names ``last_filename_basename``, replaced whole."""
+        durable_write(os.path.join(self.save_dir, "last_checkpoint"),
+                      lambda f: f.write(last_filename_basename.encode("utf-8")))
+
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         if resume and self.has_checkpoint():
-            return self.load(self._last_checkpoint())
+            checkpoint = self.load(self._last_checkpoint())
+            self._complete_final(checkpoint)
+            return checkpoint
         return self.load(path, checkpointables=[])
+
+    def _complete_final(self, checkpoint):
+        """After a resume: an unreadable model_final.pth (left by a kill while it was written) is removed, and
+        written again from the resumed state when that state is the last iteration's (training would not run
+        again to write it); otherwise the resumed training writes it when it ends."""
+        if self.purpose != "train" or not self.save_to_disk:
+            return
+        final = os.path.join(self.save_dir, "model_final.pth")
+        if os.path.exists(final):
+            try:
+                torch.load(final, map_location="cpu", weights_only=True)
+                return
+            except Exception as e:  # torch reports a damaged file in several exception types
+                logger.warning("%s: unreadable (%s: %s), probably cut short when a run was stopped while writing "
+                               "it; removed, and written again", final, type(e).__name__,
+                               str(e).strip().splitlines()[0] if str(e).strip() else "")
+                os.remove(final)
+        max_iter = getattr(self.checkpointables.get("trainer"), "max_iter", None)
+        iteration = checkpoint.get("iteration")
+        if isinstance(max_iter, int) and isinstance(iteration, int) and iteration >= max_iter - 1:
+            logger.info("%s: the resumed checkpoint is the last iteration's (%d); writing model_final.pth from it",
+                        self.save_dir, iteration)
+            self.save("model_final", iteration=iteration)
 
     def _last_checkpoint(self):
         tag = os.path.join(self.save_dir, "last_checkpoint")

@@ -3,7 +3,9 @@ which is how mammo_tl's own experiment runners start trainings).
 
 Before any process is launched, the main process reads the config (as data: mammo_tl.config), takes OUTPUT_DIR's
 folder lock (mammo_tl.files.FolderLock; held until every worker has finished, --eval-only included) and, with
---resume, checks that OUTPUT_DIR's saved config.yaml is the config asked for (:func:`check_resume`)."""
+--resume, checks that OUTPUT_DIR's saved config.yaml is the config asked for (:func:`check_resume`) and that the
+records and image files it trains and tests on are those the run started with (:func:`check_resume_inputs`, the
+record run_ablation keeps: OUTPUT_DIR/run_inputs.json). A training that starts afresh records them."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +25,7 @@ from ..files import FolderLock, FolderLocked, atomic_write_bytes
 from ..data.datasets.common import DatasetError, register_json_datasets
 from ..evaluation.operating_points import OperatingPointError
 from .checkpoint import WeightsError, load_model_weights
+from .experiments import INPUTS_FILE, RunMismatch, _check_inputs, run_inputs
 from .preflight import ConfigError, check_output_dir, preflight
 from .trainer import Trainer, operating_points_of
 
@@ -84,6 +87,44 @@ def check_resume(cfg: CfgNode) -> None:
         raise ConfigError(f"--resume: {out} holds a run of another config: {saved} differs in {len(diff)} key(s): "
                           f"{shown}{' ...' if len(diff) > 8 else ''}. Resume with the run's own config "
                           f"(--config-file {saved}), or train into another OUTPUT_DIR")
+
+
+def _datasets(cfg):
+    return (f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)}, DATASETS.TEST {tuple(cfg.DATASETS.TEST)}"
+            + (f", DATASETS.REGISTER_JSON {list(cfg.DATASETS.REGISTER_JSON)}" if cfg.DATASETS.REGISTER_JSON else ""))
+
+
+def check_resume_inputs(cfg: CfgNode) -> None:
+    """--resume continues a run only on the data it started with: the records of its DATASETS.TRAIN and TEST sets
+    (their SHA-256) and the content of every image file they name (size, mtime, SHA-256), as recorded in
+    OUTPUT_DIR/run_inputs.json when the run started (the record and check run_ablation keeps:
+    :func:`mammo_tl.engine.experiments.run_inputs`). A change (a split rewritten, an image replaced) is refused,
+    naming it. A run without the record (started by an earlier mammo_tl) is recorded now, with a warning."""
+    out = cfg.OUTPUT_DIR
+    if not os.path.exists(os.path.join(out, "last_checkpoint")):
+        record_inputs(cfg)  # nothing to resume: a fresh run
+        return
+    if not os.path.exists(os.path.join(out, INPUTS_FILE)):
+        logging.getLogger("mammo_tl").warning(
+            "--resume: %s holds no record of the data its run started with (%s, written by train_net since this "
+            "version): the records and images of %s are recorded now and checked at the next --resume", out,
+            INPUTS_FILE, _datasets(cfg))
+    try:
+        _check_inputs(out, run_inputs(cfg), finished=False)
+    except RunMismatch as e:
+        why = str(e).split(": choose another --output")[0]
+        raise ConfigError(f"--resume: {why}. Resuming would train or test the model on other data than the run "
+                          f"started with ({_datasets(cfg)}); restore the data the run started with, or train into "
+                          f"another OUTPUT_DIR without --resume") from None
+
+
+def record_inputs(cfg: CfgNode) -> None:
+    """OUTPUT_DIR/run_inputs.json for a training that starts afresh: its records' SHA-256 and every image's size,
+    mtime and SHA-256, which --resume checks (:func:`check_resume_inputs`)."""
+    path = os.path.join(cfg.OUTPUT_DIR, INPUTS_FILE)
+    if os.path.exists(path):
+        os.remove(path)  # an earlier run's, in a folder trained again from scratch
+    _check_inputs(cfg.OUTPUT_DIR, run_inputs(cfg), finished=False)
 
 
 EVAL_CONFIG = "config_eval.yaml"
@@ -162,6 +203,8 @@ def cli(argv: Sequence[str] | None = None, prog: str = "train_net.py") -> None:
         try:
             if args.resume:
                 check_resume(cfg)
+            if not args.eval_only and args.machine_rank == 0:
+                (check_resume_inputs if args.resume else record_inputs)(cfg)
             launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                    dist_url=args.dist_url, args=(args,))
         finally:
