@@ -346,8 +346,8 @@ def test_resume_refuses_data_changed_since_the_run_started(tmp_path, tiny_datase
     json.dump(test_recs[1:], open(paths["test"], "w"))
     p = train(3, "--resume")
     assert p.returncode == 1, p.stderr[-3000:]
-    assert f"train_net.py: --resume: {out} holds a run trained or evaluated on other records of its " \
-           "DATASETS.TRAIN/TEST sets" in p.stderr
+    assert (f"train_net.py: --resume: {out} holds a run trained or evaluated on other records of its "
+            "DATASETS.TRAIN/TEST sets") in p.stderr
     assert "DATASETS.TRAIN ('resume_train',), DATASETS.TEST ('resume_test',)" in p.stderr
     assert "Traceback" not in p.stderr
     assert not (out / "model_0000002.pth").exists() and json.load(open(out / "run_inputs.json")) == recorded
@@ -362,8 +362,8 @@ def test_resume_refuses_data_changed_since_the_run_started(tmp_path, tiny_datase
     assert cv2.imwrite(image, px)
     p = train(3, "--resume")
     assert p.returncode == 1, p.stderr[-3000:]
-    assert f"--resume: {out} holds a run made from other image content: 1 of {len(recorded['images'])} image " \
-           f"file(s) its records name changed since (or are gone), e.g. ['{image}']" in p.stderr
+    assert (f"--resume: {out} holds a run made from other image content: 1 of {len(recorded['images'])} image "
+            f"file(s) its records name changed since (or are gone), e.g. ['{image}']") in p.stderr
     assert not (out / "model_0000002.pth").exists()
 
     open(image, "wb").write(before)  # the same content again (a new mtime): resumed
@@ -382,8 +382,8 @@ def test_split_refuses_to_overwrite_a_split_without_overwrite(tmp_path):
     p = _run("tools/split_dataset.py", "random", "--records", path, "--output", str(split), "--test-fraction",
              "0.5", "--seed", "1")
     assert p.returncode == 1, p.stdout + p.stderr
-    assert f"split_dataset.py random: {split} already holds a split ({split / 'train.json'}, " \
-           f"{split / 'test.json'})" in p.stderr
+    assert (f"split_dataset.py random: {split} already holds a split ({split / 'train.json'}, "
+            f"{split / 'test.json'})") in p.stderr
     assert "--overwrite" in p.stderr and "Traceback" not in p.stderr
     assert {n: (split / n).read_bytes() for n in before} == before
     p = _run("tools/split_dataset.py", "random", "--records", path, "--output", str(split), "--test-fraction",
