@@ -418,3 +418,68 @@ def test_an_output_folder_inside_the_input_folder_is_not_predicted(tmp_path, con
     summary = json.load(open(out / "summary.json"))
     assert (summary["inputs"], summary["inputs_in_output_folders"]) == (2, 2)
     assert "2 image file(s) inside the output folders" in caplog.text
+
+
+def _with_patient(path, **attrs):
+    ds = pydicom.dcmread(path)
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_one_patient_id_from_two_issuers_is_two_patients(tmp_path, config):
+    """Two hospitals' patient 12345 (IssuerOfPatientID HOSP_A / HOSP_B, different names) are two rows of
+    patients.csv with their own scores, and their own recall decisions, counted in summary.json."""
+    from mammo_tl.outputs.tables import build
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, seed, issuer, who in (("a1.dcm", 1, "HOSP_A", "Doe^Jane"), ("a2.dcm", 2, "HOSP_A", "Doe^Jane"),
+                                    ("b.dcm", 3, "HOSP_B", "Roe^Richard")):
+        make_dicom(src / name, breast_phantom(seed=seed), patient_id="12345", laterality="L")
+        _with_patient(src / name, IssuerOfPatientID=issuer, PatientName=who)
+    out = tmp_path / "out"
+    preds, _ = run_predict(config, [str(src)], str(out), OPTS, min_score=0.0, workers=0)
+    by_name = {os.path.basename(p["file_name"]): p for p in preds}
+    assert {n: (p["patient_id"], p["issuer_of_patient_id"]) for n, p in by_name.items()} == {
+        "a1.dcm": ("12345", "HOSP_A"), "a2.dcm": ("12345", "HOSP_A"), "b.dcm": ("12345", "HOSP_B")}
+    score_a = max(by_name["a1.dcm"]["max_score"], by_name["a2.dcm"]["max_score"])
+    score_b = by_name["b.dcm"]["max_score"]
+    assert open(out / "patients.csv").read() == (f"patient_id,issuer_of_patient_id,score\n12345,HOSP_A,{score_a:.6f}\n"
+                                                 f"12345,HOSP_B,{score_b:.6f}\n")
+    summary = json.load(open(out / "summary.json"))
+    assert (summary["patients"], summary["patient_ids_with_several_issuers"]) == (2, 1)
+
+    # recall decisions: the HOSP_A patient's high score does not recall HOSP_B's patient
+    def rec(name, issuer, score):
+        return {"file_name": name, "status": "predicted", "patient_id": "12345", "issuer_of_patient_id": issuer,
+                "unknown_patient": False, "laterality": "L", "view": "CC", "boxes": [[0, 0, 1, 1]],
+                "scores": [score], "max_score": score}
+
+    t = build(["a", "b"], {"a": rec("a", "HOSP_A", 0.9), "b": rec("b", "HOSP_B", 0.1)}, threshold=0.5)
+    assert [(p["issuer_of_patient_id"], p["decision"], p["L_decision"]) for p in t["patients"]] == [
+        ("HOSP_A", "recall", "recall"), ("HOSP_B", "no recall", "no recall")]
+    assert [e["patient_decision"] for e in t["predictions"]] == ["recall", "no recall"]
+
+
+def test_patients_csv_contradicting_the_header_patient_id_is_flagged_never_merged(tmp_path, config):
+    """A --patients row filing x.dcm (header PatientID P1) under P2: the image is a patient of its own (neither P1
+    nor P2's images), named in predictions.json and counted, as a laterality conflict is; a row agreeing with the
+    header up to case and spaces is no conflict."""
+    src = tmp_path / "in"
+    src.mkdir()
+    make_dicom(src / "x.dcm", breast_phantom(seed=1), patient_id="P1", laterality="L")
+    make_dicom(src / "y.dcm", breast_phantom(seed=2), patient_id="P2", laterality="R")
+    patients = _csv(tmp_path / "patients.csv", [["file", "patient_id"], ["in/x.dcm", "P2"], ["in/y.dcm", "p2 "]])
+    out = tmp_path / "out"
+    preds, _ = run_predict(config, [str(src)], str(out), OPTS, patients=patients, min_score=0.0, workers=0)
+    by_name = {os.path.basename(p["file_name"]): p for p in preds}
+    x, y = by_name["x.dcm"], by_name["y.dcm"]
+    assert x["patient_conflict"] == {"patients_csv": "P2", "dicom:PatientID": "P1"}
+    assert x["source"]["patient_id"] == "conflict" and x["patient_id"].startswith("unknown:")
+    assert (y["patient_id"], y["source"]["patient_id"], "patient_conflict" in y) == ("p2", "patients_csv", False)
+    summary = json.load(open(out / "summary.json"))
+    assert (summary["patient_conflicts"], summary["patients"], summary["unknown_patient"]) == (1, 2, 1)
+    rows = list(csv.reader(open(out / "patients.csv")))
+    assert sorted(r[0] for r in rows[1:]) == sorted([x["patient_id"], "p2"])
+    assert float({r[0]: r[1] for r in rows[1:]}["p2"]) == pytest.approx(y["max_score"], abs=1e-6)

@@ -45,7 +45,9 @@ sha256; anything else is left and named). OUTPUT and --dicom-out are locked for 
 into either stops, naming the first. A --dicom-out belongs to the OUTPUT that first wrote it; another OUTPUT is
 refused there. Image files inside OUTPUT or --dicom-out are not inputs.
 A --patients laterality that the DICOM header contradicts is not used (nor the header's): the image's side is
-unknown, named in predictions.json (laterality_conflict) and counted in summary.json. Text cells of
+unknown, named in predictions.json (laterality_conflict) and counted in summary.json. Likewise a --patients
+patient_id that the header's PatientID contradicts: the image is a patient of its own (patient_conflict).
+Patients are grouped by PatientID and IssuerOfPatientID: one id from two issuers is two patients. Text cells of
 patients.csv that a spreadsheet would take for a formula (=, +, -, @, tab, CR first) get a leading '.
 
 --model DIR/model.onnx (or .ts): an exported model (tools/export_model.py) run by ONNX Runtime or TorchScript,

@@ -203,6 +203,11 @@ def identify(ds: Dataset) -> dict[str, tuple[str, str | None]]:
     return out
 
 
+def issuer_of_patient_id(ds: Dataset) -> str:
+    """The header's IssuerOfPatientID (surrounding spaces stripped), "" when absent or empty."""
+    return _text(ds, "IssuerOfPatientID")
+
+
 def missing_references(ds: Dataset) -> list[str]:
     """The names of :data:`REFERENCE_UIDS` the header lacks (empty values count as missing)."""
     return [k for k in REFERENCE_UIDS if not _text(ds, k)]

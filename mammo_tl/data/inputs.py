@@ -210,16 +210,23 @@ def _from_file_name(path):
     return {"patient_id": m["patient"], "laterality": m["lat"].upper(), "view": m["view"].upper()} if m else {}
 
 
-def identify(path: str, header: Dataset | None = None,
-             patient: Mapping[str, Any] | None = None) -> tuple[str, str, str, dict[str, str], dict[str, str] | None]:
-    """(patient_id, laterality, view, source, conflict) of an input. Each field is taken from the first that
-    gives it: the --patients CSV entry ``patient``, the DICOM ``header`` (its own fields, and a CBIS-DDSM
-    PatientID), the file name; ``source`` says which for each ("patients_csv", "dicom:<keyword>",
+def identify(path: str, header: Dataset | None = None, patient: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Who, which breast and which view an input shows: {"patient_id", "laterality", "view", "source",
+    "laterality_conflict", "patient_conflict", "issuer_of_patient_id"}. Each of patient_id, laterality and view is
+    taken from the first that gives it: the --patients CSV entry ``patient``, the DICOM ``header`` (its own fields,
+    and a CBIS-DDSM PatientID), the file name; ``source`` says which for each ("patients_csv", "dicom:<keyword>",
     "cbis_ddsm_patient_id", "file_name" or "unknown").
 
     A CSV laterality that the header contradicts (L against R) is not used, nor is the header's: the
-    laterality is "" with source "conflict", so no output states a side, and ``conflict`` is
-    {"patients_csv": side, <the header's source>: side}; None otherwise."""
+    laterality is "" with source "conflict", so no output states a side, and ``laterality_conflict`` is
+    {"patients_csv": side, <the header's source>: side}; None otherwise. Likewise a CSV patient_id that the
+    header's PatientID contradicts (compared as splits compare ids: case, spaces and Unicode forms aside): the
+    patient_id is "" with source "conflict" (the image is then a patient of its own, never merged with either
+    patient's images) and ``patient_conflict`` is {"patients_csv": id, <the header's source>: id}.
+    ``issuer_of_patient_id``: the header's IssuerOfPatientID when the patient id is the header's (or the CSV's
+    agreeing with it), else "": one PatientID from two issuers is two patients."""
+    from .datasets.common import patient_key
+
     candidates = []
     if patient:
         candidates.append({k: (patient[k], "patients_csv") for k in ("patient_id", "laterality", "view")})
@@ -231,19 +238,27 @@ def identify(path: str, header: Dataset | None = None,
     for key in ("patient_id", "laterality", "view"):
         values[key], source[key] = next(((c[key][0], c[key][1]) for c in candidates if c.get(key, ("",))[0]),
                                         ("", "unknown"))
-    conflict = None
+    laterality_conflict = patient_conflict = None
     if patient and patient.get("laterality") and from_header is not None:
         side, where = from_header["laterality"]
         if side and side != patient["laterality"]:
-            conflict = {"patients_csv": patient["laterality"], where: side}
+            laterality_conflict = {"patients_csv": patient["laterality"], where: side}
             values["laterality"], source["laterality"] = "", "conflict"
-    return values["patient_id"], values["laterality"], values["view"], source, conflict
+    header_id, header_source = from_header["patient_id"] if from_header is not None else ("", None)
+    if patient and patient.get("patient_id") and header_id \
+            and patient_key(patient["patient_id"]) != patient_key(header_id):
+        patient_conflict = {"patients_csv": patient["patient_id"], header_source: header_id}
+        values["patient_id"], source["patient_id"] = "", "conflict"
+    issuer = dicom_header.issuer_of_patient_id(header) if header_id and values["patient_id"] else ""
+    return {**values, "source": source, "laterality_conflict": laterality_conflict,
+            "patient_conflict": patient_conflict, "issuer_of_patient_id": issuer}
 
 
 def describe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, patient: Mapping[str, Any] | None = None,
              resolution: ResolutionRequest | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """(image, meta) of an input file. meta: patient_id, laterality, view and their ``source`` (see
-    :func:`identify`; ``patient`` is the file's --patients CSV entry, if any), ``laterality_conflict``, and
+    :func:`identify`; ``patient`` is the file's --patients CSV entry, if any), ``laterality_conflict``,
+    ``patient_conflict``, ``issuer_of_patient_id``, and
     ``file_size``, ``file_mtime_ns``, ``file_sha256`` of the bytes decoded (see
     :func:`~mammo_tl.data.image_io.read_stored_image_identified`). A missing patient id becomes
     ``unknown:<image_key>`` (never shared by two files) with ``meta["unknown_patient"]`` True. The image
@@ -260,8 +275,7 @@ def describe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, pati
         raise SkippedImage(path, e.kind, e.cause) from None
     meta = dict(meta)
     meta["file_size"], meta["file_mtime_ns"], meta["file_sha256"] = identity
-    (meta["patient_id"], meta["laterality"], meta["view"], meta["source"],
-     meta["laterality_conflict"]) = identify(path, header, patient)
+    meta.update(identify(path, header, patient))
     meta["unknown_patient"] = not meta["patient_id"]
     if meta["unknown_patient"]:
         meta["patient_id"] = UNKNOWN_PATIENT_PREFIX + image_key(path)

@@ -409,6 +409,14 @@ def _finish(out, files, records, counts, point=None, patients_summary=None, dico
     if summary["laterality_conflicts"]:
         print(f"{summary['laterality_conflicts']} image(s) whose --patients laterality its header contradicts: no "
               f"side stated for them (see laterality_conflict in predictions.json)", flush=True)
+    if summary["patient_conflicts"]:
+        print(f"{summary['patient_conflicts']} image(s) whose --patients patient_id its header's PatientID "
+              f"contradicts: each filed as a patient of its own, merged with neither (see patient_conflict in "
+              f"predictions.json); give the header's PatientID in --patients, or leave those files out of it",
+              flush=True)
+    if summary["patient_ids_with_several_issuers"]:
+        print(f"{summary['patient_ids_with_several_issuers']} PatientID(s) given by more than one issuer "
+              f"(IssuerOfPatientID): kept as separate patients (see issuer_of_patient_id in patients.csv)", flush=True)
     if not predictions and not allow_empty:
         raise PredictError(f"no image could be predicted: all {len(files)} input(s) skipped ({reasons}); see "
                            f"{out.path('skipped.json')}")

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from .predictor import MammoPredictor
 
 logger = logging.getLogger(__name__)
-# What a prediction record takes from the input's meta (laterality_conflict only where there is one).
+# What a prediction record takes from the input's meta (laterality_conflict, patient_conflict and
+# issuer_of_patient_id only where there is one).
 _RECORD_META = ("patient_id", "unknown_patient", "laterality", "view", "source", "file_size", "file_mtime_ns",
                 "file_sha256")
 
@@ -61,8 +62,9 @@ class _Inputs(torch.utils.data.Dataset):
         except Exception as e:  # reported by the main process, naming the file
             return {"file_name": path, "error": f"{type(e).__name__}: {e}"}
         record_meta = {k: meta[k] for k in _RECORD_META}
-        if meta.get("laterality_conflict"):
-            record_meta["laterality_conflict"] = meta["laterality_conflict"]
+        for k in ("laterality_conflict", "patient_conflict", "issuer_of_patient_id"):
+            if meta.get(k):
+                record_meta[k] = meta[k]
         return {"file_name": path, "meta": record_meta, "prepared": prepared,
                 "overlay_base": base}
 
@@ -168,6 +170,11 @@ def _predict_batch(predictor, batch, output, min_score, threshold):
             logger.warning("%s: --patients says laterality %s, its header %s: no side is stated for it",
                            path, ready_item["meta"]["laterality_conflict"]["patients_csv"],
                            " ".join(f"{v} ({k})" for k, v in ready_item["meta"]["laterality_conflict"].items()
+                                    if k != "patients_csv"))
+        if ready_item["meta"].get("patient_conflict"):
+            logger.warning("%s: --patients says patient %r, its header %s: filed as a patient of its own, with "
+                           "neither's images", path, ready_item["meta"]["patient_conflict"]["patients_csv"],
+                           " ".join(f"{v!r} ({k})" for k, v in ready_item["meta"]["patient_conflict"].items()
                                     if k != "patients_csv"))
         r = {"file_name": path, "status": "predicted", **ready_item["meta"], "boxes": np.round(boxes, 2).tolist(),
              "scores": np.round(scores, 5).tolist(), "max_score": float(scores.max(initial=0.0))}
