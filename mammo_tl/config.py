@@ -44,14 +44,94 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# Bounds on what a config file may make the loader do: its size in bytes, and its nodes with every alias expanded
+# (a few hundred bytes of nested aliases, YAML's "billion laughs", expand to billions of nodes that yacs then
+# copies one by one). mammo_tl's largest config, merged with detectron2's defaults, has under 2,000.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000
+
+
+def _read_config_bytes(path):
+    """The bytes of the regular file ``path``: a FIFO, a device or a folder is refused without blocking (a FIFO
+    opened for reading waits for a writer forever), and so is a file over :data:`MAX_CONFIG_BYTES`."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ConfigFileError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"{path}: is a folder, not a config file") from None
+    except OSError as e:
+        raise ConfigFileError(f"{path}: cannot be read ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigFileError(f"{path}: is a folder, not a config file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigFileError(f"{path}: not a regular file (a FIFO, socket or device): a config must be a file "
+                                  f"on disk")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigFileError(f"{path}: {st.st_size} bytes, more than a config file holds (at most "
+                                  f"{MAX_CONFIG_BYTES})")
+        return f.read(MAX_CONFIG_BYTES + 1)
+
+
+def _expanded_nodes(root, path):
+    """The number of nodes of a composed YAML document with every alias expanded, computed once per node (so
+    in time linear in the file); ConfigFileError over :data:`MAX_CONFIG_NODES` or for an alias inside its own
+    anchor."""
+    sizes, busy, stack = {}, set(), [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            busy.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_CONFIG_NODES:
+                mark = node.start_mark
+                raise ConfigFileError(f"{path}, line {mark.line + 1}, column {mark.column + 1}: its aliases expand "
+                                      f"to more than {MAX_CONFIG_NODES} values, far more than any config holds (a "
+                                      f"YAML alias bomb?); write the values out")
+            continue
+        if key in busy:
+            mark = node.start_mark
+            raise ConfigFileError(f"{path}, line {mark.line + 1}, column {mark.column + 1}: an alias refers to the "
+                                  f"value that holds it (a recursive anchor)")
+        busy.add(key)
+        stack.append((node, True))
+        for c in children:
+            if id(c) in busy:
+                mark = c.start_mark
+                raise ConfigFileError(f"{path}, line {mark.line + 1}, column {mark.column + 1}: an alias refers to "
+                                      f"the value that holds it (a recursive anchor)")
+            stack.append((c, False))
+    return sizes[id(root)]
+
+
 def load_yaml_file(path: str | os.PathLike) -> Any:
     """The YAML file ``path`` as plain data (dicts, lists, strings, numbers, booleans, None).
 
     Raises :class:`ConfigFileError` naming the file and line for a tag that would construct a Python object
-    (``!!python/object/apply:...``), for any other YAML error and for a key given twice in one mapping."""
+    (``!!python/object/apply:...``), for any other YAML error and for a key given twice in one mapping; and
+    naming the file for one that is not a regular file (a FIFO is refused, not waited on), is larger than
+    :data:`MAX_CONFIG_BYTES`, nests too deeply, or whose aliases expand to more than :data:`MAX_CONFIG_NODES`
+    values."""
+    data = _read_config_bytes(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=_ConfigLoader)
+        loader = _ConfigLoader(data.decode("utf-8"))
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _expanded_nodes(node, path)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else path
@@ -64,10 +144,8 @@ def load_yaml_file(path: str | os.PathLike) -> Any:
         raise ConfigFileError(f"{path}: not valid YAML ({e})") from None
     except UnicodeDecodeError as e:
         raise ConfigFileError(f"{path}: not UTF-8 text ({e})") from None
-    except FileNotFoundError:
-        raise ConfigFileError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigFileError(f"{path}: is a folder, not a config file") from None
+    except RecursionError:
+        raise ConfigFileError(f"{path}: nested too deeply to be a config") from None
 
 
 def check_no_trust_switch(data: Mapping[str, Any], filename: str | os.PathLike) -> None:
@@ -93,6 +171,14 @@ def _merge_a_into_b(a, b, path):
             _merge_a_into_b(v, b[k], path)
         else:
             b[k] = v
+
+
+def _yacs_message(e: BaseException) -> str:
+    """yacs' error in words: its text without KeyError's quotes, the fix where it is one."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if "Non-existent" in text:
+        text += " (a key mammo_tl and detectron2 do not know: check its spelling, see docs/configs.md)"
+    return text
 
 
 class SafeCfgNode(CN):
@@ -129,9 +215,26 @@ class SafeCfgNode(CN):
         return merged
 
     def merge_from_file(self, cfg_filename: str | os.PathLike, allow_unsafe: bool = False) -> None:
-        if not os.path.isfile(cfg_filename):
+        if not os.path.lexists(cfg_filename):
             raise ConfigFileError(f"{cfg_filename}: config file not found")
-        super().merge_from_file(cfg_filename, allow_unsafe=False)
+        if not os.path.isfile(cfg_filename):
+            load_yaml_file(cfg_filename)  # refuses a folder or a FIFO, naming it (detectron2 says "does not exist")
+        try:
+            super().merge_from_file(cfg_filename, allow_unsafe=False)
+        except ConfigFileError:
+            raise
+        except RecursionError:
+            raise ConfigFileError(f"{cfg_filename}: nested too deeply to be a config") from None
+        except (KeyError, ValueError, AssertionError, TypeError) as e:  # yacs: unknown key, wrong type, ...
+            raise ConfigFileError(f"{cfg_filename}: {_yacs_message(e)}") from None
+
+    def merge_from_list(self, cfg_list: list) -> None:
+        """yacs' KEY VALUE overrides; ConfigFileError naming them for an odd-length list, an unknown key or a
+        value of the wrong type (yacs raises several exception types)."""
+        try:
+            super().merge_from_list(cfg_list)
+        except (KeyError, ValueError, AssertionError, TypeError) as e:
+            raise ConfigFileError(f"config overrides {' '.join(map(str, cfg_list))}: {_yacs_message(e)}") from None
 
 
 def as_safe_cfg(cfg: CN) -> SafeCfgNode:

@@ -237,3 +237,86 @@ def test_a_run_started_trusting_a_pickle_saves_its_config_without_the_switch(tmp
     again = get_mammo_tl_cfg()
     again.merge_from_file(str(out / "config.yaml"))
     assert again.MODEL.WEIGHTS_TRUSTED_PICKLE is False
+
+
+def _alias_bomb(path, levels=9):
+    """About 500 bytes whose aliases expand to 10**levels numbers (YAML's "billion laughs") as MODEL.PIXEL_MEAN,
+    which building the model turns into a tensor (before, train_net and predict hung there). Returns the column
+    (from 1) of line 2 where the first value of more than 100000 YAML values starts (&a4: 10**5 numbers in
+    11111 lists)."""
+    items = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    items += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    line = "  PIXEL_MEAN: [" + ", ".join(items) + "]"
+    path.write_text("MODEL:\n" + line + "\n")
+    return line.index("&a4") + 1
+
+
+BAD_CONFIGS = {
+    # name: (file text or None for the shipped tiny config, overrides, the message after "train_net.py: ")
+    "unknown_key": ("MODEL:\n  NOPE: 1\n", [], "{f}: Non-existent config key: MODEL.NOPE (a key mammo_tl and "
+                                                "detectron2 do not know"),
+    "wrong_type": ("SOLVER:\n  MAX_ITER: abc\n", [], "{f}: Type mismatch (<class 'int'> vs. <class 'str'>) with "
+                                                     "values (40000 vs. abc) for config key: SOLVER.MAX_ITER"),
+    "deep_nesting": ("SEED: " + "[" * 5000 + "]" * 5000 + "\n", [], "{f}: nested too deeply to be a config"),
+    "odd_overrides": ("SEED: 1\n", ["SOLVER.MAX_ITER"], "config overrides OUTPUT_DIR {o} SOLVER.MAX_ITER: Override "
+                                                        "list has odd length"),
+    "unknown_override": ("SEED: 1\n", ["SOLVER.NOPE", "3"], "config overrides OUTPUT_DIR {o} SOLVER.NOPE 3: "
+                                                            "Non-existent key: SOLVER.NOPE"),
+    "alias_bomb": (None, [], "{f}, line 2, column {c}: its aliases expand to more than 100000 values"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_train_net_says_what_is_wrong_with_a_config_without_a_traceback(tmp_path, case):
+    """As predict does: an unknown key, a value of the wrong type, a nesting deeper than Python's recursion, an
+    override list of odd length and an alias bomb (which hung the loader) each end in one message."""
+    text, opts, message = BAD_CONFIGS[case]
+    config = tmp_path / "bad.yaml"
+    column = None
+    if text is None:
+        column = _alias_bomb(config)
+    else:
+        config.write_text(text)
+    out = str(tmp_path / "out")
+    p = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", str(config),
+                        "OUTPUT_DIR", out, *opts], cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=REPO),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "train_net.py: " + message.format(f=config, o=out, c=column) in p.stderr, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+
+
+def test_a_fifo_in_the_base_chain_is_refused_not_waited_on(tmp_path):
+    """A _BASE_ naming a FIFO (or the config itself being one) blocked every command forever, waiting for a
+    writer; now it is refused at once, naming it."""
+    fifo = tmp_path / "base.yaml"
+    os.mkfifo(fifo)
+    child = tmp_path / "child.yaml"
+    child.write_text('_BASE_: "base.yaml"\n')
+    for config in (child, fifo):
+        p = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
+                            str(config), "OUTPUT_DIR", str(tmp_path / "out")], cwd=str(tmp_path),
+                           env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1, p.stderr[-3000:]
+        assert f"train_net.py: {fifo}: not a regular file (a FIFO, socket or device)" in p.stderr, p.stderr[-3000:]
+    with pytest.raises(ConfigFileError, match=r"base\.yaml: not a regular file"):
+        get_mammo_tl_cfg().merge_from_file(str(child))
+
+
+def test_alias_bomb_is_refused_in_linear_time_and_ordinary_aliases_still_read(tmp_path):
+    import time
+
+    bomb = tmp_path / "bomb.yaml"
+    column = _alias_bomb(bomb, levels=30)  # 10**30 values: expanded, no machine finishes
+    start = time.monotonic()
+    with pytest.raises(ConfigFileError, match=rf"bomb\.yaml, line 2, column {column}: its aliases expand to more "
+                                              r"than 100000 values"):
+        load_yaml_file(str(bomb))
+    assert time.monotonic() - start < 5
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("steps: &s [100, 200]\nSOLVER:\n  STEPS: *s\n")
+    assert load_yaml_file(str(ok)) == {"steps": [100, 200], "SOLVER": {"STEPS": [100, 200]}}
+    rec = tmp_path / "recursive.yaml"
+    rec.write_text("a: &a [1, *a]\n")
+    with pytest.raises(ConfigFileError, match=r"recursive\.yaml.*(recursive anchor|found undefined alias)"):
+        load_yaml_file(str(rec))

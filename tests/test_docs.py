@@ -321,7 +321,7 @@ def test_predict_with_every_documented_option(tmp_path, tmp_path_factory, monkey
     src = tmp_path / "scans"
     src.mkdir()
     cv2.imwrite(str(src / "a.png"), breast_phantom(seed=1))
-    make_dicom(src / "b.dcm", breast_phantom(seed=2), patient_id="P_DICOM")
+    make_dicom(src / "b.dcm", breast_phantom(seed=2), patient_id="PAT_B")  # as the CSV says (else a conflict)
     with open(src / "patients.csv", "w") as f:
         f.write("file,patient_id,laterality,view\na.png,PAT_A,L,CC\nb.dcm,PAT_B,L,MLO\n")
     weights = tmp_path / "model" / "model_final.pth"

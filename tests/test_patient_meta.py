@@ -17,7 +17,7 @@ from pydicom.sr.codedict import codes
 
 from mammo_tl.data.dicom_header import identify, parse_cbis_ddsm_patient_id
 from mammo_tl.engine.predict_command import PredictError, run_predict
-from mammo_tl.data.inputs import PatientsCsvError, read_patients_csv
+from mammo_tl.data.inputs import PatientsCsvError, image_key, read_patients_csv
 from mammo_tl.engine.predictor import MammoPredictor
 from tests.dicom_fixtures import make_dicom
 from tests.test_weights import tiny_config_file, tiny_weights
@@ -142,7 +142,8 @@ def test_patients_csv_values_and_paths(tmp_path):
 
 def test_sources_of_patient_side_and_view_through_predict(tmp_path, tmp_path_factory, capsys):
     """The CBIS-DDSM case that went wrong (one patient became four, no view), coded views, the CSV winning
-    over the header, file names; every source named in predictions.json, unmatched rows counted."""
+    over the header where the header has none (a contradicted patient id is used by neither), file names; every
+    source named in predictions.json, unmatched rows counted."""
     src = tmp_path / "in"
     src.mkdir()
     for name, pid in (("cbis_cc.dcm", "Mass-Test_P_00820_LEFT_CC"), ("cbis_mlo.dcm", "Mass-Test_P_00820_LEFT_MLO")):
@@ -171,19 +172,22 @@ def test_sources_of_patient_side_and_view_through_predict(tmp_path, tmp_path_fac
         "cbis_mlo.dcm": ("P_00820", "L", "MLO", cbis),
         "coded.dcm": ("PX", "R", "MLO", {"patient_id": "dicom:PatientID", "laterality": "dicom:Laterality",
                                          "view": "dicom:ViewCodeSequence"}),
-        "override.dcm": ("Q2", "L", "CC", {"patient_id": "patients_csv", "laterality": "dicom:ImageLaterality",
-                                           "view": "dicom:ViewPosition"}),
+        # the CSV's Q2 contradicts the header's P_99: neither is used, the image is a patient of its own
+        "override.dcm": (f"unknown:{image_key(str(src / 'override.dcm'))}", "L", "CC",
+                         {"patient_id": "conflict", "laterality": "dicom:ImageLaterality",
+                          "view": "dicom:ViewPosition"}),
         "scan1.png": ("Q1", "R", "", {"patient_id": "patients_csv", "laterality": "patients_csv", "view": "unknown"}),
         "P7_L_MLO.png": ("P7", "L", "MLO", {"patient_id": "file_name", "laterality": "file_name",
                                             "view": "file_name"}),
     }
     summary = json.load(open(out / "summary.json"))
     assert summary["patients"] == 5  # P_00820's two views are one patient
-    assert (summary["unknown_patient"], summary["unknown_laterality"]) == (0, 0)
+    assert (summary["unknown_patient"], summary["unknown_laterality"], summary["patient_conflicts"]) == (1, 0, 1)
+    assert preds["override.dcm"]["patient_conflict"] == {"patients_csv": "Q2", "dicom:PatientID": "P_99"}
     assert summary["patients_csv"] == {"file": patients, "rows": 3, "inputs_listed": 2, "rows_not_among_inputs": 1,
                                        "inputs_not_listed": 4}
     rows = [r["patient_id"] for r in csv.DictReader(open(out / "patients.csv"))]
-    assert rows == ["P7", "PX", "P_00820", "Q1", "Q2"]
+    assert rows == ["P7", "PX", "P_00820", "Q1", preds["override.dcm"]["patient_id"]]
     # no identifying header field reaches the outputs written for everyone
     for name in ("predictions.json", "patients.csv", "summary.json", "predictions.jsonl"):
         text = open(out / name).read()

@@ -86,8 +86,9 @@ def test_every_input_is_predicted_or_skipped_with_its_reason(tmp_path, config):
         "inputs": 10, "predicted": 5, "skipped": 5,
         "skipped_by_reason": {"constant_image": 1, "not_a_regular_file": 1, "too_many_pixels": 1, "too_small": 1,
                               "unreadable": 1},
-        "unknown_patient": 3, "unknown_laterality": 3, "laterality_conflicts": 0, "patients": 5,
-        "from_previous_run": 0, "previous_run_not_in_inputs": 0, "changed_since_previous_run": 0,
+        "unknown_patient": 3, "unknown_laterality": 3, "laterality_conflicts": 0, "patient_conflicts": 0,
+        "patients": 5, "patient_ids_with_several_issuers": 0, "from_previous_run": 0,
+        "previous_run_not_in_inputs": 0, "changed_since_previous_run": 0,
         "inputs_in_output_folders": 0, "changed_after_prediction": 0}
     assert "10 input(s): 5 predicted, 5 skipped" in r.stdout and "3 image(s) with unknown patient" in r.stdout
     skipped = {os.path.relpath(s["file_name"], src): s for s in json.load(open(out / "skipped.json"))}
