@@ -140,3 +140,31 @@ def test_choose_on_validation_evaluate_and_report(tiny_datasets, tmp_path):
     test_points = results["runs"]["a"]["operating_points"]["test"]
     assert test_points["youden"]["sensitivity"] == pytest.approx(youden["sensitivity"])
     assert "never on the test patients" in md and "| a | youden |" in md
+
+
+def test_a_point_below_every_score_is_said_to_recall_everyone(tmp_path, tmp_path_factory, capsys):
+    """A stored threshold of -1.0 (what choose_operating_points writes where only recalling everyone reaches a
+    target) was reported as "recall above -1": predict now says that every patient is recalled."""
+    import cv2
+
+    from mammo_tl.engine.predict_command import run_predict
+    from mammo_tl.evaluation.operating_points import describe_threshold
+    from tests.common import breast_phantom
+    from tests.test_weights import tiny_config_file, tiny_weights
+
+    assert describe_threshold(0.42) == "recall above 0.42"
+    assert describe_threshold(-1.0) == "threshold -1, below every score: recalls every patient and every breast"
+    weights = tiny_weights(tmp_path_factory)
+    points = tmp_path / "points.json"
+    low = choose_operating_points({"a": 0.0, "b": 0.0}, {"a": 1, "b": 0}, sensitivities=(1.0,))
+    points.write_text(json.dumps({"weights_sha256": sha256_file(weights), "points": low}))
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(2):
+        cv2.imwrite(str(src / f"P{k}_L_CC.png"), breast_phantom(seed=k))
+    run_predict(tiny_config_file(tmp_path_factory), [str(src)], str(tmp_path / "out"), ["MODEL.DEVICE", "cpu"],
+                min_score=0.0, workers=0, operating_point="sensitivity_1", operating_points=str(points))
+    out = capsys.readouterr().out
+    assert ("at operating point sensitivity_1 (threshold -1, below every score: recalls every patient and every "
+            "breast): 2 of 2 patient(s) recalled") in out
+    assert "recall above -1" not in out

@@ -19,7 +19,7 @@ from mammo_tl.config import ConfigFileError
 from mammo_tl.data.datasets import DatasetError
 from mammo_tl.engine.checkpoint import WeightsError
 from mammo_tl.engine.choose_points import build_cfg, choose_points
-from mammo_tl.evaluation.operating_points import OperatingPointError
+from mammo_tl.evaluation.operating_points import OperatingPointError, describe_threshold
 
 
 def _fraction(text):
@@ -47,7 +47,8 @@ def main():
     print(f"{'point':<18} {'threshold':>9} {'sensitivity':>11} {'specificity':>11}   (on {a.dataset})")
     for name, pt in points.items():
         v = pt["validation"]
-        print(f"{name:<18} {pt['threshold']:>9.4f} {v['sensitivity']:>11.3f} {v['specificity']:>11.3f}")
+        print(f"{name:<18} {pt['threshold']:>9.4f} {v['sensitivity']:>11.3f} {v['specificity']:>11.3f}"
+              + (f"   {describe_threshold(pt['threshold'])}" if pt["threshold"] < 0 else ""))
     print(f"wrote {path}")
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.inputs import IMAGE_SUFFIXES, image_key, list_inputs
+from ..evaluation.operating_points import describe_threshold
 from ..files import sha256_file
 from ..outputs import OutputError, tables, write_json, write_text
 from .export_runtime import ExportedPredictor, ExportError, load_exported, model_identity, read_export_json
@@ -395,7 +396,7 @@ def _finish(out, files, records, counts, point=None, patients_summary=None, dico
         raise PredictError(str(e)) from None
     _write_output_manifest(out, owner)
     reasons = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in summary["skipped_by_reason"].items())
-    recalled = (f"; at operating point {point['name']} (recall above {point['threshold']:g}): "
+    recalled = (f"; at operating point {point['name']} ({describe_threshold(point['threshold'])}): "
                 f"{summary['operating_point']['patients_recalled']} of {len(patients)} patient(s) recalled"
                 if point else "")
     print(f"{summary['inputs']} input(s): {summary['predicted']} predicted"

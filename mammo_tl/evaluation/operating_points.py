@@ -91,6 +91,14 @@ def write_operating_points(points: dict[str, Any], weights_path: str, validation
 THRESHOLD_RANGE = (-1.0, 1.0)
 
 
+def describe_threshold(threshold: float) -> str:
+    """A stored threshold in words for a tool's output: "recall above 0.42", or, for one below 0 (below every
+    score a model gives), that every patient is recalled."""
+    if threshold < 0:
+        return f"threshold {threshold:g}, below every score: recalls every patient and every breast"
+    return f"recall above {threshold:g}"
+
+
 def load_operating_points(path: str, weights_path: str | None = None) -> dict[str, Any]:
     """The ``points`` of an operating_points.json, checked against ``weights_path`` (by sha256) when given.
     Every threshold must be a number (not a boolean) in :data:`THRESHOLD_RANGE`; the file must be a regular
