@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mammo_tl.data.datasets import load_csv_dataset
+from mammo_tl.data.datasets import SkipReport, load_csv_dataset
 from mammo_tl.data.prepare import (CACHE_VERSION, PrepareError, merge_shards, parse_shard, prepare_dataset,
                                    records_digest, shard_of)
 from tests.common import REPO
@@ -347,3 +347,44 @@ def test_block_resize_keeps_geometry_and_integer_input_gives_the_same_pixels(che
     ys, xs = np.nonzero(out > 3000)  # more than half lesion
     found = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
     np.testing.assert_allclose(t.apply_boxes([lesion])[0], found, atol=1.0)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--size", 0, 128], "--size 0 128: each side must be between 1 and 8192 pixels"),
+    (["--size", 100000, 100000], "--size 100000 100000: each side must be between 1 and 8192 pixels"),
+    (["--workers", -3], "--workers -3: expected 1 or more processes"),
+])
+def test_tool_checks_size_and_workers_before_any_work(tmp_path, monkeypatch, capsys, args, message):
+    csv_file = _dataset(str(tmp_path), n=2)
+    out = tmp_path / "out"
+    assert _tool(monkeypatch, "csv", "--csv", csv_file, "--output", out, *args) == 2
+    err = capsys.readouterr().err
+    assert f"prepare_dataset.py: error: {message}" in err and "Traceback" not in err
+    assert not (out / "records.json").exists()
+
+
+def test_tool_names_a_bad_csv_row_without_a_traceback(tmp_path, monkeypatch, capsys):
+    _write(tmp_path / "a.png", _pixels(1))
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text(HEADER + "p1,a.png,L,CC,2,\n")
+    assert _tool(monkeypatch, "csv", "--csv", csv_file, "--output", tmp_path / "out", "--workers", 1) == 2
+    err = capsys.readouterr().err
+    assert "prepare_dataset.py: error: data.csv row 1: label '2' must be 0 or 1" in err
+    assert "Traceback" not in err
+
+
+def test_a_box_past_the_edge_is_clipped_and_counted_not_the_image_dropped(tmp_path):
+    """As datasets/README.md says: a box that extends past the image's edge is clipped to it and counted; a box
+    with nothing inside the image skips that image."""
+    _write(tmp_path / "a.png", _pixels(1))
+    _write(tmp_path / "b.png", _pixels(2))
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text(HEADER + f"p1,a.png,L,CC,1,{W - 10} 5 {W + 30} 20\n"
+                        + f"p2,b.png,L,CC,1,{W + 5} 5 {W + 30} 20\n")
+    report = SkipReport("data.csv")
+    records = load_csv_dataset(str(csv_file), report=report)
+    assert [os.path.basename(r["file_name"]) for r in records] == ["a.png"]
+    assert records[0]["annotations"][0]["bbox"] == [W - 10.0, 5.0, float(W), 20.0]
+    assert report.notes["box clipped to the image"] == 1
+    assert [(os.path.basename(w.split("(")[1].rstrip(")")), r) for w, r in report.skipped] == [
+        ("b.png", f"box [{float(W + 5)}, 5.0, {float(W + 30)}, 20.0] outside the {W}x{H} image")]

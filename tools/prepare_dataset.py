@@ -40,9 +40,9 @@ from detectron2.utils.logger import setup_logger
 
 from mammo_tl.data.datasets import (SkipReport, export_coco, load_cbis_ddsm, load_csv_dataset, load_inbreast,
                                     load_vindr_mammo)
-from mammo_tl.data.datasets.common import load_records, save_records
-from mammo_tl.data.prepare import (PrepareError, PrepareLock, atomic_write, merge_shards, parse_shard,
-                                   prepare_dataset)
+from mammo_tl.data.datasets.common import DatasetError, load_records, save_records
+from mammo_tl.data.prepare import (PrepareError, PrepareLock, atomic_write, check_size, check_workers, merge_shards,
+                                   parse_shard, prepare_dataset)
 from mammo_tl.files import FolderLocked
 
 
@@ -107,6 +107,8 @@ def main():
     setup_logger(name="mammo_tl")
     try:
         shard = parse_shard(a.shard) if a.kind != "merge" and a.shard else None
+        if a.kind != "merge":
+            a.size, a.workers = check_size(a.size), check_workers(a.workers)
     except PrepareError as e:
         p.exit(2, f"prepare_dataset.py: error: {e}\n")
     if shard and a.prune_stale:
@@ -117,7 +119,7 @@ def main():
             run(p, a, shard)
     except FolderLocked as e:
         p.exit(2, f"prepare_dataset.py: error: {e}\n")
-    except PrepareError as e:
+    except (PrepareError, DatasetError) as e:
         p.exit(2, f"prepare_dataset.py: error: {e}\n")
 
 

@@ -62,6 +62,35 @@ class PrepareError(Exception):
     """Bad options or shard files; the message names the file or option and what was expected."""
 
 
+# --size: at least a pixel a side, and at most more than any detector's input (100000 x 100000 16-bit pixels
+# would be 20 GB per image).
+SIZE_RANGE = (1, 8192)
+
+
+def check_size(size: Sequence[Any]) -> tuple[int, int]:
+    """--size H W: two whole numbers within :data:`SIZE_RANGE`; PrepareError naming the option otherwise."""
+    lo, hi = SIZE_RANGE
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise PrepareError(f"--size {' '.join(map(str, size))}: expected two whole numbers H W") from None
+    if not (lo <= h <= hi and lo <= w <= hi):
+        raise PrepareError(f"--size {h} {w}: each side must be between {lo} and {hi} pixels (the model's input "
+                           f"size, e.g. --size 512 512)")
+    return h, w
+
+
+def check_workers(workers: Any) -> int:
+    """--workers: processes preparing images, 1 or more; PrepareError naming the option otherwise."""
+    try:
+        n = int(workers)
+    except (TypeError, ValueError):
+        raise PrepareError(f"--workers {workers}: expected a whole number of processes, 1 or more") from None
+    if n < 1:
+        raise PrepareError(f"--workers {n}: expected 1 or more processes (1: prepare in this process)")
+    return n
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'I/N' -> (I, N), shards numbered from 1 (1/3, 2/3, 3/3)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from ..image_io import image_size
-from .common import (DatasetError, SkipReport, box_annotation, laterality, read_csv_rows,
+from .common import (DatasetError, SkipReport, box_annotation, clip_box, laterality, read_csv_rows,
                      register_records, validate_records)
 
 REQUIRED = ["patient_id", "path", "laterality", "view", "label"]
@@ -60,10 +60,16 @@ def load_csv_dataset(csv_file: str, strict: bool = False, report: SkipReport | N
         except Exception as e:
             report.skip(f"{where} ({path})", f"unreadable image: {e}")
             continue
-        outside = [b for b in boxes if not (0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height)]
+        # a box past the edge is clipped to the image and counted; one with nothing inside it skips the image
+        clipped = [clip_box(b, width, height) for b in boxes]
+        outside = [b for b, c in zip(boxes, clipped) if not (c[0] < c[2] and c[1] < c[3])]
         if outside:
             report.skip(f"{where} ({path})", f"box {outside[0]} outside the {width}x{height} image")
             continue
+        for b, c in zip(boxes, clipped):
+            if c != [float(v) for v in b]:
+                report.note("box clipped to the image", f"{where}: {b} -> {c}")
+        boxes = clipped
         records.append({"file_name": path, "height": int(height), "width": int(width),
                         "image_id": row["path"], "patient_id": row["patient_id"],
                         "laterality": laterality(row["laterality"], where), "view": row["view"].upper(),
