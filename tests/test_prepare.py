@@ -388,3 +388,21 @@ def test_a_box_past_the_edge_is_clipped_and_counted_not_the_image_dropped(tmp_pa
     assert report.notes["box clipped to the image"] == 1
     assert [(os.path.basename(w.split("(")[1].rstrip(")")), r) for w, r in report.skipped] == [
         ("b.png", f"box [{float(W + 5)}, 5.0, {float(W + 30)}, 20.0] outside the {W}x{H} image")]
+
+
+def test_two_files_of_one_patient_side_and_view_are_reported_not_silently_kept(tmp_path, monkeypatch, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    _write(tmp_path / "a" / "x.png", _pixels(1))
+    _write(tmp_path / "b" / "x.png", _pixels(2))
+    _write(tmp_path / "c.png", _pixels(3))
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text(HEADER + "p1,a/x.png,L,CC,0,\nP1 ,b/x.png,L,CC,0,\np1,c.png,L,MLO,0,\n")
+    out = tmp_path / "out"
+    assert _tool(monkeypatch, "csv", "--csv", csv_file, "--output", out, "--size", *HALF, "--workers", 1) == 0
+    err = capsys.readouterr().err
+    assert (f"prepare_dataset.py: warning: 1 patient/side/view(s) are shown by more than one file, e.g. p1 L CC: "
+            f"{tmp_path / 'a' / 'x.png'}, {tmp_path / 'b' / 'x.png'}; kept as separate images") in err
+    report = json.load(open(out / "conversion_report.json"))
+    assert report["notes"] == {"patient/side/view shown by more than one file (kept as separate images)": 1}
+    assert report["kept"] == 3

@@ -373,6 +373,29 @@ def test_resume_refuses_data_changed_since_the_run_started(tmp_path, tiny_datase
     assert (out / "model_0000002.pth").exists()
 
 
+def test_a_bad_image_that_is_not_the_first_of_its_kind_stops_train_net_before_training(tmp_path, tiny_datasets):
+    """Preflight mapped one positive and one negative image; a damaged third image crashed the data loader at
+    iteration 1 with tracebacks. Every image is decoded now: the run stops with a message naming it."""
+    from tests.common import run_in_process
+
+    paths = _copied_tiny_sets(tmp_path)
+    records = load_records(paths["train"])
+    positives = [r for r in records if r["annotations"]]
+    bad = positives[2]["file_name"]
+    with open(bad, "r+b") as f:  # a truncated PNG: its header is intact, its pixels are not
+        f.truncate(os.path.getsize(bad) // 3)
+    out = tmp_path / "run"
+    p = run_in_process(["tools/train_net.py", "--config-file", config_path("synthetic/a_positives_only.yaml"),
+                        "OUTPUT_DIR", str(out), *TRAIN_OPTS, "SOLVER.MAX_ITER", "2",
+                        "DATASETS.REGISTER_JSON", f"['badimg_train={paths['train']}', 'badimg_test={paths['test']}']",
+                        "DATASETS.TRAIN", "('badimg_train',)", "DATASETS.TEST", "('badimg_test',)"])
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert (f"train_net.py: DATASETS.TRAIN: dataset 'badimg_train': 1 of {len(records)} image(s) cannot be read "
+            f"as their records describe them: {bad} (") in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (out / "metrics.json").exists()
+
+
 def test_split_refuses_to_overwrite_a_split_without_overwrite(tmp_path):
     path = _saved_variants(tmp_path)
     split = tmp_path / "split"

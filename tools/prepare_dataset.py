@@ -35,12 +35,13 @@ there, stops before any work, naming the holder (pid and host); the shards of on
 import argparse
 import json
 import os
+import sys
 
 from detectron2.utils.logger import setup_logger
 
 from mammo_tl.data.datasets import (SkipReport, export_coco, load_cbis_ddsm, load_csv_dataset, load_inbreast,
                                     load_vindr_mammo)
-from mammo_tl.data.datasets.common import DatasetError, load_records, save_records
+from mammo_tl.data.datasets.common import DatasetError, load_records, same_view_files, save_records
 from mammo_tl.data.prepare import (PrepareError, PrepareLock, atomic_write, check_size, check_workers, merge_shards,
                                    parse_shard, prepare_dataset)
 from mammo_tl.files import FolderLocked
@@ -91,6 +92,13 @@ def _convert(a):
         records = load_inbreast(a.root, report=report)
     else:
         records = load_csv_dataset(a.csv, report=report)
+    repeated = same_view_files(records)
+    if repeated:  # kept, as each file may be its own acquisition (a retake), but never merged silently
+        report.notes["patient/side/view shown by more than one file (kept as separate images)"] = len(repeated)
+        (pid, side, view), files = next(iter(repeated.items()))
+        print(f"prepare_dataset.py: warning: {len(repeated)} patient/side/view(s) are shown by more than one file, "
+              f"e.g. {pid} {side} {view}: {', '.join(files[:3])}; kept as separate images (a retake?), counted in "
+              f"conversion_report.json; remove the copies if one mammogram was stored twice", file=sys.stderr)
     # shards of a job array write these side by side: each file appears whole (same content from every shard)
     os.makedirs(a.output, exist_ok=True)
     save_records(records, os.path.join(a.output, "records.json"))

@@ -5,6 +5,8 @@ fail hours later, at the first evaluation or checkpoint, fails here in seconds, 
 * MODEL.WEIGHTS is empty (training from scratch), a URL detectron2 can fetch, or an existing file;
 * every dataset of DATASETS.TRAIN and DATASETS.TEST is registered and non-empty, and one record of each
   (a positive and, with the paired loader, a negative one) goes through the mapper: the image is read;
+* every image of every TRAIN and TEST set decodes, at the size its record gives (a bad image anywhere stops
+  the run before its first iteration, named);
 * the paired loader has positive and negative images; the positives-only loader has positives;
 * every evaluator of DATASETS.TEST is built (the COCO conversion of the test records included), and the
   patient evaluator finds patient_id and laterality on every test record;
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from detectron2.data import DatasetCatalog
@@ -85,6 +87,33 @@ def _map_one(mapper, record, key, name):
     except Exception as e:
         raise ConfigError(f"{key}: dataset {name!r}: image {record.get('file_name')!r} cannot be read or mapped "
                           f"({type(e).__name__}: {e})") from e
+
+
+def check_every_image(records: Sequence[Mapping], key: str, name: str, threads: int = 4) -> None:
+    """Every image of a data set decodes (as the mapper reads it) to the size its record gives: a bad image
+    anywhere in the set, not only the first of its kind, stops the run here, naming it, instead of crashing the
+    data loader at its first batch. ConfigError naming up to five such files and how many there are."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..data.image_io import read_image
+
+    def problem(record):
+        path = record.get("file_name")
+        try:
+            image = read_image(path)
+        except Exception as e:  # the readers raise several types; the mapper would crash on any of them
+            return f"{path} ({type(e).__name__}: {e})"
+        want = (record.get("height"), record.get("width"))
+        if None not in want and tuple(image.shape[:2]) != tuple(int(v) for v in want):
+            return f"{path} ({image.shape[1]} x {image.shape[0]} pixels, its record says {want[1]} x {want[0]})"
+        return None
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # decoders release the GIL
+        bad = [p for p in pool.map(problem, records) if p]
+    if bad:
+        raise ConfigError(f"{key}: dataset {name!r}: {len(bad)} of {len(records)} image(s) cannot be read as their "
+                          f"records describe them: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Prepare "
+                          f"them again (tools/prepare_dataset.py), or remove their records")
 
 
 def check_prepared_options(cfg: CfgNode, records: Iterable[Mapping], key: str, name: str) -> None:
@@ -158,6 +187,7 @@ def check_validation(cfg: CfgNode, mapper: Any, train_patients: set[str]) -> dic
             raise ConfigError(f"DATASETS.VALIDATION: {e}") from None
         check_prepared_options(cfg, records, "DATASETS.VALIDATION", name)
         _map_one(mapper, records[0], "DATASETS.VALIDATION", name)
+        check_every_image(records, "DATASETS.VALIDATION", name, threads=cfg.DATALOADER.NUM_WORKERS or 1)
         checked[name] = len(records)
     return checked
 
@@ -187,6 +217,7 @@ def preflight(cfg: CfgNode, eval_only: bool = False) -> dict[str, int]:
             all_pos, all_neg = all_pos + len(pos), all_neg + len(neg)
             for r in (pos[:1] + neg[:1]):
                 _map_one(mapper, r, "DATASETS.TRAIN", name)
+            check_every_image(records, "DATASETS.TRAIN", name, threads=cfg.DATALOADER.NUM_WORKERS or 1)
             train_patients |= {patient_key(r.get("patient_id")) for r in records}
             check_categories(cfg, records, name)
             checked[name] = len(records)
@@ -211,6 +242,8 @@ def preflight(cfg: CfgNode, eval_only: bool = False) -> dict[str, int]:
         records = _records("DATASETS.TEST", name)
         check_prepared_options(cfg, records, "DATASETS.TEST", name)
         _map_one(test_mapper, records[0], "DATASETS.TEST", name)
+        if name not in checked:
+            check_every_image(records, "DATASETS.TEST", name, threads=cfg.DATALOADER.NUM_WORKERS or 1)
         for key in (("patient_id",), ("patient_id", "laterality")):
             try:
                 labels, _ = labels_from_records(records, key)

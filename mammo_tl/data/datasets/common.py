@@ -64,6 +64,17 @@ def patient_key(patient_id: Any) -> str:
     return " ".join(unicodedata.normalize("NFKC", str(patient_id)).split()).casefold()
 
 
+def same_view_files(records: Iterable[Mapping]) -> dict[tuple[str, str, str], list[str]]:
+    """{(patient, laterality, view): its files} for every patient, side and view that more than one file shows
+    (patients compared by :func:`patient_key`): a retake, or one mammogram stored twice, which training and the
+    patient-level evaluation would count twice. Kept as separate images; the caller reports them."""
+    files = defaultdict(set)
+    for r in records:
+        files[(patient_key(r.get("patient_id")), str(r.get("laterality", "")), str(r.get("view", "")))].add(
+            os.path.abspath(str(r.get("file_name"))))
+    return {k: sorted(v) for k, v in sorted(files.items()) if len(v) > 1}
+
+
 def patient_id_variants(records: Iterable[Mapping]) -> dict[str, list[str]]:
     """{key: sorted distinct patient ids} for every :func:`patient_key` spelled more than one way in ``records``."""
     spellings = defaultdict(set)
