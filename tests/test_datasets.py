@@ -122,7 +122,8 @@ def test_csv_import_and_errors(tmp_path):
             load_csv_dataset(str(p), strict=strict)
 
     bad("p1,missing.dcm,L,CC,0,\n", "bad.csv row 1.*file not found")
-    bad("p1,a.dcm,L,CC,1,1 2 100 12\n", "row 1.*outside the 60x80 image")
+    # a box with nothing inside the image (one that only extends past the edge is clipped)
+    bad("p1,a.dcm,L,CC,1,70 2 100 12\n", "row 1.*outside the 60x80 image")
     bad("p1,a.dcm,L,CC,1,1 2 10\n", "row 1: box '1 2 10' has 3 numbers")
     bad("p1,a.dcm,L,CC,0,\np1,a.dcm,L,MLO,0,\n", "duplicate image")
     (tmp_path / "garbage.dcm").write_bytes(b"\x00" * 50)

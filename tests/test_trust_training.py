@@ -320,17 +320,15 @@ def _copied_tiny_sets(tmp_path):
 def test_resume_refuses_data_changed_since_the_run_started(tmp_path, tiny_datasets):
     """A split rewritten between a kill and --resume (a test patient moved into training) and an image whose
     content changed are refused, naming the change, before any iteration; the same data again resumes."""
-    from tests.common import run_in_process
-
     paths = _copied_tiny_sets(tmp_path)
     out = tmp_path / "run"
 
-    def train(max_iter, *extra):
-        return run_in_process(
-            ["tools/train_net.py", "--config-file", config_path("synthetic/a_positives_only.yaml"), *extra,
+    def train(max_iter, *extra):  # a process each, as a user runs it (and killed runs are resumed)
+        return _run(
+            "tools/train_net.py", "--config-file", config_path("synthetic/a_positives_only.yaml"), *extra,
              "OUTPUT_DIR", str(out), *TRAIN_OPTS, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "1",
              "DATASETS.REGISTER_JSON", f"['resume_train={paths['train']}', 'resume_test={paths['test']}']",
-             "DATASETS.TRAIN", "('resume_train',)", "DATASETS.TEST", "('resume_test',)"])
+             "DATASETS.TRAIN", "('resume_train',)", "DATASETS.TEST", "('resume_test',)")
 
     p = train(2)
     assert p.returncode == 0, p.stderr[-3000:]
