@@ -107,8 +107,10 @@ def test_presentation_states_round_trip(run):
         assert ref_series.ReferencedImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID
         assert pr.PresentationLUTShape == ("INVERSE" if source.PhotometricInterpretation == "MONOCHROME1"
                                            else "IDENTITY")
-        assert pr.ContentDescription == "mass candidates, boxes with score >= 0"
-        assert pr.SoftwareVersions == __version__
+        assert pr.ContentDescription == f"mammo_tl {__version__} AI mass candidates, boxes with score >= 0"
+        assert pr.ContentLabel == "MAMMO_TL" and pr.SoftwareVersions == __version__
+        sha = hashlib.sha256(open(run["weights"], "rb").read()).hexdigest()
+        assert pr.SeriesDescription == f"AI boxes: mammo_tl {__version__} tiny_model_tiny.pth {sha[:8]}"
         annotations = {a.GraphicLayer: a for a in pr.GraphicAnnotationSequence}
         assert list(annotations) == ["MAMMO_TL"] and [layer.GraphicLayer for layer in pr.GraphicLayerSequence] == \
             ["MAMMO_TL"]
@@ -160,8 +162,14 @@ def test_reports_round_trip(run):
             assert params == [f"config: {config_name}", f"weights sha256: {sha}", "reported: boxes with score >= 0"]
             uid = g.roi.ContentSequence[0].referenced_sop_instance_uid
             found.append((uid, tuple(float(v) for v in g.roi.value.flatten()), m.value, side))
+            # the same region under the score, INFERRED FROM (where OHIF Viewer's reader looks for it)
+            (inferred,) = m[0].ContentSequence
+            assert (inferred.ValueType, inferred.RelationshipType) == ("SCOORD", "INFERRED FROM")
+            assert list(inferred.GraphicData) == list(g.roi.GraphicData) and inferred.GraphicType == "POLYLINE"
+            assert inferred.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uid
         assert sorted(found) == expected
         assert len(expected) == 3 * len(names)
+        assert sr.SeriesDescription == f"AI report: mammo_tl {__version__} tiny_model_tiny.pth {sha[:8]}"
         # a box's rectangle carries the same tracking UID in the presentation state and in the report
         pr = pydicom.dcmread(run["dicom"] / preds[names[0]]["dicom"]["presentation_state"])
         pr_tracking = {g.TrackingUID for g in pr.GraphicAnnotationSequence[0].GraphicObjectSequence}
@@ -258,11 +266,19 @@ def test_hand_made_records_layers_empty_images_and_mixed_patients(tmp_path):
 
     sr = hd.sr.srread(out / per_image[str(a)]["report"])
     assert len(sr.content.get_planar_roi_measurement_groups()) == 2
-    (none,) = sr.content.get_image_measurement_groups()
-    assert none.source_images[0].referenced_sop_instance_uid == pydicom.dcmread(b).SOPInstanceUID
-    (evaluation,) = none.get_qualitative_evaluations()
-    assert (evaluation.name.value, evaluation.value.value) == (codes.SCT.Mass.value, codes.SCT.Absent.value)
-    assert "operating point: youden, recall above 0.5" in _texts(none, "111002")
+    # the image without a box is no measurement group (no "Mass: Absent" for a threshold decision): it is in
+    # the evidence and the Image Library, and the report says its score is below the threshold
+    assert sr.content.get_image_measurement_groups() == []
+    assert "272519000" not in str(pydicom.dcmread(out / per_image[str(a)]["report"]))
+    assert sorted(e[2] for e in sr.get_evidence()) == sorted(pydicom.dcmread(x).SOPInstanceUID for x in (a, b))
+    (library,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"]
+    assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in library.ContentSequence[0].ContentSequence] \
+        == [pydicom.dcmread(x).SOPInstanceUID for x in (a, b)]
+    (evaluations,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    assert evaluations.ContentSequence[0].TextValue == (
+        f"mammo_tl {__version__} (x/cfg.yaml, weights sha256 0000000000000000): 2 mass candidate(s) in 1 of 2 "
+        "image(s), boxes with score >= 0.1; operating point youden: recall above 0.5. No mass candidate at or above "
+        "that score in image 2 (R): a score below the threshold, not a finding of normal.")
 
 
 def _dcmdump_items(text, sequence="(0018,a001)"):

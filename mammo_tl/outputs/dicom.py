@@ -70,17 +70,67 @@ def sr_file_name(study_uid: str) -> str:
     return f"SR_{hashlib.sha1(str(study_uid).encode()).hexdigest()[:16]}.dcm"
 
 
-def write_dicom_outputs(folder: str, items: Sequence[tuple[Mapping[str, Any], str]],
-                        algorithm: Algorithm) -> tuple[dict[str, dict], dict[str, Any]]:
+def write_dicom_outputs(folder: str, items: Sequence[tuple[Mapping[str, Any], str]], algorithm: Algorithm,
+                        previous_reports: Mapping[str, Any] | None = None) -> tuple[dict[str, dict], dict[str, Any]]:
     """Write the presentation states and reports of a run into ``folder``.
 
     ``items``: (prediction record, name) per predicted image in input order; the name is unique to the file
     (its GSPS is ``PR_<name>.dcm``). Headers are read again here, from the bytes whose sha256 is compared with
-    the record's ``file_sha256`` when it has one. Returns ({file name: {"presentation_state", "report"} (and
-    "report_skipped" with why), or {"skipped", "reason"} for an image without DICOM output}, counts for
-    summary.json)."""
+    the record's ``file_sha256`` when it has one. ``previous_reports``: {Study Instance UID: the header of the
+    report sent earlier for it}, which a new report of that study names as its predecessor; None: the report
+    this folder already holds for the study, if any (an earlier run, or --resume). Returns ({file name:
+    {"presentation_state", "report"} (and "report_skipped" with why), or {"skipped", "reason"} for an image
+    without DICOM output}, counts for summary.json)."""
     with quiet():
-        return _write_dicom_outputs(folder, items, algorithm)
+        return _write_dicom_outputs(folder, items, algorithm, previous_reports)
+
+
+def report_reference(path: str) -> Any | None:
+    """The header of the report at ``path`` (what a successor names: patient, study, series, SOP class and
+    instance UIDs), or None when there is none, or it is not a readable SR."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+            *PATIENT_MODULE, "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "Modality",
+            "PredecessorDocumentsSequence"])
+    except (OSError, ValueError, TypeError, AttributeError, EOFError, pydicom.errors.InvalidDicomError):
+        return None
+    if ds.get("Modality") != "SR" or missing_references(ds):
+        return None
+    return ds
+
+
+def _named_predecessors(report):
+    """The reports ``report``'s Predecessor Documents Sequence names, as headers highdicom takes."""
+    from pydicom import Dataset
+
+    out = []
+    for study in report.get("PredecessorDocumentsSequence", []):
+        for series in study.get("ReferencedSeriesSequence", []):
+            for sop in series.get("ReferencedSOPSequence", []):
+                ds = Dataset()
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study.StudyInstanceUID, series.SeriesInstanceUID
+                ds.SOPClassUID, ds.SOPInstanceUID = sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID
+                out.append(ds)
+    return out
+
+
+def _predecessors(earlier, header, study_uid, uid):
+    """What the report ``uid`` of the study names as predecessors: the earlier report when it is another report
+    of this study about the same patient; what the earlier one named when it is this same report (written
+    again); else nothing. An earlier report about another patient (the study's patient corrected since) is
+    not named, and warned about."""
+    if earlier is None or str(earlier.StudyInstanceUID) != study_uid:
+        return []
+    if str(earlier.SOPInstanceUID) == uid:
+        return _named_predecessors(earlier)
+    if patient_module(earlier) != patient_module(header):
+        logger.warning("study %s: its patient identity changed since its earlier report (%s): the new report does "
+                       "not name that one, filed under the earlier identity: remove it there", study_uid,
+                       earlier.SOPInstanceUID)
+        return []
+    return [earlier]
 
 
 def _image_size(header):
@@ -135,9 +185,9 @@ def _check(record, path):
     return header, None
 
 
-def _write_dicom_outputs(folder, items, algorithm):
+def _write_dicom_outputs(folder, items, algorithm, previous_reports):
     from .dicom_pr import presentation_state
-    from .dicom_sr import measurement_report
+    from .dicom_sr import measurement_report, report_uid
 
     results, usable, unverified = {}, [], 0
     for record, name in items:
@@ -173,8 +223,8 @@ def _write_dicom_outputs(folder, items, algorithm):
 
     written = Counter()
     for study_uid, study in studies.items():
-        pr_series = derived_uid("PR series", study_uid, algorithm.key())
         for number, (record, header, name) in enumerate(study, 1):
+            pr_series = derived_uid("PR series", patient_module(header), study_uid, algorithm.key())
             try:
                 ds = presentation_state(header, record, algorithm, pr_series, number)
             except (ValueError, TypeError, AttributeError, KeyError) as e:  # a header highdicom cannot use
@@ -199,9 +249,14 @@ def _write_dicom_outputs(folder, items, algorithm):
             written["studies_with_several_patients"] += 1
             logger.warning("%s: %s", ", ".join(r["file_name"] for r, _, _ in members), reason)
             continue
-        sr_series = derived_uid("SR series", study_uid, algorithm.key())
+        sr_series = derived_uid("SR series", modules[0], study_uid, algorithm.key())
+        name = sr_file_name(study_uid)
+        earlier = report_reference(os.path.join(folder, name)) if previous_reports is None \
+            else previous_reports.get(study_uid)
+        images = [(h, r) for r, h, _ in members]
+        previous = _predecessors(earlier, members[0][1], study_uid, report_uid(images, algorithm))
         try:
-            ds = measurement_report([(h, r) for r, h, _ in members], algorithm, sr_series, 1)
+            ds = measurement_report(images, algorithm, sr_series, 1, previous)
         except (ValueError, TypeError, AttributeError, KeyError) as e:
             reason = _refused("report", e)
             for record, _, _ in members:
@@ -210,7 +265,6 @@ def _write_dicom_outputs(folder, items, algorithm):
             logger.warning("%s and %d more image(s) of its study: %s", members[0][0]["file_name"], len(members) - 1,
                            reason)
             continue
-        name = sr_file_name(study_uid)
         _save(ds, os.path.join(folder, name))
         for record, _, _ in members:
             results[record["file_name"]]["report"] = name
