@@ -13,14 +13,15 @@ ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
-def require(tool, package="orthanc orthanc-dicomweb dcmtk openssl"):
+def require(tool, package="orthanc orthanc-dicomweb dcmtk openssl", how=None):
     """The path of a program (or file) the test needs: a failure under CI=true (.ci/run installs it), a skip
-    elsewhere."""
+    elsewhere. ``how``: the install line to show, instead of apt-get's for ``package``."""
     path = (tool if os.path.exists(tool) else None) if os.path.isabs(tool) else shutil.which(tool)
     if path is None:
         import pytest
 
-        message = f"{tool} is not installed (Debian/Ubuntu: apt-get install -y --no-install-recommends {package})"
+        how = how or f"Debian/Ubuntu: apt-get install -y --no-install-recommends {package}"
+        message = f"{tool} is not installed ({how})"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message + "; CI must install it (.ci/run)")
         pytest.skip(message)
