@@ -48,9 +48,10 @@ def wait_for(check, timeout, what):
 
 class Orthanc:
     """One Orthanc server: ``start()``, ``stop()`` (its storage kept, so a restart finds what it stored), REST
-    helpers. ``aet`` its AE title, ``dicom_port``, ``http_port``; ``modalities`` {name: [AE, host, port]}."""
+    helpers. ``aet`` its AE title, ``dicom_port``, ``http_port``; ``modalities`` {name: [AE, host, port]};
+    ``lua`` the text of a Lua script it runs (LuaScripts)."""
 
-    def __init__(self, folder, aet="ORTHANC", modalities=None):
+    def __init__(self, folder, aet="ORTHANC", modalities=None, lua=None):
         require(ORTHANC)
         self.folder, self.aet = str(folder), aet
         self.dicom_port, self.http_port = free_port(), free_port()
@@ -62,6 +63,11 @@ class Orthanc:
                   "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
                   "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
                   "DicomModalities": modalities or {}, "Plugins": [], "StableAge": 1}
+        if lua:
+            lua_file = os.path.join(self.folder, "script.lua")
+            with open(lua_file, "w") as f:
+                f.write(lua)
+            config["LuaScripts"] = [lua_file]
         if os.path.exists(DICOMWEB_PLUGIN):
             config["Plugins"] = [DICOMWEB_PLUGIN]
             config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}

@@ -117,10 +117,11 @@ def _named_predecessors(report):
 
 
 def _predecessors(earlier, header, study_uid, uid):
-    """What the report ``uid`` of the study names as predecessors: the earlier report when it is another report
-    of this study about the same patient; what the earlier one named when it is this same report (written
-    again); else nothing. An earlier report about another patient (the study's patient corrected since) is
-    not named, and warned about."""
+    """What the report ``uid`` of the study names as predecessors: the earlier report and those it named when
+    it is another report of this study about the same patient (every report it replaces, also one that was
+    never delivered); what the earlier one named when it is this same report (written again); else nothing.
+    An earlier report about another patient (the study's patient corrected since) is not named, and warned
+    about."""
     if earlier is None or str(earlier.StudyInstanceUID) != study_uid:
         return []
     if str(earlier.SOPInstanceUID) == uid:
@@ -130,7 +131,7 @@ def _predecessors(earlier, header, study_uid, uid):
                        "not name that one, filed under the earlier identity: remove it there", study_uid,
                        earlier.SOPInstanceUID)
         return []
-    return [earlier]
+    return [earlier, *(p for p in _named_predecessors(earlier) if str(p.SOPInstanceUID) != uid)]
 
 
 def _image_size(header):
