@@ -325,3 +325,50 @@ def test_ihe_ai_results_contributing_equipment(run):
             tree = subprocess.run([dsrdump, str(run["dicom"] / name)], capture_output=True, text=True,
                                   timeout=60).stdout
             assert f'UIDREF:(,,"Device Observer UID")="{device_uid}"' in tree
+
+
+def _named(sr):
+    return [i.ReferencedSOPInstanceUID for s in sr.get("PredecessorDocumentsSequence", [])
+            for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence]
+
+
+def test_a_later_report_names_the_earlier_and_a_corrected_patient_gets_new_uids(tmp_path):
+    """Written into a folder holding the study's report: more images give a new report naming the earlier one
+    (and what that named); the same findings again give the same report, predecessors included. A corrected
+    patient gives new UIDs for every object, and the report does not name the other patient's."""
+    study = generate_uid()
+    paths = [_header(tmp_path / f"{s}.dcm", study_uid=study, laterality=s) for s in "LR"]
+    paths.append(_header(tmp_path / "L2.dcm", study_uid=study, view="MLO"))
+    records = [{"file_name": str(p), "laterality": "", "boxes": [[1.0, 2.0, 3.0, 4.0]], "scores": [0.5]}
+               for p in paths]
+    out = tmp_path / "dicom"
+    out.mkdir()
+    algorithm = Algorithm("x/cfg.yaml", "0" * 64, 0.1)
+
+    def write(n):
+        per_image, _ = write_dicom_outputs(str(out), [(r, f"n{i}") for i, r in enumerate(records[:n])], algorithm)
+        return pydicom.dcmread(out / per_image[str(paths[0])]["report"]), \
+            {pydicom.dcmread(out / v["presentation_state"]).SOPInstanceUID for v in per_image.values()}
+
+    first, _ = write(1)
+    second, _ = write(2)
+    third, prs = write(3)
+    assert len({first.SOPInstanceUID, second.SOPInstanceUID, third.SOPInstanceUID}) == 3
+    assert (_named(first), _named(second)) == ([], [first.SOPInstanceUID])
+    assert sorted(_named(third)) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    assert third.PredecessorDocumentsSequence[0].StudyInstanceUID == study
+    again, prs_again = write(3)  # --resume: the same objects
+    assert (again.SOPInstanceUID, sorted(_named(again)), prs_again) == (third.SOPInstanceUID,
+                                                                         sorted(_named(third)), prs)
+    for p in paths:  # the patient corrected; UIDs and pixels unchanged
+        ds = pydicom.dcmread(p)
+        ds.PatientID = "P_00099"
+        ds.save_as(p, enforce_file_format=True)
+    corrected, prs_corrected = write(3)
+    assert corrected.PatientID == "P_00099" and corrected.SOPInstanceUID != third.SOPInstanceUID
+    assert corrected.SeriesInstanceUID != third.SeriesInstanceUID and not prs_corrected & prs
+    assert _named(corrected) == []
+    # DCMTK reads a report with predecessors
+    third.save_as(tmp_path / "third.dcm")
+    r = subprocess.run([dcmtk("dsrdump"), str(tmp_path / "third.dcm")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -603,15 +603,15 @@ def _documented(page, start):
 
 
 def test_documented_storescu_line_sends_a_dicom_out_folder(tmp_path):
-    """docs/inference.md's storescu line, as typed but for host, port and folder, sends every presentation state
-    and report of a --dicom-out folder (its manifest.json beside them) to Orthanc; without its +sp, storescu
-    stops at the manifest."""
+    """The storescu line of docs/inference.md and docs/deploy.md, as typed but for host, port and folder, sends
+    every presentation state and report of a --dicom-out folder (its manifest.json beside them) to Orthanc;
+    without its +sp, storescu stops at the manifest, and without -R it does not send the report."""
     import shlex
 
     from mammo_tl.outputs.dicom import Algorithm, write_dicom_outputs
 
     storescu = require("storescu", "dcmtk")
-    (line,) = _documented("inference.md", "storescu ")
+    (line,) = set(_documented("inference.md", "storescu ") + _documented("deploy.md", "storescu "))
     study = _study(tmp_path / "src", "s", "P_00060", (31, 32), (None, None))
     records = [{"file_name": str(p), "laterality": p.name[0], "boxes": [[1.0, 2.0, 30.0, 40.0]], "scores": [0.5]}
                for p in sorted((tmp_path / "src" / "s").iterdir())]

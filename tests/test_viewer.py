@@ -85,6 +85,8 @@ def test_ohif_lists_and_draws_every_box_of_a_four_view_study(tmp_path):
                                                                                      FAILURES)]
     assert not seen["pageErrors"] and not [c for c in seen["console"] if c["type"] == "error"], \
         (seen["pageErrors"], seen["console"])
+    # opened, the report's boxes on the first image are labelled with their scores
+    assert "Certainty of Finding: 0.90" in seen["previewText"], (seen["previewText"], where)
     # every box listed: "Measurements (4)", one row each, as "Mass"
     boxes = [len(b) for _, _, b in VIEWS]
     assert seen["measurementsTitle"] == sum(boxes) == 4, where

@@ -135,8 +135,11 @@ try {
     has: page.locator('[data-cy="series-modality-label"]', { hasText: /^\s*SR\s*$/ }) });
   if (!(await sr.count())) throw new Error(`no SR series among the thumbnails: ${JSON.stringify(result.thumbnails)}`);
   await sr.first().dblclick();
-  await page.waitForTimeout(1000);
+  await page.waitForFunction(() => document.querySelector('svg.svg-layer text'), null, { timeout: 15000 })
+    .catch(() => {});
   await shot(page, '2-report');
+  result.previewText = await page.evaluate(() => [...document.querySelectorAll('svg.svg-layer text')]
+    .map((t) => t.textContent).join('\n'));
   result.afterOpen = await svgShapes(page);
   // OHIF asks whether to track the report's measurements (load them into the measurement panel): yes
   const yes = page.getByRole('button', { name: 'Yes', exact: true });
