@@ -368,6 +368,11 @@ def test_a_later_report_names_the_earlier_and_a_corrected_patient_gets_new_uids(
     assert corrected.PatientID == "P_00099" and corrected.SOPInstanceUID != third.SOPInstanceUID
     assert corrected.SeriesInstanceUID != third.SeriesInstanceUID and not prs_corrected & prs
     assert _named(corrected) == []
+    moved = pydicom.dcmread(paths[0])  # an image moved to another study: another object, another UID
+    moved.StudyInstanceUID = generate_uid()
+    moved.save_as(paths[0], enforce_file_format=True)
+    _, prs_moved = write(3)
+    assert len(prs_moved - prs_corrected) == 1
     # DCMTK reads a report with predecessors
     third.save_as(tmp_path / "third.dcm")
     r = subprocess.run([dcmtk("dsrdump"), str(tmp_path / "third.dcm")], capture_output=True, text=True, timeout=60)
