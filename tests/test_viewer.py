@@ -79,6 +79,7 @@ def test_ohif_lists_and_draws_every_box_of_a_four_view_study(tmp_path):
     seen = json.loads(run.stdout)
     where = f"(screenshots in {shots})"
     assert "error" not in seen, seen["error"] + where
+    assert not seen["tourShown"]
     assert not seen.get("noTrackingPrompt"), "the viewer did not offer to track the report's measurements " + where
     text = seen["bodyText"] + "\n".join(c["text"] for c in seen["console"]) + "\n".join(seen["pageErrors"])
     assert not [f for f in FAILURES if f in text], [c for c in seen["console"] if any(f in c["text"] for f in

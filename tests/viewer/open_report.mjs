@@ -99,10 +99,23 @@ async function shot(page, name) {
   result.screenshots.push(file);
 }
 
-async function svgShapes(page) {
-  // the shapes of the annotation layers: cornerstone draws tools as SVG over the canvas
-  return page.evaluate(() => [...document.querySelectorAll('svg.svg-layer')].map((svg) =>
-    svg.querySelectorAll('polyline, rect, path, polygon').length).reduce((a, b) => a + b, 0));
+
+// the value of fn in the page once it is above 0 and has not changed for a second (or at the timeout)
+async function stable(page, fn, timeout) {
+  const end = Date.now() + timeout;
+  let last = null;
+  let since = Date.now();
+  for (;;) {
+    const value = await page.evaluate(fn);
+    if (value !== last) {
+      last = value;
+      since = Date.now();
+    } else if (value > 0 && Date.now() - since >= 1000) {
+      return value;
+    }
+    if (Date.now() > end) return value;
+    await page.waitForTimeout(200);
+  }
 }
 
 let page;
@@ -115,19 +128,16 @@ try {
   page.on('pageerror', (e) => result.pageErrors.push(String(e && e.stack ? e.stack : e)));
   page.on('requestfailed', (r) => result.requestsFailed.push(`${r.url()} ${r.failure() && r.failure().errorText}`));
   await page.addInitScript(() => {
-    // the onboarding tour, shown once per browser profile: marked as seen
+    // the onboarding tour (shepherd.js), shown once per browser profile: marked as shown, as OHIF does
     try {
-      localStorage.setItem('ohif-viewer-tours', JSON.stringify({ basicViewerTour: true }));
+      localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));
     } catch (e) { /* storage unavailable */ }
   });
   await page.goto(`${base}/viewer?StudyInstanceUIDs=${encodeURIComponent(args.study)}`);
   // the study browser's thumbnails: one per series
   await page.waitForSelector('[data-cy="study-browser-thumbnail"], [data-cy^="study-browser-thumbnail"]');
-  await page.waitForTimeout(1500);
-  for (const label of ['Skip', 'Skip all']) {
-    const b = page.getByRole('button', { name: label, exact: true });
-    if (await b.count()) await b.first().click().catch(() => {});
-  }
+  await stable(page, () => document.querySelectorAll('[data-cy^="study-browser-thumbnail"]').length, 30000);
+  result.tourShown = await page.locator('.shepherd-element').count() > 0;
   result.thumbnails = await page.$$eval('[data-cy^="study-browser-thumbnail"]', (els) =>
     els.map((e) => e.innerText.replace(/\s+/g, ' ').trim()));
   await shot(page, '1-study');
@@ -140,19 +150,17 @@ try {
   await shot(page, '2-report');
   result.previewText = await page.evaluate(() => [...document.querySelectorAll('svg.svg-layer text')]
     .map((t) => t.textContent).join('\n'));
-  result.afterOpen = await svgShapes(page);
   // OHIF asks whether to track the report's measurements (load them into the measurement panel): yes
   const yes = page.getByRole('button', { name: 'Yes', exact: true });
-  await yes.first().waitFor({ timeout: 15000 }).then(() => yes.first().click()).catch(() => {
+  await yes.first().waitFor({ timeout: 30000 }).then(() => yes.first().click()).catch(() => {
     result.noTrackingPrompt = true;
   });
-  await page.waitForTimeout(3000);
-  await shot(page, '3-tracked');
-  const panel = page.locator('[data-cy="trackedMeasurements-btn"]');
-  if (await panel.count()) await panel.first().click();
-  await page.waitForTimeout(1500);
+  // the measurement panel, opened unless it is: its title "Measurements (N)" and one row per measurement
+  if (!(await page.locator('[data-cy="trackedMeasurements-panel"]').isVisible().catch(() => false))) {
+    await page.locator('[data-cy="trackedMeasurements-btn"]').first().click();
+  }
+  await stable(page, () => document.querySelectorAll('[data-cy="data-row"]').length, 30000);
   await shot(page, '3-panel');
-  // the measurement panel: title "Measurements (N)" and one row per listed measurement
   result.panelText = await page.evaluate(() => document.body.innerText);
   const m = result.panelText.match(/Measurements\s*\((\d+)\)/);
   result.measurementsTitle = m ? Number(m[1]) : null;
@@ -162,8 +170,9 @@ try {
   const rows = page.locator('[data-cy="data-row"]');
   for (let i = 0; i < (await rows.count()); i++) {
     await rows.nth(i).click();
-    await page.waitForTimeout(1200);
-    result.shapesPerRow.push(await svgShapes(page));
+    await page.waitForTimeout(300);
+    result.shapesPerRow.push(await stable(page, () => [...document.querySelectorAll('svg.svg-layer')]
+      .map((svg) => svg.querySelectorAll('polyline, rect, path, polygon').length).reduce((a, b) => a + b, 0), 15000));
     await shot(page, `4-row-${i + 1}`);
   }
   result.bodyText = await page.evaluate(() => document.body.innerText);
