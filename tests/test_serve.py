@@ -529,25 +529,39 @@ def _evidence(sr):
             for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
 
 
-def test_a_corrected_patient_and_a_study_sent_view_by_view(tmp_path, tmp_path_factory):
-    """A study sent under a wrong patient, then again with the patient corrected (same UIDs, same pixels): new
-    results reach the PACS under the corrected patient. A four-view study sent one view at a time, each after
-    the study timeout: one report per arrival, each naming every earlier one (Predecessor Documents Sequence),
-    so that exactly one report of the study is current, and it covers the four views."""
-    storescu, _ = require("storescu", "dcmtk"), require("echoscu", "dcmtk")
+def test_forwarding_a_corrected_patient_and_a_study_sent_view_by_view(tmp_path, tmp_path_factory):
+    """One node beside an Orthanc that runs docs/deploy.md's Lua script (the Orthanc the tests use):
+    * a study a modality stores into Orthanc reaches the node, its results come back, and only the images were
+      forwarded to the node, never its results;
+    * a study sent under a wrong patient, then again with the patient corrected (same UIDs, same pixels): new
+      results reach the PACS under the corrected patient;
+    * a four-view study sent one view at a time, each after the study timeout: one report per arrival, each
+      naming every earlier one (Predecessor Documents Sequence), so that exactly one report of the study is
+      current, and it covers the four views."""
+    storescu = require("storescu", "dcmtk")
+    lua = _documented("deploy.md", "```lua\n")
+    assert "OnStoredInstance" in lua
     src = tmp_path / "src"
+    forwarded = _study(src, "forwarded", "P_00070", (41, 42), (None, None))
     wrong = _study(src, "fix", "WRONG01", (21, 22), (None, None))
     views = _study(src, "views", "P_00050", (23, 24, 25, 26), (None,) * 4)
-    pacs = Orthanc(tmp_path / "orthanc").start()
     port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc", modalities={"mammo_tl": [NODE_AE, "127.0.0.1", port]}, lua=lua).start()
     argv = [sys.executable, "tools/serve.py", "--config-file", tiny_config_file(tmp_path_factory), "--spool",
             str(tmp_path / "spool"), "--port", str(port), "--host", "127.0.0.1", "--ae-title", NODE_AE, "--allow",
-            SENDER_AE, "--send-to", pacs.address, "--study-timeout", "1", "--retry-max", "1", "--min-score", "0",
-            "--min-free-mb", "10", "--device", "cpu"] + OPTS + ["MODEL.WEIGHTS", tiny_weights(tmp_path_factory)]
+            SENDER_AE, "--allow", "ORTHANC", "--send-to", pacs.address, "--study-timeout", "1", "--retry-max", "1",
+            "--min-score", "0", "--min-free-mb", "10", "--device", "cpu"] + OPTS + \
+        ["MODEL.WEIGHTS", tiny_weights(tmp_path_factory)]
     w = {"root": tmp_path, "src": src, "studies": {"fix": wrong, "views": views}, "pacs": pacs, "port": port,
          "argv": argv, "storescu": storescu, "echoscu": require("echoscu", "dcmtk"), "node": None}
     try:
         _start_node(w)
+        r = subprocess.run([storescu, "-aet", "MODALITY", "127.0.0.1", str(pacs.dicom_port),
+                            *map(str, sorted((src / "forwarded").iterdir()))], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: len(_results(pacs, forwarded)) == 3, TIMEOUT, f"the results in Orthanc; node log:\n{_log(w)}")
+
         assert _send(w, "fix").returncode == 0
         before = _wait_results(w, "fix")
         assert {t["PatientID"] for t in before.values()} == {"WRONG01"}
@@ -589,6 +603,10 @@ def test_a_corrected_patient_and_a_study_sent_view_by_view(tmp_path, tmp_path_fa
         assert [len(_predecessors(sr)) for sr in by_size] == [0, 1, 2, 3]
         # one presentation state per view: an image's findings did not change, so neither did its GSPS
         assert len(_results(pacs, views)) - len(reports) == 4
+        # Orthanc forwarded the two images stored into it, and none of the results it stored since
+        stores = [line for line in _log(w).splitlines() if "C-STORE from ORTHANC@" in line]
+        assert len(stores) == 2 and all("instance stored" in line for line in stores), stores
+        assert "refused" not in _log(w)
     finally:
         if w["node"] and w["node"].poll() is None:
             w["node"].send_signal(signal.SIGTERM)
@@ -641,37 +659,4 @@ def test_documented_storescu_line_sends_a_dicom_out_folder(tmp_path):
                                capture_output=True, text=True, timeout=60)
             assert r.returncode != 0 or len(_results(pacs, study)) < 3, drop
     finally:
-        pacs.stop(kill=True)
-
-
-def test_documented_orthanc_lua_forwards_mammograms_only(tmp_path, tmp_path_factory):
-    """docs/deploy.md's Lua script in Orthanc (the version the tests use): a study a modality stores into Orthanc
-    reaches the node, its results come back into Orthanc, and only the images were forwarded to the node."""
-    storescu = require("storescu", "dcmtk")
-    lua = _documented("deploy.md", "```lua\n")
-    assert "OnStoredInstance" in lua
-    study = _study(tmp_path / "src", "s", "P_00070", (41, 42), (None, None))
-    port = free_port()
-    pacs = Orthanc(tmp_path / "orthanc", modalities={"mammo_tl": [NODE_AE, "127.0.0.1", port]}, lua=lua).start()
-    argv = [sys.executable, "tools/serve.py", "--config-file", tiny_config_file(tmp_path_factory), "--spool",
-            str(tmp_path / "spool"), "--port", str(port), "--host", "127.0.0.1", "--ae-title", NODE_AE, "--allow",
-            "ORTHANC", "--allow", SENDER_AE, "--send-to", pacs.address, "--study-timeout", "1", "--retry-max", "1",
-            "--min-score", "0", "--min-free-mb", "10", "--device", "cpu"] + OPTS + \
-        ["MODEL.WEIGHTS", tiny_weights(tmp_path_factory)]
-    w = {"root": tmp_path, "port": port, "argv": argv, "echoscu": require("echoscu", "dcmtk"), "node": None}
-    try:
-        _start_node(w)
-        r = subprocess.run([storescu, "-aet", "MODALITY", "127.0.0.1", str(pacs.dicom_port),
-                            *map(str, sorted((tmp_path / "src" / "s").iterdir()))], capture_output=True, text=True,
-                           timeout=60)
-        assert r.returncode == 0, r.stdout + r.stderr
-        wait_for(lambda: len(_results(pacs, study)) == 3, TIMEOUT, f"the results in Orthanc; node log:\n{_log(w)}")
-        time.sleep(3)  # what Orthanc would forward of the results, given the time to arrive
-        stores = [line for line in _log(w).splitlines() if "C-STORE from ORTHANC@" in line]
-        assert len(stores) == 2 and all("instance stored" in line for line in stores), stores
-        assert "refused" not in _log(w)
-    finally:
-        if w["node"] and w["node"].poll() is None:
-            w["node"].send_signal(signal.SIGTERM)
-            w["node"].wait(60)
         pacs.stop(kill=True)
