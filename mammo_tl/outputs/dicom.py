@@ -89,12 +89,13 @@ def report_reference(path: str) -> Any | None:
     """The header of the report at ``path`` (what a successor names: patient, study, series, SOP class and
     instance UIDs), or None when there is none, or it is not a readable SR."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
             *PATIENT_MODULE, "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "Modality",
             "PredecessorDocumentsSequence"])
-    except (OSError, ValueError, TypeError, AttributeError, EOFError, pydicom.errors.InvalidDicomError):
+    except (OSError, ValueError, TypeError, AttributeError, EOFError, InvalidDicomError):
         return None
     if ds.get("Modality") != "SR" or missing_references(ds):
         return None
