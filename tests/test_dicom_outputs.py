@@ -80,7 +80,7 @@ def test_inputs_without_study_references_are_predicted_and_counted(run):
     assert dicom.pop("unverified_images") == sum("file_sha256" not in preds[n] for n in run["sources"])
     assert dicom == {"folder": str(run["dicom"]), "presentation_states": 3, "reports": 2,
                      "images_in_reports": 3, "studies_without_report": 0, "studies_with_several_patients": 0,
-                     "images_without_dicom_output": 2,
+                     "studies_without_boxes": 0, "images_without_dicom_output": 2,
                      "without_dicom_output_by_reason": {"missing_uids": 1, "not_dicom": 1}}
     assert preds["no_uids.dcm"]["dicom"]["skipped"] == "missing_uids"
     assert "StudyInstanceUID" in preds["no_uids.dcm"]["dicom"]["reason"]
@@ -279,6 +279,25 @@ def test_hand_made_records_layers_empty_images_and_mixed_patients(tmp_path):
         f"mammo_tl {__version__} (x/cfg.yaml, weights sha256 0000000000000000): 2 mass candidate(s) in 1 of 2 "
         "image(s), boxes with score >= 0.1; operating point youden: recall above 0.5. No mass candidate at or above "
         "that score in image 2 (R): a score below the threshold, not a finding of normal.")
+
+
+def test_a_study_without_a_box_gets_presentation_states_and_no_report(tmp_path):
+    """No image of the study has a box at or above the threshold: no report (OHIF Viewer fails on a report
+    without measurements), counted; the presentation states say that none is at or above the threshold."""
+    study = generate_uid()
+    paths = [_header(tmp_path / f"{s}.dcm", study_uid=study, laterality=s) for s in "LR"]
+    out = tmp_path / "dicom"
+    out.mkdir()
+    per_image, summary = write_dicom_outputs(
+        str(out), [({"file_name": str(p), "laterality": "", "boxes": [], "scores": []}, f"n{i}")
+                   for i, p in enumerate(paths)], Algorithm("x/cfg.yaml", "0" * 64, 0.3))
+    assert (summary["reports"], summary["studies_without_boxes"], summary["presentation_states"]) == (0, 1, 2)
+    assert summary["studies_without_report"] == 0  # not a failure
+    assert sorted(os.listdir(out)) == ["PR_n0.dcm", "PR_n1.dcm"]
+    for p in paths:
+        assert per_image[str(p)]["report_skipped"].startswith("no box in its study (boxes with score >= 0.3)")
+    text = pydicom.dcmread(out / "PR_n0.dcm").GraphicAnnotationSequence[0].TextObjectSequence[0]
+    assert text.UnformattedTextValue == f"mammo_tl {__version__}: 0 mass candidate(s), boxes with score >= 0.3"
 
 
 def _dcmdump_items(text, sequence="(0018,a001)"):

@@ -19,7 +19,9 @@ What is trusted, and what is left out (still predicted; counted in the summary b
   describe this image;
 * a report is one patient's: a study whose images disagree on the patient module (PatientID, issuer, name,
   birth date, sex) gets no report (counted in ``studies_without_report`` and warned about by file names,
-  never by the values); its images keep their presentation states.
+  never by the values); its images keep their presentation states;
+* a study in which no image has a box gets no report (``studies_without_boxes``): OHIF Viewer fails on a
+  report without measurements; its presentation states say that none is at or above the threshold.
 
 Both name the algorithm in their Contributing Equipment Sequence, as the IHE AI Results profile asks
 (:func:`.dicom_common.add_contributing_equipment`: manufacturer, model = the config, software version, the
@@ -251,6 +253,13 @@ def _write_dicom_outputs(folder, items, algorithm, previous_reports):
             written["studies_with_several_patients"] += 1
             logger.warning("%s: %s", ", ".join(r["file_name"] for r, _, _ in members), reason)
             continue
+        if not any(r.get("boxes") for r, _, _ in members):
+            reason = (f"no box in its study ({algorithm.reported}): no report, since OHIF Viewer fails on a report "
+                      "without measurements; its presentation states say so")
+            for record, _, _ in members:
+                results[record["file_name"]]["report_skipped"] = reason
+            written["studies_without_boxes"] += 1
+            continue
         sr_series = derived_uid("SR series", modules[0], study_uid, algorithm.key())
         name = sr_file_name(study_uid)
         earlier = report_reference(os.path.join(folder, name)) if previous_reports is None \
@@ -277,6 +286,7 @@ def _write_dicom_outputs(folder, items, algorithm, previous_reports):
                "reports": written["reports"], "images_in_reports": written["images_in_reports"],
                "studies_without_report": written["studies_without_report"],
                "studies_with_several_patients": written["studies_with_several_patients"],
+               "studies_without_boxes": written["studies_without_boxes"],
                "images_without_dicom_output": sum(skipped.values()),
                "without_dicom_output_by_reason": dict(sorted(skipped.items())),
                "unverified_images": unverified}

@@ -11,7 +11,9 @@ sha256, which boxes are reported and the operating point, if any.
 An image without a reported box has no group: a box below --min-score is not a clinical negative, and a group
 without a region makes OHIF Viewer fail on the whole report. Every predicted image is in the Image Library
 (TID 1600) and the evidence, and the Qualitative Evaluations container holds one text saying which boxes are
-reported (the threshold, the operating point) and which images have none at or above it.
+reported (the threshold, the operating point) and which images have none at or above it. A study without any
+box gets no report (:func:`measurement_report` refuses it): OHIF Viewer fails on a report without measurements,
+and the presentation states already say that no box is at or above the threshold.
 
 A later report of a study can name the earlier ones it replaces in its Predecessor Documents Sequence.
 
@@ -26,8 +28,8 @@ Groups are written with undefined lengths (PS3.5 7.5), which readers accept as t
 from __future__ import annotations
 
 import json
-from types import MappingProxyType
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
@@ -201,6 +203,9 @@ def measurement_report(images: Sequence[tuple[Dataset, Mapping[str, Any]]], algo
     per_image = [_Image(h, r, ref, n, algorithm, algorithm_id) for n, ((h, r), ref) in enumerate(zip(images, refs), 1)]
     # the report as highdicom builds it, with each image's first group: evidence, patient, study, context
     firsts = [im.group(0) for im in per_image if im.scores]
+    if not firsts:
+        raise ValueError("a report needs a box: no image of the study has one (write_dicom_outputs makes no report "
+                         "for such a study)")
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.Mammography,
                                      imaging_measurements=firsts)
     sr = hd.sr.Comprehensive3DSR(
