@@ -13,14 +13,15 @@ ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
-def require(tool, package="orthanc orthanc-dicomweb dcmtk openssl"):
+def require(tool, package="orthanc orthanc-dicomweb dcmtk openssl", how=None):
     """The path of a program (or file) the test needs: a failure under CI=true (.ci/run installs it), a skip
-    elsewhere."""
+    elsewhere. ``how``: the install line to show, instead of apt-get's for ``package``."""
     path = (tool if os.path.exists(tool) else None) if os.path.isabs(tool) else shutil.which(tool)
     if path is None:
         import pytest
 
-        message = f"{tool} is not installed (Debian/Ubuntu: apt-get install -y --no-install-recommends {package})"
+        how = how or f"Debian/Ubuntu: apt-get install -y --no-install-recommends {package}"
+        message = f"{tool} is not installed ({how})"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message + "; CI must install it (.ci/run)")
         pytest.skip(message)
@@ -47,9 +48,10 @@ def wait_for(check, timeout, what):
 
 class Orthanc:
     """One Orthanc server: ``start()``, ``stop()`` (its storage kept, so a restart finds what it stored), REST
-    helpers. ``aet`` its AE title, ``dicom_port``, ``http_port``; ``modalities`` {name: [AE, host, port]}."""
+    helpers. ``aet`` its AE title, ``dicom_port``, ``http_port``; ``modalities`` {name: [AE, host, port]};
+    ``lua`` the text of a Lua script it runs (LuaScripts)."""
 
-    def __init__(self, folder, aet="ORTHANC", modalities=None):
+    def __init__(self, folder, aet="ORTHANC", modalities=None, lua=None):
         require(ORTHANC)
         self.folder, self.aet = str(folder), aet
         self.dicom_port, self.http_port = free_port(), free_port()
@@ -61,6 +63,11 @@ class Orthanc:
                   "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
                   "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
                   "DicomModalities": modalities or {}, "Plugins": [], "StableAge": 1}
+        if lua:
+            lua_file = os.path.join(self.folder, "script.lua")
+            with open(lua_file, "w") as f:
+                f.write(lua)
+            config["LuaScripts"] = [lua_file]
         if os.path.exists(DICOMWEB_PLUGIN):
             config["Plugins"] = [DICOMWEB_PLUGIN]
             config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}

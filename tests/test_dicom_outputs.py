@@ -80,7 +80,7 @@ def test_inputs_without_study_references_are_predicted_and_counted(run):
     assert dicom.pop("unverified_images") == sum("file_sha256" not in preds[n] for n in run["sources"])
     assert dicom == {"folder": str(run["dicom"]), "presentation_states": 3, "reports": 2,
                      "images_in_reports": 3, "studies_without_report": 0, "studies_with_several_patients": 0,
-                     "images_without_dicom_output": 2,
+                     "studies_without_boxes": 0, "images_without_dicom_output": 2,
                      "without_dicom_output_by_reason": {"missing_uids": 1, "not_dicom": 1}}
     assert preds["no_uids.dcm"]["dicom"]["skipped"] == "missing_uids"
     assert "StudyInstanceUID" in preds["no_uids.dcm"]["dicom"]["reason"]
@@ -107,8 +107,10 @@ def test_presentation_states_round_trip(run):
         assert ref_series.ReferencedImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID
         assert pr.PresentationLUTShape == ("INVERSE" if source.PhotometricInterpretation == "MONOCHROME1"
                                            else "IDENTITY")
-        assert pr.ContentDescription == "mass candidates, boxes with score >= 0"
-        assert pr.SoftwareVersions == __version__
+        assert pr.ContentDescription == f"mammo_tl {__version__} AI mass candidates, boxes with score >= 0"
+        assert pr.ContentLabel == "MAMMO_TL" and pr.SoftwareVersions == __version__
+        sha = hashlib.sha256(open(run["weights"], "rb").read()).hexdigest()
+        assert pr.SeriesDescription == f"AI boxes: mammo_tl {__version__} tiny_model_tiny.pth {sha[:8]}"
         annotations = {a.GraphicLayer: a for a in pr.GraphicAnnotationSequence}
         assert list(annotations) == ["MAMMO_TL"] and [layer.GraphicLayer for layer in pr.GraphicLayerSequence] == \
             ["MAMMO_TL"]
@@ -160,8 +162,14 @@ def test_reports_round_trip(run):
             assert params == [f"config: {config_name}", f"weights sha256: {sha}", "reported: boxes with score >= 0"]
             uid = g.roi.ContentSequence[0].referenced_sop_instance_uid
             found.append((uid, tuple(float(v) for v in g.roi.value.flatten()), m.value, side))
+            # the same region under the score, INFERRED FROM (where OHIF Viewer's reader looks for it)
+            (inferred,) = m[0].ContentSequence
+            assert (inferred.ValueType, inferred.RelationshipType) == ("SCOORD", "INFERRED FROM")
+            assert list(inferred.GraphicData) == list(g.roi.GraphicData) and inferred.GraphicType == "POLYLINE"
+            assert inferred.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uid
         assert sorted(found) == expected
         assert len(expected) == 3 * len(names)
+        assert sr.SeriesDescription == f"AI report: mammo_tl {__version__} tiny_model_tiny.pth {sha[:8]}"
         # a box's rectangle carries the same tracking UID in the presentation state and in the report
         pr = pydicom.dcmread(run["dicom"] / preds[names[0]]["dicom"]["presentation_state"])
         pr_tracking = {g.TrackingUID for g in pr.GraphicAnnotationSequence[0].GraphicObjectSequence}
@@ -258,11 +266,38 @@ def test_hand_made_records_layers_empty_images_and_mixed_patients(tmp_path):
 
     sr = hd.sr.srread(out / per_image[str(a)]["report"])
     assert len(sr.content.get_planar_roi_measurement_groups()) == 2
-    (none,) = sr.content.get_image_measurement_groups()
-    assert none.source_images[0].referenced_sop_instance_uid == pydicom.dcmread(b).SOPInstanceUID
-    (evaluation,) = none.get_qualitative_evaluations()
-    assert (evaluation.name.value, evaluation.value.value) == (codes.SCT.Mass.value, codes.SCT.Absent.value)
-    assert "operating point: youden, recall above 0.5" in _texts(none, "111002")
+    # the image without a box is no measurement group (no "Mass: Absent" for a threshold decision): it is in
+    # the evidence and the Image Library, and the report says its score is below the threshold
+    assert sr.content.get_image_measurement_groups() == []
+    assert "272519000" not in str(pydicom.dcmread(out / per_image[str(a)]["report"]))
+    assert sorted(e[2] for e in sr.get_evidence()) == sorted(pydicom.dcmread(x).SOPInstanceUID for x in (a, b))
+    (library,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"]
+    assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in library.ContentSequence[0].ContentSequence] \
+        == [pydicom.dcmread(x).SOPInstanceUID for x in (a, b)]
+    (evaluations,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    assert evaluations.ContentSequence[0].TextValue == (
+        f"mammo_tl {__version__} (x/cfg.yaml, weights sha256 0000000000000000): 2 mass candidate(s) in 1 of 2 "
+        "image(s), boxes with score >= 0.1; operating point youden: recall above 0.5. No mass candidate at or above "
+        "that score in image 2 (R): a score below the threshold, not a finding of normal.")
+
+
+def test_a_study_without_a_box_gets_presentation_states_and_no_report(tmp_path):
+    """No image of the study has a box at or above the threshold: no report (OHIF Viewer fails on a report
+    without measurements), counted; the presentation states say that none is at or above the threshold."""
+    study = generate_uid()
+    paths = [_header(tmp_path / f"{s}.dcm", study_uid=study, laterality=s) for s in "LR"]
+    out = tmp_path / "dicom"
+    out.mkdir()
+    per_image, summary = write_dicom_outputs(
+        str(out), [({"file_name": str(p), "laterality": "", "boxes": [], "scores": []}, f"n{i}")
+                   for i, p in enumerate(paths)], Algorithm("x/cfg.yaml", "0" * 64, 0.3))
+    assert (summary["reports"], summary["studies_without_boxes"], summary["presentation_states"]) == (0, 1, 2)
+    assert summary["studies_without_report"] == 0  # not a failure
+    assert sorted(os.listdir(out)) == ["PR_n0.dcm", "PR_n1.dcm"]
+    for p in paths:
+        assert per_image[str(p)]["report_skipped"].startswith("no box in its study (boxes with score >= 0.3)")
+    text = pydicom.dcmread(out / "PR_n0.dcm").GraphicAnnotationSequence[0].TextObjectSequence[0]
+    assert text.UnformattedTextValue == f"mammo_tl {__version__}: 0 mass candidate(s), boxes with score >= 0.3"
 
 
 def _dcmdump_items(text, sequence="(0018,a001)"):
@@ -309,3 +344,55 @@ def test_ihe_ai_results_contributing_equipment(run):
             tree = subprocess.run([dsrdump, str(run["dicom"] / name)], capture_output=True, text=True,
                                   timeout=60).stdout
             assert f'UIDREF:(,,"Device Observer UID")="{device_uid}"' in tree
+
+
+def _named(sr):
+    return [i.ReferencedSOPInstanceUID for s in sr.get("PredecessorDocumentsSequence", [])
+            for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence]
+
+
+def test_a_later_report_names_the_earlier_and_a_corrected_patient_gets_new_uids(tmp_path):
+    """Written into a folder holding the study's report: more images give a new report naming the earlier one
+    (and what that named); the same findings again give the same report, predecessors included. A corrected
+    patient gives new UIDs for every object, and the report does not name the other patient's."""
+    study = generate_uid()
+    paths = [_header(tmp_path / f"{s}.dcm", study_uid=study, laterality=s) for s in "LR"]
+    paths.append(_header(tmp_path / "L2.dcm", study_uid=study, view="MLO"))
+    records = [{"file_name": str(p), "laterality": "", "boxes": [[1.0, 2.0, 3.0, 4.0]], "scores": [0.5]}
+               for p in paths]
+    out = tmp_path / "dicom"
+    out.mkdir()
+    algorithm = Algorithm("x/cfg.yaml", "0" * 64, 0.1)
+
+    def write(n):
+        per_image, _ = write_dicom_outputs(str(out), [(r, f"n{i}") for i, r in enumerate(records[:n])], algorithm)
+        return pydicom.dcmread(out / per_image[str(paths[0])]["report"]), \
+            {pydicom.dcmread(out / v["presentation_state"]).SOPInstanceUID for v in per_image.values()}
+
+    first, _ = write(1)
+    second, _ = write(2)
+    third, prs = write(3)
+    assert len({first.SOPInstanceUID, second.SOPInstanceUID, third.SOPInstanceUID}) == 3
+    assert (_named(first), _named(second)) == ([], [first.SOPInstanceUID])
+    assert sorted(_named(third)) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    assert third.PredecessorDocumentsSequence[0].StudyInstanceUID == study
+    again, prs_again = write(3)  # --resume: the same objects
+    assert (again.SOPInstanceUID, sorted(_named(again)), prs_again) == (third.SOPInstanceUID,
+                                                                         sorted(_named(third)), prs)
+    for p in paths:  # the patient corrected; UIDs and pixels unchanged
+        ds = pydicom.dcmread(p)
+        ds.PatientID = "P_00099"
+        ds.save_as(p, enforce_file_format=True)
+    corrected, prs_corrected = write(3)
+    assert corrected.PatientID == "P_00099" and corrected.SOPInstanceUID != third.SOPInstanceUID
+    assert corrected.SeriesInstanceUID != third.SeriesInstanceUID and not prs_corrected & prs
+    assert _named(corrected) == []
+    moved = pydicom.dcmread(paths[0])  # an image moved to another study: another object, another UID
+    moved.StudyInstanceUID = generate_uid()
+    moved.save_as(paths[0], enforce_file_format=True)
+    _, prs_moved = write(3)
+    assert len(prs_moved - prs_corrected) == 1
+    # DCMTK reads a report with predecessors
+    third.save_as(tmp_path / "third.dcm")
+    r = subprocess.run([dcmtk("dsrdump"), str(tmp_path / "third.dcm")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr

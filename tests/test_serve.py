@@ -209,7 +209,7 @@ def _studies_come_back_as_predict_writes_them(world, tmp_path):
         evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
                     for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
         assert evidence == set(sources)
-        assert _regions(sr) == 3 * len(sources)  # every box of every image
+        assert _regions(sr) == 2 * 3 * len(sources)  # every box of every image, its region also under its score
         assert sr.PatientName == "Doe^Jane" and sr.PatientID == next(iter(sources.values())).PatientID
     # the same objects by STOW-RS in the DICOMweb Orthanc
     for name, results in got.items():
@@ -365,7 +365,9 @@ def test_refused_instances_are_counted_with_their_reason(local_node, tmp_path):
         assert _c_store(node, [ok]) == [0xA700]
     finally:
         node.options.min_free_mb = 0
-    gained = {k: v - before.get(k, 0) for k, v in node.counts.items() if v != before.get(k, 0)}
+    # what the receiving counted (the stored instance's study may be predicted meanwhile: study_timeout 0.2 s)
+    gained = {k: v - before.get(k, 0) for k, v in node.counts.items()
+              if v != before.get(k, 0) and k.startswith("instances_")}
     assert gained == {"instances_refused:not_an_image": 1, "instances_refused:too_large": 1,
                       "instances_stored": 1, "instances_received_again": 1, "instances_refused:disk_floor": 1}
 
@@ -508,3 +510,153 @@ def test_results_made_by_another_model_are_made_again(tmp_path):
     assert not Spool(str(tmp_path / "spool"), made_by=dict(model_a)).pending("1.2.3")  # the same model restarted
     for change in ({"weights_sha256": "b" * 64}, {"min_score": 0.1}, {"config": "MODEL: {DEVICE: cpu}\n"}):
         assert Spool(str(tmp_path / "spool"), made_by={**model_a, **change}).pending("1.2.3"), change
+
+
+# ---- identity and succession: a node keeping its studies (--keep-hours) and one Orthanc ---------------------------
+def _reports(orthanc, study_uid):
+    """{SOPInstanceUID: dataset} of the reports Orthanc holds for ``study_uid``."""
+    return {uid: orthanc.dataset(t["_id"]) for uid, t in _results(orthanc, study_uid).items()
+            if t["SOPClassUID"] == SR_CLASS}
+
+
+def _predecessors(sr):
+    return {i.ReferencedSOPInstanceUID for s in sr.get("PredecessorDocumentsSequence", [])
+            for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+
+
+def _evidence(sr):
+    return {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+            for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+
+
+def test_forwarding_a_corrected_patient_and_a_study_sent_view_by_view(tmp_path, tmp_path_factory):
+    """One node beside an Orthanc that runs docs/deploy.md's Lua script (the Orthanc the tests use):
+    * a study a modality stores into Orthanc reaches the node, its results come back, and only the images were
+      forwarded to the node, never its results;
+    * a study sent under a wrong patient, then again with the patient corrected (same UIDs, same pixels): new
+      results reach the PACS under the corrected patient;
+    * a four-view study sent one view at a time, each after the study timeout: one report per arrival, each
+      naming every earlier one (Predecessor Documents Sequence), so that exactly one report of the study is
+      current, and it covers the four views."""
+    storescu = require("storescu", "dcmtk")
+    lua = _documented("deploy.md", "```lua\n")
+    assert "OnStoredInstance" in lua
+    src = tmp_path / "src"
+    forwarded = _study(src, "forwarded", "P_00070", (41, 42), (None, None))
+    wrong = _study(src, "fix", "WRONG01", (21, 22), (None, None))
+    views = _study(src, "views", "P_00050", (23, 24, 25, 26), (None,) * 4)
+    port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc", modalities={"mammo_tl": [NODE_AE, "127.0.0.1", port]}, lua=lua).start()
+    argv = [sys.executable, "tools/serve.py", "--config-file", tiny_config_file(tmp_path_factory), "--spool",
+            str(tmp_path / "spool"), "--port", str(port), "--host", "127.0.0.1", "--ae-title", NODE_AE, "--allow",
+            SENDER_AE, "--allow", "ORTHANC", "--send-to", pacs.address, "--study-timeout", "1", "--retry-max", "1",
+            "--min-score", "0", "--min-free-mb", "10", "--device", "cpu"] + OPTS + \
+        ["MODEL.WEIGHTS", tiny_weights(tmp_path_factory)]
+    w = {"root": tmp_path, "src": src, "studies": {"fix": wrong, "views": views}, "pacs": pacs, "port": port,
+         "argv": argv, "storescu": storescu, "echoscu": require("echoscu", "dcmtk"), "node": None}
+    try:
+        _start_node(w)
+        r = subprocess.run([storescu, "-aet", "MODALITY", "127.0.0.1", str(pacs.dicom_port),
+                            *map(str, sorted((src / "forwarded").iterdir()))], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: len(_results(pacs, forwarded)) == 3, TIMEOUT, f"the results in Orthanc; node log:\n{_log(w)}")
+
+        assert _send(w, "fix").returncode == 0
+        before = _wait_results(w, "fix")
+        assert {t["PatientID"] for t in before.values()} == {"WRONG01"}
+        for p in (src / "fix").iterdir():  # the patient corrected at the modality; nothing else changes
+            ds = pydicom.dcmread(p)
+            ds.PatientID, ds.PatientName, ds.PatientBirthDate = "P_00042", "Roe^Joan", "19610202"
+            ds.save_as(p, enforce_file_format=True)
+        assert _send(w, "fix").returncode == 0
+
+        def corrected():
+            r = {k: v for k, v in _results(pacs, wrong).items() if v["PatientID"] == "P_00042"}
+            return len(r) == 3 and r
+        after = wait_for(corrected, TIMEOUT, f"the corrected patient's results in Orthanc; node log:\n{_log(w)}")
+        assert not set(after) & set(before)  # new UIDs: a result says whose it is
+        (sr,) = [pacs.dataset(t["_id"]) for t in after.values() if t["SOPClassUID"] == SR_CLASS]
+        assert (str(sr.PatientName), sr.PatientBirthDate) == ("Roe^Joan", "19610202")
+        # the earlier report, filed under the wrong patient, is not named (it is another patient's); the log
+        # says it is left there
+        assert not _predecessors(sr)
+        assert f"study {wrong}: its patient identity changed since its earlier report" in _log(w)
+        assert "WRONG01" not in _log(w) and "P_00042" not in _log(w)
+
+        files = sorted((src / "views").iterdir())
+        sops = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+        for k, path in enumerate(files, 1):
+            r = subprocess.run([storescu, "-aet", SENDER_AE, "-aec", NODE_AE, "127.0.0.1", str(port), str(path)],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stdout + r.stderr
+            wait_for(lambda k=k: len(_reports(pacs, views)) == k, TIMEOUT,
+                     f"report {k} of the study sent view by view; node log:\n{_log(w)[-3000:]}")
+        reports = _reports(pacs, views)
+        named = set().union(*(_predecessors(sr) for sr in reports.values()))
+        (current,) = set(reports) - named
+        assert _evidence(reports[current]) == set(sops)
+        assert _predecessors(reports[current]) == set(reports) - {current}
+        # each earlier report covers the views that had arrived, and names those before it
+        by_size = sorted(reports.values(), key=lambda sr: len(_evidence(sr)))
+        assert [_evidence(sr) for sr in by_size] == [set(sops[:k]) for k in range(1, 5)]
+        assert [len(_predecessors(sr)) for sr in by_size] == [0, 1, 2, 3]
+        # one presentation state per view: an image's findings did not change, so neither did its GSPS
+        assert len(_results(pacs, views)) - len(reports) == 4
+        # Orthanc forwarded the two images stored into it, and none of the results it stored since
+        stores = [line for line in _log(w).splitlines() if "C-STORE from ORTHANC@" in line]
+        assert len(stores) == 2 and all("instance stored" in line for line in stores), stores
+        assert "refused" not in _log(w)
+    finally:
+        if w["node"] and w["node"].poll() is None:
+            w["node"].send_signal(signal.SIGTERM)
+            w["node"].wait(60)
+        pacs.stop(kill=True)
+
+
+def _documented(page, start):
+    """The lines of ``page`` (under docs/) that start with ``start``, as typed, or the block that does."""
+    text = open(os.path.join(REPO, "docs", page), encoding="utf-8").read()
+    if start.startswith("```"):
+        return text.split(start, 1)[1].split("```", 1)[0]
+    return [line for line in text.splitlines() if line.startswith(start)]
+
+
+def test_documented_storescu_line_sends_a_dicom_out_folder(tmp_path):
+    """The storescu line of docs/inference.md and docs/deploy.md, as typed but for host, port and folder, sends
+    every presentation state and report of a --dicom-out folder (its manifest.json beside them) to Orthanc;
+    without its +sp, storescu stops at the manifest, and without -R it does not send the report."""
+    import shlex
+
+    from mammo_tl.outputs.dicom import Algorithm, write_dicom_outputs
+
+    storescu = require("storescu", "dcmtk")
+    (line,) = set(_documented("inference.md", "storescu ") + _documented("deploy.md", "storescu "))
+    study = _study(tmp_path / "src", "s", "P_00060", (31, 32), (None, None))
+    records = [{"file_name": str(p), "laterality": p.name[0], "boxes": [[1.0, 2.0, 30.0, 40.0]], "scores": [0.5]}
+               for p in sorted((tmp_path / "src" / "s").iterdir())]
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    write_dicom_outputs(str(folder), [(r, f"n{i}") for i, r in enumerate(records)], Algorithm("a/b.yaml", "c" * 64,
+                                                                                             0.05))
+    (folder / "manifest.json").write_text("{}")  # as predict leaves beside them
+    objects = sorted(p.name for p in folder.glob("*.dcm"))
+    assert len(objects) == 3
+    pacs = Orthanc(tmp_path / "orthanc").start()
+    try:
+        argv = shlex.split(line)
+        assert argv[0] == "storescu" and argv[-3:] == ["127.0.0.1", "4242", "output/predict/dicom"]
+        argv = [storescu, *argv[1:-3], "127.0.0.1", str(pacs.dicom_port), str(folder)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert len(_results(pacs, study)) == 3
+        # without +sp '*.dcm' the manifest stops it, and without -R the report is not sent
+        for drop in (["+sp", "*.dcm"], ["-R"]):
+            pacs.stop(kill=True)
+            pacs = Orthanc(tmp_path / f"orthanc{len(drop)}").start()
+            i = next(k for k in range(len(argv)) if argv[k:k + len(drop)] == drop)
+            r = subprocess.run(argv[:i] + argv[i + len(drop):-2] + [str(pacs.dicom_port), str(folder)],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode != 0 or len(_results(pacs, study)) < 3, drop
+    finally:
+        pacs.stop(kill=True)

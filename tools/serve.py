@@ -13,8 +13,9 @@ Softcopy Presentation State per image and a TID 1500 report per study, as tools/
 writes them) are sent to every --send-to (AE@HOST:PORT by C-STORE, or a DICOMweb root URL by STOW-RS),
 retried with back-off up to --retry-max seconds until acknowledged. After a crash, starting again with the
 same --spool finishes every study and sends every unsent result; the same instances give the same result
-UIDs. A study whose results every destination acknowledged is removed from the spool --keep-hours later.
-See docs/deploy.md. Stop it with SIGTERM or Ctrl-C. Exit status 1 with a message on any error, 2 on a bad
+UIDs, and a later report of a study names the earlier ones it replaces (Predecessor Documents Sequence). A
+study whose results every destination acknowledged is removed from the spool --keep-hours later. See
+docs/deploy.md. Stop it with SIGTERM or Ctrl-C. Exit status 1 with a message on any error, 2 on a bad
 argument.
 """
 import argparse
@@ -40,8 +41,10 @@ if __name__ == "__main__":
     p.add_argument("--send-to", type=argparse_type(parse_destination), action="append", required=True,
                    metavar="AE@HOST:PORT|URL",
                    help="where results go: C-STORE or a DICOMweb (STOW-RS) root; repeatable")
-    p.add_argument("--study-timeout", type=float, default=10.0,
-                   help="seconds without a new instance after which a study is predicted (default 10)")
+    p.add_argument("--study-timeout", type=float, default=60.0,
+                   help="seconds without a new instance after which a study is predicted (default 60): longer "
+                        "than the gap between a modality's views, or a study is reported in parts, each later "
+                        "report replacing the earlier; every second of it delays the results")
     add_model_options(p)
     p.add_argument("--max-associations", type=int, default=8, help="associations at once (default 8)")
     p.add_argument("--max-instance-mb", type=float, default=512.0,

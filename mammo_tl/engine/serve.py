@@ -30,7 +30,7 @@ from ..files import FolderLock, FolderLocked, atomic_write_json, sha256_file
 from .predict_loader import predict_files
 from .predict_options import PredictError, build_cfg, check_device, dicom_config_name, load_operating_point
 from .serve_send import Destination, check_ae_title, send
-from .serve_spool import INSTANCES, Spool
+from .serve_spool import INSTANCES, RESULTS, Spool
 
 logger = logging.getLogger("mammo_tl.serve")
 
@@ -74,7 +74,7 @@ class ServeOptions:
     allow: Sequence[tuple[str, str | None]] = ()
     send_to: Sequence[Destination] = ()
     host: str = "0.0.0.0"
-    study_timeout: float = 10.0
+    study_timeout: float = 60.0
     min_score: float = 0.05
     max_pixels: int | None = None
     batch_size: int = 1
@@ -316,6 +316,7 @@ class Node:
         from ..outputs.dicom import write_dicom_outputs
 
         started = time.monotonic()
+        earlier = self._current_report(study)
         inputs = self.spool.instances(study)
         files = [self.spool.study(study, INSTANCES, n) for n in inputs]
         folder = self.spool.new_results(study)
@@ -329,7 +330,8 @@ class Node:
             skipped = [{"instance": os.path.basename(r["file_name"]), "kind": r["kind"], "reason": r["reason"]}
                        for r in records if r["status"] != "predicted"]
             per_image, summary = write_dicom_outputs(folder, [(r, image_key(r["file_name"])) for r in predicted],
-                                                     self.algorithm) if predicted else ({}, {})
+                                                     self.algorithm, {study: earlier} if earlier else {}) \
+                if predicted else ({}, {})
             for r in predicted:  # presentation states in instance order, then the report
                 name = per_image[r["file_name"]].get("presentation_state")
                 if name:
@@ -357,6 +359,14 @@ class Node:
                         f", {len(info['skipped'])} skipped ({', '.join(f'{n} {k}' for k, n in reasons.items())})"
                         if info["skipped"] else "", len(outputs), time.monotonic() - started)
         return done
+
+    def _current_report(self, study):
+        """The header of the report the study's current results hold (the one a new report replaces), or None."""
+        from ..outputs.dicom import report_reference
+
+        done = self.spool.done(study)
+        names = [o["name"] for o in (done or {}).get("outputs", []) if o["name"].startswith("SR_")]
+        return report_reference(self.spool.study(study, RESULTS, names[0])) if names else None
 
     # ---- sending -----------------------------------------------------------------------------------------
     def _send_loop(self):

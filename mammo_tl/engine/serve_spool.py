@@ -15,9 +15,11 @@ Every file is written to a temporary name, fsynced, renamed, and its folder fsyn
 whole or absent. A study is predicted again when its instances differ from those done.json names (an instance
 added, or received again with other bytes), or when done.json was made by another model, config or options (the
 spool's ``made_by``: a node restarted with other weights predicts what it holds again, rather than sending
-another model's findings as its own). A result's SOP Instance UID is derived from what it shows (the
-source image or study, the boxes and scores, the model): the same instances give the same UIDs, and a result
-whose UID a destination acknowledged is not sent there again.
+another model's findings as its own). A result's SOP Instance UID is derived from what it says (the patient
+module, the source study, series and image, the boxes and scores, the model): the same instances give the same
+UIDs, and a result whose UID a destination acknowledged is not sent there again; a corrected patient identity
+gives new UIDs, which are sent. A study's new report names the report its results held before, and those that
+one named (Predecessor Documents Sequence).
 """
 from __future__ import annotations
 

@@ -19,7 +19,9 @@ What is trusted, and what is left out (still predicted; counted in the summary b
   describe this image;
 * a report is one patient's: a study whose images disagree on the patient module (PatientID, issuer, name,
   birth date, sex) gets no report (counted in ``studies_without_report`` and warned about by file names,
-  never by the values); its images keep their presentation states.
+  never by the values); its images keep their presentation states;
+* a study in which no image has a box gets no report (``studies_without_boxes``): OHIF Viewer fails on a
+  report without measurements; its presentation states say that none is at or above the threshold.
 
 Both name the algorithm in their Contributing Equipment Sequence, as the IHE AI Results profile asks
 (:func:`.dicom_common.add_contributing_equipment`: manufacturer, model = the config, software version, the
@@ -70,17 +72,69 @@ def sr_file_name(study_uid: str) -> str:
     return f"SR_{hashlib.sha1(str(study_uid).encode()).hexdigest()[:16]}.dcm"
 
 
-def write_dicom_outputs(folder: str, items: Sequence[tuple[Mapping[str, Any], str]],
-                        algorithm: Algorithm) -> tuple[dict[str, dict], dict[str, Any]]:
+def write_dicom_outputs(folder: str, items: Sequence[tuple[Mapping[str, Any], str]], algorithm: Algorithm,
+                        previous_reports: Mapping[str, Any] | None = None) -> tuple[dict[str, dict], dict[str, Any]]:
     """Write the presentation states and reports of a run into ``folder``.
 
     ``items``: (prediction record, name) per predicted image in input order; the name is unique to the file
     (its GSPS is ``PR_<name>.dcm``). Headers are read again here, from the bytes whose sha256 is compared with
-    the record's ``file_sha256`` when it has one. Returns ({file name: {"presentation_state", "report"} (and
-    "report_skipped" with why), or {"skipped", "reason"} for an image without DICOM output}, counts for
-    summary.json)."""
+    the record's ``file_sha256`` when it has one. ``previous_reports``: {Study Instance UID: the header of the
+    report sent earlier for it}, which a new report of that study names as its predecessor; None: the report
+    this folder already holds for the study, if any (an earlier run, or --resume). Returns ({file name:
+    {"presentation_state", "report"} (and "report_skipped" with why), or {"skipped", "reason"} for an image
+    without DICOM output}, counts for summary.json)."""
     with quiet():
-        return _write_dicom_outputs(folder, items, algorithm)
+        return _write_dicom_outputs(folder, items, algorithm, previous_reports)
+
+
+def report_reference(path: str) -> Any | None:
+    """The header of the report at ``path`` (what a successor names: patient, study, series, SOP class and
+    instance UIDs), or None when there is none, or it is not a readable SR."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+            *PATIENT_MODULE, "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "Modality",
+            "PredecessorDocumentsSequence"])
+    except (OSError, ValueError, TypeError, AttributeError, EOFError, InvalidDicomError):
+        return None
+    if ds.get("Modality") != "SR" or missing_references(ds):
+        return None
+    return ds
+
+
+def _named_predecessors(report):
+    """The reports ``report``'s Predecessor Documents Sequence names, as headers highdicom takes."""
+    from pydicom import Dataset
+
+    out = []
+    for study in report.get("PredecessorDocumentsSequence", []):
+        for series in study.get("ReferencedSeriesSequence", []):
+            for sop in series.get("ReferencedSOPSequence", []):
+                ds = Dataset()
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study.StudyInstanceUID, series.SeriesInstanceUID
+                ds.SOPClassUID, ds.SOPInstanceUID = sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID
+                out.append(ds)
+    return out
+
+
+def _predecessors(earlier, header, study_uid, uid):
+    """What the report ``uid`` of the study names as predecessors: the earlier report and those it named when
+    it is another report of this study about the same patient (every report it replaces, also one that was
+    never delivered); what the earlier one named when it is this same report (written again); else nothing.
+    An earlier report about another patient (the study's patient corrected since) is not named, and warned
+    about."""
+    if earlier is None or str(earlier.StudyInstanceUID) != study_uid:
+        return []
+    if str(earlier.SOPInstanceUID) == uid:
+        return _named_predecessors(earlier)
+    if patient_module(earlier) != patient_module(header):
+        logger.warning("study %s: its patient identity changed since its earlier report (%s): the new report does "
+                       "not name that one, filed under the earlier identity: remove it there", study_uid,
+                       earlier.SOPInstanceUID)
+        return []
+    return [earlier, *(p for p in _named_predecessors(earlier) if str(p.SOPInstanceUID) != uid)]
 
 
 def _image_size(header):
@@ -135,9 +189,9 @@ def _check(record, path):
     return header, None
 
 
-def _write_dicom_outputs(folder, items, algorithm):
+def _write_dicom_outputs(folder, items, algorithm, previous_reports):
     from .dicom_pr import presentation_state
-    from .dicom_sr import measurement_report
+    from .dicom_sr import measurement_report, report_uid
 
     results, usable, unverified = {}, [], 0
     for record, name in items:
@@ -173,8 +227,8 @@ def _write_dicom_outputs(folder, items, algorithm):
 
     written = Counter()
     for study_uid, study in studies.items():
-        pr_series = derived_uid("PR series", study_uid, algorithm.key())
         for number, (record, header, name) in enumerate(study, 1):
+            pr_series = derived_uid("PR series", patient_module(header), study_uid, algorithm.key())
             try:
                 ds = presentation_state(header, record, algorithm, pr_series, number)
             except (ValueError, TypeError, AttributeError, KeyError) as e:  # a header highdicom cannot use
@@ -199,9 +253,21 @@ def _write_dicom_outputs(folder, items, algorithm):
             written["studies_with_several_patients"] += 1
             logger.warning("%s: %s", ", ".join(r["file_name"] for r, _, _ in members), reason)
             continue
-        sr_series = derived_uid("SR series", study_uid, algorithm.key())
+        if not any(r.get("boxes") for r, _, _ in members):
+            reason = (f"no box in its study ({algorithm.reported}): no report, since OHIF Viewer fails on a report "
+                      "without measurements; its presentation states say so")
+            for record, _, _ in members:
+                results[record["file_name"]]["report_skipped"] = reason
+            written["studies_without_boxes"] += 1
+            continue
+        sr_series = derived_uid("SR series", modules[0], study_uid, algorithm.key())
+        name = sr_file_name(study_uid)
+        earlier = report_reference(os.path.join(folder, name)) if previous_reports is None \
+            else previous_reports.get(study_uid)
+        images = [(h, r) for r, h, _ in members]
+        previous = _predecessors(earlier, members[0][1], study_uid, report_uid(images, algorithm))
         try:
-            ds = measurement_report([(h, r) for r, h, _ in members], algorithm, sr_series, 1)
+            ds = measurement_report(images, algorithm, sr_series, 1, previous)
         except (ValueError, TypeError, AttributeError, KeyError) as e:
             reason = _refused("report", e)
             for record, _, _ in members:
@@ -210,7 +276,6 @@ def _write_dicom_outputs(folder, items, algorithm):
             logger.warning("%s and %d more image(s) of its study: %s", members[0][0]["file_name"], len(members) - 1,
                            reason)
             continue
-        name = sr_file_name(study_uid)
         _save(ds, os.path.join(folder, name))
         for record, _, _ in members:
             results[record["file_name"]]["report"] = name
@@ -221,6 +286,7 @@ def _write_dicom_outputs(folder, items, algorithm):
                "reports": written["reports"], "images_in_reports": written["images_in_reports"],
                "studies_without_report": written["studies_without_report"],
                "studies_with_several_patients": written["studies_with_several_patients"],
+               "studies_without_boxes": written["studies_without_boxes"],
                "images_without_dicom_output": sum(skipped.values()),
                "without_dicom_output_by_reason": dict(sorted(skipped.items())),
                "unverified_images": unverified}

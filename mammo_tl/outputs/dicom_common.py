@@ -54,6 +54,24 @@ class Algorithm:
         return (self.version, self.config_name, self.weights_sha256, self.min_score, self.operating_point)
 
     @property
+    def threshold_text(self) -> str:
+        """Which boxes are reported, and the operating point if any: what a reader needs to know that an image
+        without a box is below a threshold, not found normal."""
+        text = self.reported
+        if self.operating_point:
+            text += f"; operating point {self.operating_point[0]}: recall above {self.operating_point[1]:g}"
+        return text
+
+    def series_description(self, what: str) -> str:
+        """Series Description (LO, 64 characters) of the presentation states ("boxes") or reports ("report"):
+        a series list then says these are mammo_tl's AI results, of which version and model (the config's file
+        name and the weights' sha256, shortened)."""
+        config = self.config_name.rsplit("/", 1)[-1].removesuffix(".yaml")
+        head = f"AI {what}: {NAME} {self.version}"
+        tail = f" {(self.weights_sha256 or 'unknown')[:8]}"
+        return f"{head} {config[:64 - len(head) - len(tail) - 1]}{tail}"
+
+    @property
     def device_uid(self) -> str:
         """Device UID of the trained model (config and weights): the SR's observer device, and the Contributing
         Equipment item of every object."""
@@ -107,6 +125,15 @@ def closed_rectangle(box: Iterable[float]) -> np.ndarray:
     return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]])
 
 
+def subject(header: Dataset) -> tuple:
+    """What a result is about, as its UIDs are derived from it: the patient module (a corrected patient gets new
+    results, not the old ones again), the study, series and image."""
+    from ..data.dicom_header import patient_module
+
+    return (patient_module(header), str(header.StudyInstanceUID), str(header.SeriesInstanceUID),
+            str(header.SOPInstanceUID))
+
+
 def box_tracking_uid(header: Dataset, index: int, box: Iterable[float], score: float, algorithm: Algorithm) -> str:
     """The tracking UID of a reported box, shared by its GSPS rectangle and its SR region."""
-    return derived_uid("box", str(header.SOPInstanceUID), index, tuple(box), score, algorithm.key())
+    return derived_uid("box", subject(header), index, tuple(box), score, algorithm.key())

@@ -16,7 +16,7 @@ import highdicom as hd
 import numpy as np
 
 from .dicom_common import (MANUFACTURER, NAME, PR_SERIES_NUMBER, add_contributing_equipment, box_tracking_uid,
-                           closed_rectangle, derived_uid, reference_dataset)
+                           closed_rectangle, derived_uid, reference_dataset, subject)
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -91,16 +91,17 @@ def presentation_state(header: Dataset, record: Mapping[str, Any], algorithm: Al
         referenced_images=[ref],
         series_instance_uid=series_uid,
         series_number=PR_SERIES_NUMBER,
-        sop_instance_uid=derived_uid("PR", str(header.SOPInstanceUID), content, algorithm.key()),
+        sop_instance_uid=derived_uid("PR", subject(header), content, algorithm.key()),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=NAME,
         software_versions=algorithm.version,
         device_serial_number=algorithm.serial_number,
         content_label=CONTENT_LABEL,
-        content_description=f"mass candidates, {algorithm.reported}"[:64],
+        content_description=f"{NAME} {algorithm.version} AI mass candidates, {algorithm.reported}"[:64],
         graphic_layers=[layers[name] for name, (g, t) in objects.items() if g or t],
         graphic_annotations=annotations,
         presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape=shape),
     )
+    gsps.SeriesDescription = algorithm.series_description("boxes")
     return add_contributing_equipment(gsps, algorithm)
