@@ -14,26 +14,65 @@ from mammo_tl.data.synthetic import (DDSM_TEST_MIX, DDSM_TRAIN_MIX, PROTOCOLS, S
                                      draw_ddsm_case, draw_patient, generate, matches_spec)
 from tests.common import REPO, TINY_SPEC, run_in_process
 
-# sha256 of every file of SyntheticSpec(2 positive, 2 negative, seed 5, TINY_SPEC) and its records.json as written
-# by tools/make_synthetic.py, both made by the generator of commit 9dc7713 (before protocols). annotations.json:
-# the hash of that file; today's differs from it only by info.spec's two new keys (protocol,
-# malignant_lookalike_prob), removed before hashing. PNG bytes depend on OpenCV's encoder: a new OpenCV in
-# constraints.txt may change them without the generator changing.
+# sha256 of the JSON and CSV files of SyntheticSpec(2 positive, 2 negative, seed 5, TINY_SPEC) and its records.json
+# as written by tools/make_synthetic.py, both made by the generator of commit 9dc7713 (before protocols).
+# annotations.json: the hash of that file; today's differs from it only by info.spec's two new keys (protocol,
+# malignant_lookalike_prob), removed before hashing.
 GENERATOR_3_HASHES = {
     "annotations.json": "dc1b71be6d0c81fa4f9a852961fe38420d59cd23d7f81f2161d1ab2a2621d86e",
     "patients.csv": "fa390106eb42eebaabe75228c01602be4da0fb4ae104172c13c6ebf5c019617c",
     "records.json": "bd564077cd25b60e511b07f06c487da4cd400d6cb6334f8b37a9db1eb012d80f",
-    "images/SYN005_00000_L_CC.png": "b1e027d74ff99a80e7673250a015bc706a47000177985ea007995a702c057c27",
-    "images/SYN005_00000_L_MLO.png": "a2d746f7fbf41e1cf66da02623f7ecb2966238f41487dacc9ca2ff68b73f5c80",
-    "images/SYN005_00000_R_CC.png": "0b587bc22b7b48cc7b0461eaeab574790331edd885d8659e36d47c3be32aeacc",
-    "images/SYN005_00000_R_MLO.png": "2e3d609fd3c7518b0519514d0fadbd1437d51e2142ccc66b68dcbbee30957797",
-    "images/SYN005_00001_L_CC.png": "dbdf11aa8f35a5f36cc224db07cbe0efaa2a12f5524bf876f0b0c563c8409dc7",
-    "images/SYN005_00001_R_CC.png": "731c8dd822d75ec5dccf0a2ede7ec7a1597f2410482eabdec75a550df107c8c8",
-    "images/SYN005_00001_R_MLO.png": "a868592e141daad6a0ce778091c70c0314afeac818f9a4b9887413ef304ecb18",
-    "images/SYN005_00002_L_CC.png": "8b4d45b2da8046d7b0ca5293bed2dad7b97a1f03f3605f2d9439031de5e2c848",
-    "images/SYN005_00002_R_CC.png": "d2c137085405771bcf05eb1d940bb7ad15aaafbefde1383cdd8385eaf6d9d33c",
-    "images/SYN005_00003_L_CC.png": "a774e844bf4ade9cdfbe74301c8c7b0aca6debce639ec12dc0801b59d4e680ee",
-    "images/SYN005_00003_L_MLO.png": "dca5af3735a87a7284664ca85ccde4b88f9d7f2574c62aabefce84c9dd7a61c9",
+}
+# The images' pixels, as the means of a 4 x 4 grid of blocks of each decoded 16-bit PNG, within 2 grey levels of
+# 65535. Not the PNG files' bytes: the same pixels compress to other bytes on other processors (OpenCV's bundled
+# zlib; measured: every PNG's sha256 differed on a 2-core AMD EPYC with AVX2 from the one recorded on the machine
+# of commit 9dc7713, while every JSON file above was byte for byte the same), and a new OpenCV may change them too.
+# Recorded from this generator on that AMD EPYC; a change to the generator moves block means by far more.
+GENERATOR_3_PIXELS = {
+    "images/SYN005_00000_L_CC.png": [
+        994.0, 2486.5, 11194.0, 15749.6, 4643.4, 31684.0, 34080.8, 25865.4,
+        4492.0, 20822.1, 28961.9, 22315.9, 982.6, 2716.9, 9894.2, 12447.5,
+    ],
+    "images/SYN005_00000_L_MLO.png": [
+        974.5, 3438.9, 14375.7, 37807.9, 1169.5, 26149.5, 28457.2, 29194.1,
+        1395.0, 26570.8, 25506.3, 27610.6, 996.4, 7140.1, 16438.9, 22456.4,
+    ],
+    "images/SYN005_00000_R_CC.png": [
+        13511.0, 17317.2, 7374.4, 985.8, 29177.8, 21521.9, 24603.0, 6510.8,
+        27886.5, 32126.6, 26562.8, 6125.2, 18844.8, 18644.2, 4127.1, 978.1,
+    ],
+    "images/SYN005_00000_R_MLO.png": [
+        31592.4, 10702.4, 2749.4, 1009.1, 30630.4, 34821.8, 29334.5, 1996.8,
+        21122.3, 20192.0, 22062.6, 2834.9, 15268.4, 7717.0, 2745.4, 985.7,
+    ],
+    "images/SYN005_00001_L_CC.png": [
+        985.1, 2112.5, 10361.9, 18118.8, 5825.6, 30437.7, 37760.2, 37265.4,
+        8089.8, 28405.0, 34996.3, 34914.9, 977.6, 6817.0, 14193.3, 19558.0,
+    ],
+    "images/SYN005_00001_R_CC.png": [
+        18280.4, 19126.9, 5802.5, 973.3, 29877.0, 38258.3, 30666.2, 2751.1,
+        34685.4, 40873.3, 30700.9, 1688.0, 22897.1, 16636.4, 2570.3, 987.1,
+    ],
+    "images/SYN005_00001_R_MLO.png": [
+        44048.7, 22799.4, 1886.0, 982.8, 40935.4, 35667.4, 25691.3, 1033.6,
+        31707.6, 32655.1, 24365.5, 1191.3, 19295.4, 13667.2, 2526.4, 1016.4,
+    ],
+    "images/SYN005_00002_L_CC.png": [
+        989.1, 1699.5, 12972.7, 17974.9, 1001.2, 16407.5, 24479.4, 27571.5,
+        986.9, 11293.6, 19046.0, 26548.9, 987.8, 1179.9, 8497.6, 19598.2,
+    ],
+    "images/SYN005_00002_R_CC.png": [
+        19810.0, 12616.1, 3854.7, 980.1, 25031.4, 26072.8, 26415.8, 4625.7,
+        31465.3, 34230.7, 25940.8, 2518.3, 17813.9, 10798.3, 2606.9, 991.5,
+    ],
+    "images/SYN005_00003_L_CC.png": [
+        983.2, 2677.6, 9901.1, 12916.8, 3108.1, 25605.0, 27584.2, 22389.2,
+        3046.1, 32706.2, 33720.0, 28531.3, 1005.4, 3166.3, 13143.8, 14743.1,
+    ],
+    "images/SYN005_00003_L_MLO.png": [
+        979.9, 4507.7, 15655.9, 36713.1, 9242.3, 30289.9, 28649.3, 28425.3,
+        5808.3, 25996.4, 31443.2, 29605.5, 969.6, 3305.4, 17866.8, 21626.3,
+    ],
 }
 
 
@@ -60,8 +99,8 @@ def _breasts(root):
 
 
 def test_screening_is_generator_3_byte_for_byte(tmp_path):
-    """Same spec and seed: every file as the generator wrote it before protocols (hashes above); annotations.json
-    with info.spec's two new keys taken out, re-serialised as written (json.dump's defaults)."""
+    """Same spec and seed: every file as the generator wrote it before protocols (hashes and pixels above);
+    annotations.json with info.spec's two new keys taken out, re-serialised as written (json.dump's defaults)."""
     from mammo_tl.data.records import save_records
     from mammo_tl.data.synthetic import load_synthetic
 
@@ -70,7 +109,7 @@ def test_screening_is_generator_3_byte_for_byte(tmp_path):
     assert spec.protocol == "screening"
     generate(str(out), spec, progress=False)
     save_records(load_synthetic(str(out)), str(out / "records.json"))
-    assert _files(out) == sorted(GENERATOR_3_HASHES)
+    assert _files(out) == sorted([*GENERATOR_3_HASHES, *GENERATOR_3_PIXELS])
     for name, expected in GENERATOR_3_HASHES.items():
         data = (out / name).read_bytes()
         if name == "annotations.json":
@@ -79,6 +118,13 @@ def test_screening_is_generator_3_byte_for_byte(tmp_path):
             del coco["info"]["spec"]["protocol"], coco["info"]["spec"]["malignant_lookalike_prob"]
             data = json.dumps(coco).encode()
         assert _sha(data) == expected, name
+    import cv2
+
+    for name, expected in GENERATOR_3_PIXELS.items():
+        img = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
+        assert img.dtype == np.uint16 and img.shape == (192, 160), name
+        blocks = img.astype(np.float64).reshape(4, 48, 4, 40).mean(axis=(1, 3)).ravel()
+        np.testing.assert_allclose(blocks, expected, atol=2.0, rtol=0, err_msg=name)
 
 
 def test_ddsm_breasts_counted_from_the_set(tmp_path):
