@@ -394,6 +394,16 @@ def test_a_bad_image_that_is_not_the_first_of_its_kind_stops_train_net_before_tr
     assert not (out / "metrics.json").exists()
 
 
+def test_an_unregistered_data_set_is_still_preflights_message(tmp_path):
+    """Recording the run's inputs (before the first process starts) leaves a data set it cannot load to preflight,
+    whose message names the key."""
+    p = _run("tools/train_net.py", "--config-file", config_path("synthetic/a_positives_only.yaml"), "OUTPUT_DIR",
+             str(tmp_path / "run"), *TRAIN_OPTS, "DATASETS.TRAIN", "('nope',)")
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "train_net.py: DATASETS.TRAIN: dataset 'nope' is not registered" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 def test_split_refuses_to_overwrite_a_split_without_overwrite(tmp_path):
     path = _saved_variants(tmp_path)
     split = tmp_path / "split"

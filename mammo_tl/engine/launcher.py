@@ -109,8 +109,11 @@ def check_resume_inputs(cfg: CfgNode) -> None:
             "--resume: %s holds no record of the data its run started with (%s, written by train_net since this "
             "version): the records and images of %s are recorded now and checked at the next --resume", out,
             INPUTS_FILE, _datasets(cfg))
+    inputs = _inputs_or_none(cfg)
+    if inputs is None:
+        return
     try:
-        _check_inputs(out, run_inputs(cfg), finished=False)
+        _check_inputs(out, inputs, finished=False)
     except RunMismatch as e:
         why = str(e).split(": choose another --output")[0]
         raise ConfigError(f"--resume: {why}. Resuming would train or test the model on other data than the run "
@@ -124,7 +127,19 @@ def record_inputs(cfg: CfgNode) -> None:
     path = os.path.join(cfg.OUTPUT_DIR, INPUTS_FILE)
     if os.path.exists(path):
         os.remove(path)  # an earlier run's, in a folder trained again from scratch
-    _check_inputs(cfg.OUTPUT_DIR, run_inputs(cfg), finished=False)
+    inputs = _inputs_or_none(cfg)
+    if inputs is not None:
+        _check_inputs(cfg.OUTPUT_DIR, inputs, finished=False)
+
+
+def _inputs_or_none(cfg):
+    """run_inputs(cfg), or None when a data set cannot be loaded: preflight then stops the run with its message
+    (naming the key and the set), before anything is trained."""
+    try:
+        return run_inputs(cfg)
+    except Exception as e:  # an unregistered name (KeyError), a bad records file (DatasetError), ...
+        logging.getLogger("mammo_tl").debug("run_inputs: %s: %s", type(e).__name__, e)
+        return None
 
 
 EVAL_CONFIG = "config_eval.yaml"
