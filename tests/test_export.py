@@ -272,7 +272,11 @@ def test_torchscript_runs_only_when_trusted_and_onnx_is_the_default(setup, dicom
     victim.write_text("hello world")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.script's deprecation
-        torch.jit.save(torch.jit.script(_WritesAFile(str(victim))), str(folder / "model.ts"))
+        # an attacker writes both files: the model records export.json's binding as an exported one does
+        from mammo_tl.engine.export_runtime import BINDING_KEY, export_json_binding
+
+        torch.jit.save(torch.jit.script(_WritesAFile(str(victim))), str(folder / "model.ts"),
+                       _extra_files={BINDING_KEY: export_json_binding(json.load(open(folder / "export.json")))})
     meta = json.load(open(folder / "export.json"))
     meta["model_sha256"] = hashlib.sha256((folder / "model.ts").read_bytes()).hexdigest()
     json.dump(meta, open(folder / "export.json", "w"))
@@ -386,7 +390,7 @@ def test_the_model_file_binds_its_export_json(setup, dicoms, tmp_path):
         with pytest.raises(PredictError, match=r"export\.json: differs from the export\.json that \S+ was exported "
                                                r"with .* changed after export"):
             run_predict(None, [str(dicoms / "a.dcm")], str(tmp_path / "out"), workers=0,
-                        model=str(folder / setup["models"][fmt].rsplit("/", 1)[1]))
+                        model=str(folder / setup["models"][fmt].rsplit("/", 1)[1]), trust_torchscript=True)
     assert not (tmp_path / "out" / "predictions.json").exists()
 
 
@@ -399,7 +403,8 @@ def test_damaged_model_files_are_refused_naming_the_file(setup, dicoms, tmp_path
         meta["model_sha256"] = hashlib.sha256(data).hexdigest()  # replaced consistently: the hash cannot tell
         json.dump(meta, open(folder / "export.json", "w"))
         with pytest.raises(PredictError, match=rf"--model \S+{name}: not a usable {what} model, damaged or replaced"):
-            run_predict(None, [str(dicoms / "a.dcm")], str(tmp_path / "out"), workers=0, model=str(folder / name))
+            run_predict(None, [str(dicoms / "a.dcm")], str(tmp_path / "out"), workers=0, model=str(folder / name),
+                        trust_torchscript=True)
 
 
 def test_export_options_are_checked_before_any_work(setup, tmp_path):

@@ -345,7 +345,7 @@ def test_resume_refuses_data_changed_since_the_run_started(tmp_path, tiny_datase
     p = train(3, "--resume")
     assert p.returncode == 1, p.stderr[-3000:]
     assert (f"train_net.py: --resume: {out} holds a run trained or evaluated on other records of its "
-            "DATASETS.TRAIN/TEST sets") in p.stderr
+            "DATASETS.TRAIN/TEST/VALIDATION sets") in p.stderr
     assert "DATASETS.TRAIN ('resume_train',), DATASETS.TEST ('resume_test',)" in p.stderr
     assert "Traceback" not in p.stderr
     assert not (out / "model_0000002.pth").exists() and json.load(open(out / "run_inputs.json")) == recorded

@@ -91,12 +91,13 @@ def check_resume(cfg: CfgNode) -> None:
 
 def _datasets(cfg):
     return (f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)}, DATASETS.TEST {tuple(cfg.DATASETS.TEST)}"
+            + (f", DATASETS.VALIDATION {tuple(cfg.DATASETS.VALIDATION)}" if cfg.DATASETS.VALIDATION else "")
             + (f", DATASETS.REGISTER_JSON {list(cfg.DATASETS.REGISTER_JSON)}" if cfg.DATASETS.REGISTER_JSON else ""))
 
 
 def check_resume_inputs(cfg: CfgNode) -> None:
-    """--resume continues a run only on the data it started with: the records of its DATASETS.TRAIN and TEST sets
-    (their SHA-256) and the content of every image file they name (size, mtime, SHA-256), as recorded in
+    """--resume continues a run only on the data it started with: the records of its DATASETS.TRAIN, TEST and
+    VALIDATION sets (their SHA-256) and the content of every image file they name (size, mtime, SHA-256), as recorded in
     OUTPUT_DIR/run_inputs.json when the run started (the record and check run_ablation keeps:
     :func:`mammo_tl.engine.experiments.run_inputs`). A change (a split rewritten, an image replaced) is refused,
     naming it. A run without the record (started by an earlier mammo_tl) is recorded now, with a warning."""

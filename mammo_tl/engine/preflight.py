@@ -97,7 +97,7 @@ def check_every_image(records: Sequence[Mapping], key: str, name: str, threads: 
 
     from ..data.image_io import read_image
 
-    def problem(record):
+    def problem(record: Mapping) -> str | None:
         path = record.get("file_name")
         try:
             image = read_image(path)

@@ -112,7 +112,7 @@ def patients_csv(patients: Sequence[Mapping[str, Any]], with_decisions: bool = F
     quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     issuers = any(p.get("issuer_of_patient_id") for p in patients)
 
-    def who(p):
+    def who(p: Mapping) -> list[str]:
         return [csv_cell(p["patient_id"])] + ([csv_cell(p.get("issuer_of_patient_id", ""))] if issuers else [])
 
     head = ["patient_id"] + (["issuer_of_patient_id"] if issuers else [])
