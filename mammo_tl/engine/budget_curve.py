@@ -151,7 +151,7 @@ def write_budget_curve(output: str, names: Sequence[str], budgets: Sequence[tupl
               if os.path.exists(os.path.join(output, f"iters_{n}", "learning_curves.png"))]
     if curves:  # runs with a validation set: each length's learning curves, from its aggregate report
         md += ["Validation learning curves (each row's mean over seeds thick, each seed thin, the chosen checkpoints "
-               "dotted):", "", *(f"![learning curves, {n} iterations]({path})" for n, path in curves), ""]
+               "ringed):", "", *(f"![learning curves, {n} iterations]({path})" for n, path in curves), ""]
     atomic_write_text(os.path.join(output, "budget_curve.md"), "\n".join(md))
     plot_budget_curve(rows, METRICS, os.path.join(output, "budget_curve.png"))
     return rows

@@ -134,7 +134,7 @@ def _final_test(run_dir):
 
 def learning_curves_png(runs: Mapping[str, Sequence[str]], path: str) -> bool:
     """The validation learning curves of runs (name -> run folders, one per seed; finished or still training) drawn
-    to ``path``, each finished run's chosen checkpoint dotted. False, and nothing drawn, when none has a curve."""
+    to ``path``, each finished run's chosen checkpoint ringed. False, and nothing drawn, when none has a curve."""
     curves = {n: [load_validation_curve(d) or [] for d in dirs] for n, dirs in runs.items()}
     if not any(c for cs in curves.values() for c in cs):
         return False
@@ -147,7 +147,7 @@ def learning_curves_png(runs: Mapping[str, Sequence[str]], path: str) -> bool:
 def add_learning_curves(runs: Mapping[str, Sequence[str]], output_dir: str,
                         results: dict) -> tuple[list[str], list[str]]:
     """The model-selection section (Markdown lines, HTML parts) of runs (name -> run folders, one per seed) trained
-    with a validation set: learning_curves.png (each row a line, seeds thin lines, chosen checkpoints dotted) and a
+    with a validation set: learning_curves.png (each row a line, seeds thin lines, chosen checkpoints ringed) and a
     table of each run's chosen checkpoint beside its final one. Nothing for runs without one. Stores the figures
     in ``results["model_selection"]``."""
     if not learning_curves_png(runs, os.path.join(output_dir, "learning_curves.png")):
@@ -173,7 +173,7 @@ def add_learning_curves(runs: Mapping[str, Sequence[str]], output_dir: str,
     text = ("Models chosen on the validation patients: each run's test figures are those of its checkpoint with the "
             "highest validation value, evaluated every TEST.EVAL_PERIOD iterations; the test patients were read "
             "once, at the end of training, on that checkpoint and on the final one (beside it). Learning curves: "
-            "each row's mean over seeds (thick), each seed (thin), the chosen checkpoints (dots).")
+            "each row's mean over seeds (thick), each seed (thin), the chosen checkpoints (rings).")
     md = ["## Model selection on validation", "", text, "", _md_table(head, rows), "",
           "![learning curves](learning_curves.png)", ""]
     parts = ["<h2>Model selection on validation</h2>", f"<p>{html.escape(text)}</p>", html_table(head, rows),
