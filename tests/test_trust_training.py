@@ -433,18 +433,7 @@ def test_split_refuses_to_overwrite_a_split_without_overwrite(tmp_path):
 
 def _ablation_case(tmp_path, tiny_datasets, tag):
     """A finished run (fake outputs) of config (a) on copies of the tiny sets' images, as run_ablation checks it."""
-    from detectron2.data import DatasetCatalog
-
-    paths = {}
-    for split in ("train", "test"):
-        recs = copy.deepcopy(DatasetCatalog.get(f"mammo_synth_tiny_{split}"))
-        os.makedirs(tmp_path / "img" / split, exist_ok=True)
-        for r in recs:
-            dst = str(tmp_path / "img" / split / os.path.basename(r["file_name"]))
-            shutil.copy2(r["file_name"], dst)
-            r["file_name"] = dst
-        paths[split] = str(tmp_path / f"{split}.json")
-        save_records(recs, paths[split])
+    paths = _copied_tiny_sets(tmp_path)
     opts = [*TRAIN_OPTS, "SOLVER.MAX_ITER", "2", "DATASETS.REGISTER_JSON",
             f"['{tag}_train={paths['train']}', '{tag}_test={paths['test']}']",
             "DATASETS.TRAIN", f"('{tag}_train',)", "DATASETS.TEST", f"('{tag}_test',)"]
