@@ -32,9 +32,9 @@ from mammo_tl.config import get_mammo_tl_cfg
 from mammo_tl.data.image_io import read_stored_image_identified
 from mammo_tl.data.preprocess import preprocess
 from mammo_tl.data.resolution import ResolutionRequest
-from mammo_tl.engine.predict_command import default_workers, predict_files, prepared_inputs
+from mammo_tl.inference.command import default_workers, predict_files, prepared_inputs
 from mammo_tl.data.inputs import describe
-from mammo_tl.engine.predictor import MammoPredictor
+from mammo_tl.inference.predictor import MammoPredictor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -146,7 +146,7 @@ def main():
         node_log.close()
         pacs.stop(kill=True)
 
-    from mammo_tl.engine.predict_command import run_predict
+    from mammo_tl.inference.command import run_predict
 
     start = time.perf_counter()
     run_predict(a.config_file, files, os.path.join(root, "predict"), list(a.opts) + ["MODEL.DEVICE", a.device],

@@ -332,7 +332,7 @@ def add_mammo_tl_config(cfg: CN) -> CN:
     # "auto": the operating_points.json beside MODEL.WEIGHTS when there is one. Refused for other weights.
     cfg.TEST.PATIENT.OPERATING_POINTS = "auto"
 
-    # --- Weights files (mammo_tl/engine/checkpoint.py) -----------------------------------------------
+    # --- Weights files (mammo_tl/checkpoint.py) -----------------------------------------------
     # A ".pkl" MODEL.WEIGHTS is unpickled, and unpickling runs any code the file holds. False: a .pkl is
     # read only from detectron2's model zoo (detectron2://..., https://dl.fbaipublicfiles.com/detectron2/...).
     # True says this .pkl comes from a source you trust. Better: convert it once with

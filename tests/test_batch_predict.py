@@ -11,8 +11,9 @@ import torch
 
 from mammo_tl.engine import predict_command as predict_mod
 from mammo_tl.engine import predict_loader
-from mammo_tl.engine.predict_command import PredictError, check_batch_size, check_workers, run_predict
-from mammo_tl.engine.predictor import InputPreparer, MammoPredictor
+from mammo_tl.inference.command import PredictError, check_batch_size, check_workers, run_predict
+from mammo_tl.data.prepared import InputPreparer
+from mammo_tl.inference.predictor import MammoPredictor
 from tests.common import breast_phantom
 from tests.test_weights import tiny_config_file
 

@@ -1,4 +1,4 @@
-"""The budget curve (mammo_tl/engine/budget_curve.py, tools/budget_curve.py) and the pre-registered commands of
+"""The budget curve (mammo_tl/experiments/budget_curve.py, tools/budget_curve.py) and the pre-registered commands of
 docs/experiments.md, run as typed on tiny sets of the phantom's DDSM protocol."""
 import csv
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mammo_tl.engine.budget_curve import (METRICS, BudgetError, budget_opts, collect, mean_rows, parse_budgets,
+from mammo_tl.experiments.budget_curve import (METRICS, BudgetError, budget_opts, collect, mean_rows, parse_budgets,
                                           write_budget_curve)
 from tests.common import REPO, TINY_SPEC, config_path, run_in_process
 

@@ -114,9 +114,9 @@ def test_a_two_class_model_predicts_and_exports_its_cancer_boxes_only(tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    from mammo_tl.engine.export import export_model
-    from mammo_tl.engine.export_runtime import load_exported
-    from mammo_tl.engine.predictor import MammoPredictor
+    from mammo_tl.export.exporter import export_model
+    from mammo_tl.export.runtime import load_exported
+    from mammo_tl.inference.predictor import MammoPredictor
     from tests.common import tiny_cfg
 
     opts = ["MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mammo_tl.engine.checkpoint import MammoCheckpointer
+from mammo_tl.checkpoint import MammoCheckpointer
 from tests.common import REPO
 
 
@@ -42,7 +42,7 @@ import io, os, signal, sys
 import torch
 sys.path.insert(0, {repo!r})
 from tests.test_checkpoint_writes import _model
-from mammo_tl.engine.checkpoint import MammoCheckpointer
+from mammo_tl.checkpoint import MammoCheckpointer
 
 out = sys.argv[1]
 MammoCheckpointer(_model(1.0), out).save("model_best", iteration=3)

@@ -15,7 +15,7 @@ from pydicom.uid import RLELossless, generate_uid
 
 from mammo_tl import __version__
 from mammo_tl.data.synthetic import write_dicom
-from mammo_tl.engine.predict_command import PredictError, run_predict
+from mammo_tl.inference.command import PredictError, run_predict
 from mammo_tl.outputs.dicom import Algorithm, write_dicom_outputs
 from tests.common import breast_phantom
 from tests.dicom_fixtures import make_dicom

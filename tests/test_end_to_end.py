@@ -251,7 +251,7 @@ def test_inbreast_cross_validation(tmp_path, monkeypatch):
     for k in (0, 1):
         check_evaluation(sh, f"{run}/fold{k}", f"inbreast_test_fold{k}", patients=2, positive_patients=1)
     # the same command again reuses both folds: a training command that would fail is never run
-    from mammo_tl.engine.cross_validation import run_folds
+    from mammo_tl.experiments.cross_validation import run_folds
 
     monkeypatch.chdir(tmp_path)
     run_folds(config("inbreast/d_tl_similarity.yaml"), "datasets/inbreast/folds", run, TRAIN_OPTS,

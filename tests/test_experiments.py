@@ -9,7 +9,7 @@ import pytest
 from detectron2.data import DatasetCatalog
 
 from mammo_tl.data.datasets.common import save_records
-from mammo_tl.engine.experiments import config_differences, expected_config
+from mammo_tl.experiments.rows import config_differences, expected_config
 from tests.common import REPO, config_path, run_in_process
 from tests.test_records import TRAIN_OPTS
 

@@ -15,11 +15,11 @@ import torch
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from mammo_tl.data.inputs import describe
-from mammo_tl.engine.checkpoint import WeightsError
-from mammo_tl.engine.export import export_model
-from mammo_tl.engine.export_runtime import ExportedPreparer, ExportError, load_exported
-from mammo_tl.engine.predict_command import PredictError, run_predict
-from mammo_tl.engine.predictor import InputPreparer
+from mammo_tl.checkpoint import WeightsError
+from mammo_tl.export.exporter import export_model
+from mammo_tl.export.runtime import ExportedPreparer, ExportError, load_exported
+from mammo_tl.inference.command import PredictError, run_predict
+from mammo_tl.data.prepared import InputPreparer
 from tests.common import REPO, run_in_process, tiny_cfg
 from tests.realistic_fixtures import CBIS_SHAPE, VINDR_SHAPES, mammogram, write_dicom
 from tests.test_weights import tiny_config_file, tiny_weights
@@ -93,8 +93,8 @@ def test_exported_preparation_is_predicts(setup, dicoms):
 
 WRAPPER = r"""
 import json, os, runpy, sys
-import mammo_tl.engine.export_runtime as rt
-import mammo_tl.engine.predictor as predictor
+import mammo_tl.export.runtime as rt
+import mammo_tl.inference.predictor as predictor
 
 calls, runs = set(), []
 seen_path, argvs = sys.argv[1], json.loads(sys.argv[2])
@@ -273,7 +273,7 @@ def test_torchscript_runs_only_when_trusted_and_onnx_is_the_default(setup, dicom
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.script's deprecation
         # an attacker writes both files: the model records export.json's binding as an exported one does
-        from mammo_tl.engine.export_runtime import BINDING_KEY, export_json_binding
+        from mammo_tl.export.runtime import BINDING_KEY, export_json_binding
 
         torch.jit.save(torch.jit.script(_WritesAFile(str(victim))), str(folder / "model.ts"),
                        _extra_files={BINDING_KEY: export_json_binding(json.load(open(folder / "export.json")))})

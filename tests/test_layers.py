@@ -1,15 +1,17 @@
-"""The floors of mammo_tl point one way: no module imports from a floor above its own, and no modules import
-each other in a circle. Every import counts, at module level or inside a function (it runs sooner or later),
-relative imports resolved; the walk reads the source (AST), it imports nothing.
+"""The floors of mammo_tl point one way: no module imports from a floor above its own, nor from a room beside its
+own on the same floor, and no modules import each other in a circle. Every import counts, at module level or inside
+a function (it runs sooner or later), relative imports resolved; the walk reads the source (AST), it imports nothing.
 
-Floors, bottom up (a module may import its own floor and those below):
+Floors, bottom up (a module may import its own room and the floors below):
 
-0. ``config``, ``files``, ``compat``, ``drawing`` and ``modeling/``: what everything builds on;
+0. ``config``, ``files``, ``compat``, ``drawing``, ``checkpoint`` and ``modeling/``: what everything builds on;
 1. ``data/`` (and the package itself, whose ``__init__`` imports config, modeling and data to register them);
 2. ``evaluation/``: metrics, evaluators, the report;
 3. ``outputs/``: what predict writes, one module per format (it may use the evaluation's operating points);
-4. ``engine/``: training, experiments, the predict command's work;
-5. ``tools/`` and ``bench/``: scripts, never imported by the package.
+4. ``engine/`` (training) beside ``export/`` (exporting, and the exported model's runtime);
+5. ``experiments/`` (several trainings, compared) beside ``inference/`` (the predictor and the predict command);
+6. ``serve/``: the DICOM node, on top of inference;
+7. ``tools/`` and ``bench/``: scripts, never imported by the package.
 """
 import ast
 import os
@@ -18,14 +20,20 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# (room, module prefixes, floor): rooms on one floor stand side by side and do not import each other
 FLOORS = (
-    ("config/files/compat/drawing/modeling",
-     ("mammo_tl.config", "mammo_tl.files", "mammo_tl.compat", "mammo_tl.drawing", "mammo_tl.modeling")),
-    ("data", ("mammo_tl.data", "mammo_tl")),
-    ("evaluation", ("mammo_tl.evaluation",)),
-    ("outputs", ("mammo_tl.outputs",)),
-    ("engine", ("mammo_tl.engine",)),
-    ("tools/bench", ("tools", "bench")),
+    ("config/files/compat/drawing/checkpoint/modeling",
+     ("mammo_tl.config", "mammo_tl.files", "mammo_tl.compat", "mammo_tl.drawing", "mammo_tl.checkpoint",
+      "mammo_tl.modeling"), 0),
+    ("data", ("mammo_tl.data", "mammo_tl"), 1),
+    ("evaluation", ("mammo_tl.evaluation",), 2),
+    ("outputs", ("mammo_tl.outputs",), 3),
+    ("engine", ("mammo_tl.engine",), 4),
+    ("export", ("mammo_tl.export",), 4),
+    ("experiments", ("mammo_tl.experiments",), 5),
+    ("inference", ("mammo_tl.inference",), 5),
+    ("serve", ("mammo_tl.serve",), 6),
+    ("tools/bench", ("tools", "bench"), 7),
 )
 
 
@@ -86,9 +94,9 @@ def import_graph(root, package, outside=()):
 
 
 def floor_of(name, floors):
-    """Index of the floor whose longest prefix matches ``name`` (a prefix matches itself and its submodules)."""
+    """Index of the room whose longest prefix matches ``name`` (a prefix matches itself and its submodules)."""
     best = None
-    for i, (_, prefixes) in enumerate(floors):
+    for i, (_, prefixes, _) in enumerate(floors):
         for p in prefixes:
             if (name == p or name.startswith(p + ".")) and (best is None or len(p) > best[1]):
                 best = (i, len(p))
@@ -96,7 +104,7 @@ def floor_of(name, floors):
 
 
 def upward_imports(graph, floors):
-    """Messages for modules on no floor and for imports of a higher floor."""
+    """Messages for modules in no room, for imports of a higher floor and for imports of a room beside one's own."""
     problems = []
     for module in sorted(graph):
         own = floor_of(module, floors)
@@ -105,9 +113,15 @@ def upward_imports(graph, floors):
             continue
         for line, target in graph[module]:
             other = floor_of(target, floors)
-            if other is not None and other > own:
-                problems.append(f"{module}:{line} imports {target}: floor {other} ({floors[other][0]}) is above "
-                                f"its own, floor {own} ({floors[own][0]})")
+            if other is None or other == own:
+                continue
+            (room, _, level), (other_room, _, other_level) = floors[own], floors[other]
+            if other_level > level:
+                problems.append(f"{module}:{line} imports {target}: floor {other_level} ({other_room}) is above its "
+                                f"own, floor {level} ({room})")
+            elif other_level == level:
+                problems.append(f"{module}:{line} imports {target}: {other_room} stands beside {room} on floor "
+                                f"{level}, and neither imports the other")
     return problems
 
 
@@ -172,7 +186,8 @@ def _write(root, files):
             f.write(text)
 
 
-FAKE_FLOORS = (("low", ("fake.low", "fake")), ("high", ("fake.high",)), ("scripts", ("tools",)))
+FAKE_FLOORS = (("low", ("fake.low", "fake"), 0), ("high", ("fake.high",), 1), ("side", ("fake.side",), 1),
+               ("scripts", ("tools",), 2))
 
 
 def test_the_check_catches_an_upward_import_and_a_cycle(tmp_path):
@@ -187,12 +202,15 @@ def test_the_check_catches_an_upward_import_and_a_cycle(tmp_path):
         "fake/high/b.py": "from ..low import a\n",
         "fake/high/c.py": "import fake.high.d\n",
         "fake/high/d.py": "def g():\n    from . import c\n    return c\n",
+        "fake/side/__init__.py": "",
+        "fake/side/s.py": "from ..low import a\nfrom ..high import b\n",
     })
     graph = import_graph(str(tmp_path), "fake", outside=("tools",))
     assert graph["fake.low.a"] == [(5, "fake.high.b")]
     assert upward_imports(graph, FAKE_FLOORS) == [
         "fake.low.a:5 imports fake.high.b: floor 1 (high) is above its own, floor 0 (low)",
-        "fake.low.e:1 imports tools.train: floor 2 (scripts) is above its own, floor 0 (low)"]
+        "fake.low.e:1 imports tools.train: floor 2 (scripts) is above its own, floor 0 (low)",
+        "fake.side.s:2 imports fake.high.b: high stands beside side on floor 1, and neither imports the other"]
     # a -> b -> a is a cycle too (b imports a at module level, a imports b inside f)
     assert import_cycles(graph) == ["fake.high.b:1 -> fake.low.a:5 -> fake.high.b",
                                     "fake.high.c:1 -> fake.high.d:2 -> fake.high.c"]
@@ -226,7 +244,7 @@ def test_mammo_tl_imports_point_down(mammo_graph):
     edges = {(m, t) for m, e in mammo_graph.items() for _, t in e}
     assert ("mammo_tl.engine.trainer", "mammo_tl.evaluation.evaluators") in edges
     assert ("mammo_tl.evaluation.gallery", "mammo_tl.drawing") in edges  # inside draw()
-    assert ("mammo_tl.engine.phantom_difficulty", "mammo_tl.evaluation.report") in edges
+    assert ("mammo_tl.experiments.difficulty", "mammo_tl.evaluation.report") in edges
     assert len(edges) > 100
     problems = upward_imports(mammo_graph, FLOORS)
     assert not problems, "imports against the floors:\n" + "\n".join(problems)

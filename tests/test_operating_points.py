@@ -147,7 +147,7 @@ def test_a_point_below_every_score_is_said_to_recall_everyone(tmp_path, tmp_path
     target) was reported as "recall above -1": predict now says that every patient is recalled."""
     import cv2
 
-    from mammo_tl.engine.predict_command import run_predict
+    from mammo_tl.inference.command import run_predict
     from mammo_tl.evaluation.operating_points import describe_threshold
     from tests.common import breast_phantom
     from tests.test_weights import tiny_config_file, tiny_weights

@@ -1,4 +1,4 @@
-"""Trainings side by side (mammo_tl.engine.experiments.train_at_once, tools/demo.py --jobs): threads shared out,
+"""Trainings side by side (mammo_tl.experiments.rows.train_at_once, tools/demo.py --jobs): threads shared out,
 each training's output in its own log, and a failing training stops the others and is named. The commands here
 are small Python programs standing in for tools/train_net.py, so the scheduling is tested without training."""
 import json
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mammo_tl.engine.experiments import TRAINING_LOG, _last_iteration, run_rows, threads_per_job, train_at_once
+from mammo_tl.experiments.rows import TRAINING_LOG, _last_iteration, run_rows, threads_per_job, train_at_once
 
 WRITER = ("import json, os, sys, time\n"
           "out, n = sys.argv[1], int(sys.argv[2])\n"

@@ -16,9 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from mammo_tl.data.dicom_header import identify, parse_cbis_ddsm_patient_id
-from mammo_tl.engine.predict_command import PredictError, run_predict
+from mammo_tl.inference.command import PredictError, run_predict
 from mammo_tl.data.inputs import PatientsCsvError, image_key, read_patients_csv
-from mammo_tl.engine.predictor import MammoPredictor
+from mammo_tl.inference.predictor import MammoPredictor
 from tests.dicom_fixtures import make_dicom
 from tests.test_weights import tiny_config_file, tiny_weights
 

@@ -16,7 +16,7 @@ import pytest
 
 from mammo_tl.data import synthetic as S
 from mammo_tl.data.records import validate_records
-from mammo_tl.engine.phantom_difficulty import (format_summary, lesion_breakdown, lesion_cnr, lookalike_cost,
+from mammo_tl.experiments.difficulty import (format_summary, lesion_breakdown, lesion_cnr, lookalike_cost,
                                                 operating_point, run_figures)
 from mammo_tl.evaluation.metrics import froc, patient_metrics
 
@@ -240,7 +240,7 @@ def test_records_carry_the_phantom_truth(small_set):
 
 
 def test_phantom_statistics_see_the_lesions(small_set):
-    from mammo_tl.engine.phantom_difficulty import phantom_statistics
+    from mammo_tl.experiments.difficulty import phantom_statistics
 
     stats = phantom_statistics(small_set)
     assert stats["malignant"]["n"] > 0 and stats["benign"]["n"] > 0
@@ -443,7 +443,7 @@ def test_phantom_difficulty_as_typed(tmp_path):
 def test_phantom_root_from_the_records(small_set, tmp_path):
     """The set behind a data set's records: found for a synthetic set, none for other images, an error for
     records whose ids point at other images of the set."""
-    from mammo_tl.engine.phantom_difficulty import phantom_root
+    from mammo_tl.experiments.difficulty import phantom_root
 
     records = S.load_synthetic(small_set)
     root, info = phantom_root(records[:3], "part")

@@ -10,7 +10,7 @@ from detectron2.structures import Boxes, Instances
 
 from mammo_tl.data.preprocess import MammoTransform, breast_bbox, preprocess
 from mammo_tl.engine import predict_command as predict_mod
-from mammo_tl.engine.predictor import MammoPredictor
+from mammo_tl.inference.predictor import MammoPredictor
 
 
 def _phantom(h=600, w=480, chest_wall="right"):
@@ -163,11 +163,11 @@ def test_a_phantom_trained_model_on_dicom_files_is_warned_about(caplog):
     on a user's set, or phantom PNGs, gets no warning."""
     import logging
 
-    from mammo_tl.engine.predict_options import warn_if_trained_on_phantoms
+    from mammo_tl.inference.options import warn_if_trained_on_phantoms
     from tests.common import tiny_cfg
 
     demo = tiny_cfg("synthetic_ddsm/d_tl_similarity.yaml", opts=["DATASETS.TRAIN", "('mammo_synth_ddsm_train',)"])
-    with caplog.at_level(logging.WARNING, logger="mammo_tl.engine.predict_options"):
+    with caplog.at_level(logging.WARNING, logger="mammo_tl.inference.options"):
         message = warn_if_trained_on_phantoms(demo, ["a/scan.dcm", "b.png", "c.DCM"])
     assert "built-in synthetic phantoms" in message and "2 DICOM file(s)" in message
     assert message in caplog.text

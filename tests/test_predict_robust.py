@@ -17,9 +17,9 @@ from detectron2.modeling import build_model
 from mammo_tl.data.synthetic import mammogram_dataset, write_dicom
 from mammo_tl.engine import predict_command as predict_mod
 from mammo_tl.engine import predict_loader
-from mammo_tl.engine.predict_command import PredictError, check_max_pixels, check_min_score, run_predict
+from mammo_tl.inference.command import PredictError, check_max_pixels, check_min_score, run_predict
 from mammo_tl.data.inputs import SkippedImage, describe
-from mammo_tl.engine.predictor import MammoPredictor
+from mammo_tl.inference.predictor import MammoPredictor
 from tests.common import REPO, breast_phantom, tiny_cfg
 from tests.test_weights import tiny_config_file
 

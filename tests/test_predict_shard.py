@@ -13,8 +13,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from mammo_tl.engine.predict_command import PredictError, run_merge, run_predict
-from mammo_tl.engine.predict_options import check_shard
+from mammo_tl.inference.command import PredictError, run_merge, run_predict
+from mammo_tl.inference.options import check_shard
 from tests.common import breast_phantom, run_in_process, tiny_cfg
 from tests.realistic_fixtures import mammogram, write_dicom
 from tests.test_weights import tiny_config_file, tiny_weights

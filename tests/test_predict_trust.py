@@ -20,8 +20,8 @@ from pydicom.uid import generate_uid
 
 from mammo_tl.data import image_io
 from mammo_tl.data.inputs import describe
-from mammo_tl.engine.predict_command import PredictError, run_predict
-from mammo_tl.engine.predictor import MammoPredictor
+from mammo_tl.inference.command import PredictError, run_predict
+from mammo_tl.inference.predictor import MammoPredictor
 from mammo_tl.files import FolderLock
 from mammo_tl.outputs.tables import csv_cell, patients_csv
 from tests.common import REPO, breast_phantom

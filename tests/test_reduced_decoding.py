@@ -260,8 +260,8 @@ def test_predict_decodes_jpeg2000_reduced_maps_boxes_back_and_keys_resume(tmp_pa
     pixels each way), its boxes in stored pixels agree with a full decode's run (the same model) within the
     tolerance of the model input above; the run records the decoding, so a run made with full decoding (a
     run.json without the key, as written before) is not resumed as if it were the same."""
-    import mammo_tl.engine.predictor as predictor
-    from mammo_tl.engine.predict_command import PredictError, run_predict
+    import mammo_tl.inference.predictor as predictor
+    from mammo_tl.inference.command import PredictError, run_predict
     from tests.test_weights import tiny_config_file
 
     path, _ = _mammogram_dicom(str(tmp_path / "in"))

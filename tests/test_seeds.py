@@ -164,7 +164,7 @@ def test_tools_report_aggregate_as_typed(tmp_path):
 
 def test_seed_folders_keep_the_run_guarantees(tmp_path):
     """A seed's folder holding another seed's run is refused like any other config; layouts never mix."""
-    from mammo_tl.engine.experiments import RunMismatch, expected_config, run_rows
+    from mammo_tl.experiments.rows import RunMismatch, expected_config, run_rows
 
     configs = [config_path("synthetic/a_positives_only.yaml")]
     out = tmp_path / "out"

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, RLELossless, generate_uid
 
-from mammo_tl.engine.predict_command import run_predict
+from mammo_tl.inference.command import run_predict
 from tests.common import REPO, breast_phantom
 from tests.dicom_fixtures import make_dicom
 from tests.pacs import DICOMWEB_PLUGIN, Orthanc, free_port, require, wait_for
@@ -295,8 +295,8 @@ def test_the_node_beside_orthanc(world, tmp_path):
 def local_node(tmp_path_factory):
     """A node in this process, over TLS: its certificate (for localhost, self-signed) is also the CA its
     senders' certificates must be signed by (--tls-cert, --tls-key, --tls-ca)."""
-    from mammo_tl.engine.serve import Node, ServeOptions
-    from mammo_tl.engine.serve_send import parse_destination
+    from mammo_tl.serve.node import Node, ServeOptions
+    from mammo_tl.serve.send import parse_destination
 
     root = tmp_path_factory.mktemp("local_node")
     cert, key = root / "cert.pem", root / "key.pem"
@@ -461,8 +461,8 @@ def test_tls_lets_in_only_senders_with_a_certificate_of_the_ca(local_node, tmp_p
 
 
 def test_destinations_and_allow_entries_are_checked():
-    from mammo_tl.engine.serve import parse_allow
-    from mammo_tl.engine.serve_send import DestinationError, parse_destination
+    from mammo_tl.serve.node import parse_allow
+    from mammo_tl.serve.send import DestinationError, parse_destination
 
     d = parse_destination("ORTHANC@10.1.2.3:4242")
     assert (d.ae_title, d.host, d.port, d.url) == ("ORTHANC", "10.1.2.3", 4242, "")
@@ -498,7 +498,7 @@ def test_benchmark_runs_at_the_smallest_size(tmp_path, tmp_path_factory, monkeyp
 def test_results_made_by_another_model_are_made_again(tmp_path):
     """A spooled study's results are keyed by what made them (weights, config, options): a node restarted with
     other weights predicts the study again instead of sending the former model's findings."""
-    from mammo_tl.engine.serve_spool import Spool
+    from mammo_tl.serve.spool import Spool
 
     model_a = {"weights_sha256": "a" * 64, "config": "MODEL: {}\n", "min_score": 0.05, "operating_point": None}
     spool = Spool(str(tmp_path / "spool"), made_by=model_a)

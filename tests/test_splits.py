@@ -12,8 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from mammo_tl.data.datasets.common import DatasetError, save_records
 from mammo_tl.data.splits import kfold_split, official_split, random_split, summarize
-from mammo_tl.engine.cross_validation import CrossValidationError, fold_overrides, pool_folds, run_folds
-from mammo_tl.engine.experiments import expected_config
+from mammo_tl.experiments.cross_validation import CrossValidationError, fold_overrides, pool_folds, run_folds
+from mammo_tl.experiments.rows import expected_config
 from tests.common import REPO, config_path
 
 

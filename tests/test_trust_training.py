@@ -17,8 +17,9 @@ from mammo_tl.config import flatten_config
 from mammo_tl.data.datasets.common import DatasetError, check_patient_disjoint, load_records, save_records
 from mammo_tl.data.prepare import SHARD_LOCK, PrepareError, merge_shards
 from mammo_tl.data.splits import kfold_split, patient_id_variants, random_split
-from mammo_tl.engine.cross_validation import CrossValidationError, run_folds
-from mammo_tl.engine.experiments import RunMismatch, _check_inputs, expected_config, run_inputs
+from mammo_tl.experiments.cross_validation import CrossValidationError, run_folds
+from mammo_tl.engine.run_inputs import RunMismatch, check_inputs, run_inputs
+from mammo_tl.experiments.rows import expected_config
 from mammo_tl.engine.launcher import check_resume
 from mammo_tl.engine.preflight import ConfigError
 from mammo_tl.files import FolderLock
@@ -443,7 +444,7 @@ def _ablation_case(tmp_path, tiny_datasets, tag):
     cfg = expected_config(config, ["OUTPUT_DIR", str(run), "TEST.PATIENT.BOOTSTRAP", "20", *opts])
     os.makedirs(run / "inference")
     (run / "config.yaml").write_text(cfg.dump())
-    _check_inputs(str(run), run_inputs(cfg), finished=False)  # recorded as a run starts
+    check_inputs(str(run), run_inputs(cfg), finished=False)  # recorded as a run starts
     (run / "model_final.pth").write_bytes(b"x")
     (run / "inference" / "eval_results.json").write_text("{}")
     cmd = ["tools/run_ablation.py", "--output", str(output), "--bootstrap", "20", "--configs", config, "--opts", *opts]
@@ -455,12 +456,12 @@ def test_ablation_refuses_a_run_whose_images_changed(tmp_path, tiny_datasets):
     recorded = json.load(open(run / "run_inputs.json"))
     image = load_records(paths["test"])[0]["file_name"]
     assert recorded["images"][image][2] == __import__("mammo_tl.files", fromlist=["x"]).sha256_file(image)
-    _check_inputs(str(run), run_inputs(cfg), finished=True)  # unchanged: reused
+    check_inputs(str(run), run_inputs(cfg), finished=True)  # unchanged: reused
     px = cv2.imread(image, cv2.IMREAD_UNCHANGED)
     px[0, 0] = px[0, 0] + 1
     assert cv2.imwrite(image, px)  # the records are the same; one image's content is not
     with pytest.raises(RunMismatch, match=r"1 of \d+ image file\(s\) its records name changed since"):
-        _check_inputs(str(run), run_inputs(cfg), finished=True)
+        check_inputs(str(run), run_inputs(cfg), finished=True)
     p = _run(*cmd)
     assert p.returncode == 2, p.stderr[-2000:]
     assert f"run_ablation.py: error: {run} holds a run made from other image content" in p.stderr

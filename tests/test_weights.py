@@ -11,9 +11,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from mammo_tl.engine.checkpoint import (MammoCheckpointer, WeightsError, convert_pickle_weights,
+from mammo_tl.checkpoint import (MammoCheckpointer, WeightsError, convert_pickle_weights,
                                         is_model_zoo_url, load_model_weights)
-from mammo_tl.engine.predictor import MammoPredictor
+from mammo_tl.inference.predictor import MammoPredictor
 from tests.common import REPO, tiny_cfg
 
 
@@ -130,7 +130,7 @@ def test_trusted_pickle_opt_in_and_converted_file_load_the_same_state(tmp_path, 
     with pytest.raises(WeightsError, match="refusing to unpickle"):
         load_model_weights(_model(), tiny_cfg(opts=["MODEL.WEIGHTS", str(pkl)]), purpose="train")
     from_pickle = _model()
-    with caplog.at_level(logging.WARNING, logger="mammo_tl.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mammo_tl.checkpoint"):
         load_model_weights(from_pickle, tiny_cfg(opts=["MODEL.WEIGHTS", str(pkl), "MODEL.WEIGHTS_TRUSTED_PICKLE",
                                                       "True"]), purpose="train")
     total = len(from_pickle.state_dict())
@@ -196,7 +196,7 @@ def test_partial_checkpoint_refused_naming_the_missing_weights(tmp_path, weights
         with pytest.raises(WeightsError, match=msg):
             load_model_weights(_model(), tiny_cfg(opts=["MODEL.WEIGHTS", str(path)]), purpose=purpose)
     # training may start from part of a model (e.g. an ImageNet backbone), and says what is random
-    with caplog.at_level(logging.WARNING, logger="mammo_tl.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mammo_tl.checkpoint"):
         load_model_weights(_model(), tiny_cfg(opts=["MODEL.WEIGHTS", str(path)]), purpose="train")
     assert "loaded 90 of 98 model weights" in caplog.text and "roi_heads.box_predictor (4)" in caplog.text
 
@@ -225,7 +225,7 @@ def test_training_from_scratch_is_allowed_and_logged(tiny_datasets, tmp_path, ca
     assert isinstance(trainer.checkpointer, MammoCheckpointer) and trainer.checkpointer.purpose == "train"
     periodic = next(h for h in trainer._hooks if isinstance(h, PeriodicCheckpointer))
     assert periodic.checkpointer is trainer.checkpointer
-    with caplog.at_level(logging.WARNING, logger="mammo_tl.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mammo_tl.checkpoint"):
         trainer.resume_or_load(resume=False)
     assert "MODEL.WEIGHTS is empty: training from random initialisation" in caplog.text
 

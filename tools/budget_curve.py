@@ -2,7 +2,7 @@
 """The budget curve: configs trained for several lengths (each length over its own training seeds), evaluated on the
 same test patients; a table (OUTPUT/budget_curve.csv, .md, .json) and a plot (OUTPUT/budget_curve.png) of AUC,
 sensitivity and specificity at 0.5 and at the validation-chosen operating points, AP50 and FROC CPM against
-iterations (mammo_tl/engine/budget_curve.py). The pre-registered curve on the phantom's DDSM protocol
+iterations (mammo_tl/experiments/budget_curve.py). The pre-registered curve on the phantom's DDSM protocol
 (docs/experiments.md):
 
     python tools/budget_curve.py --output output/ddsm/budget --budgets 600:0,1 1200:0,1 2400:0 \\
@@ -20,9 +20,9 @@ from detectron2.utils.logger import setup_logger
 
 from mammo_tl.config import ConfigFileError
 from mammo_tl.data.datasets.common import DatasetError
-from mammo_tl.engine.budget_curve import BudgetError, parse_budgets, run_budget_curve, write_budget_curve
-from mammo_tl.engine.demo import DEMO_JOBS, VALIDATION_SET
-from mammo_tl.engine.experiments import RunMismatch, config_name
+from mammo_tl.experiments.budget_curve import BudgetError, parse_budgets, run_budget_curve, write_budget_curve
+from mammo_tl.experiments.demo import DEMO_JOBS, VALIDATION_SET
+from mammo_tl.experiments.rows import RunMismatch, config_name
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

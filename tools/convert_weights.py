@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from mammo_tl.engine.checkpoint import WeightsError, convert_pickle_weights
+from mammo_tl.checkpoint import WeightsError, convert_pickle_weights
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

@@ -22,7 +22,7 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from mammo_tl.config import ConfigFileError
-from mammo_tl.engine.cross_validation import CrossValidationError, cross_validate
+from mammo_tl.experiments.cross_validation import CrossValidationError, cross_validate
 
 
 def main():

@@ -27,8 +27,8 @@ from detectron2.utils.logger import setup_logger
 
 from mammo_tl.config import ConfigFileError
 from mammo_tl.data.datasets.common import DatasetError
-from mammo_tl.engine.demo import DEMO_CONFIGS, DEMO_JOBS, VALIDATION_SET, run_demo
-from mammo_tl.engine.experiments import RunMismatch, check_rows
+from mammo_tl.experiments.demo import DEMO_CONFIGS, DEMO_JOBS, VALIDATION_SET, run_demo
+from mammo_tl.experiments.rows import RunMismatch, check_rows
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

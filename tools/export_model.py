@@ -18,9 +18,9 @@ model detectron2 cannot trace. Exit status 1 with a message on any error, 2 on a
 import argparse
 import sys
 
-from mammo_tl.engine.checkpoint import WeightsError
-from mammo_tl.engine.export import DEFAULT_OPSET, export_model
-from mammo_tl.engine.export_runtime import FORMATS, ExportError
+from mammo_tl.checkpoint import WeightsError
+from mammo_tl.export.exporter import DEFAULT_OPSET, export_model
+from mammo_tl.export.runtime import FORMATS, ExportError
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

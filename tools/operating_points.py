@@ -17,7 +17,7 @@ from detectron2.utils.logger import setup_logger
 
 from mammo_tl.config import ConfigFileError
 from mammo_tl.data.datasets import DatasetError
-from mammo_tl.engine.checkpoint import WeightsError
+from mammo_tl.checkpoint import WeightsError
 from mammo_tl.engine.choose_points import build_cfg, choose_points
 from mammo_tl.evaluation.operating_points import OperatingPointError, describe_threshold
 

@@ -25,8 +25,8 @@ import json
 from detectron2.utils.logger import setup_logger
 
 from mammo_tl.config import ConfigFileError
-from mammo_tl.engine.experiments import RunMismatch
-from mammo_tl.engine.phantom_difficulty import FP_RATE, baseline_config, format_summary, measure_difficulty, \
+from mammo_tl.experiments.rows import RunMismatch
+from mammo_tl.experiments.difficulty import FP_RATE, baseline_config, format_summary, measure_difficulty, \
     phantom_statistics
 
 if __name__ == "__main__":

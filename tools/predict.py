@@ -63,10 +63,10 @@ Exit status 1 with a message on any error, 2 on a bad argument.
 import argparse
 import sys
 
-from mammo_tl.engine.checkpoint import WeightsError
-from mammo_tl.engine.predict_command import (PredictError, check_shard, check_workers, default_workers, run_merge,
+from mammo_tl.checkpoint import WeightsError
+from mammo_tl.inference.command import (PredictError, check_shard, check_workers, default_workers, run_merge,
                                              run_predict)
-from mammo_tl.engine.predict_options import add_model_options, argparse_type
+from mammo_tl.inference.options import add_model_options, argparse_type
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 
 from mammo_tl.config import ConfigFileError
 from mammo_tl.data.datasets.common import DatasetError
-from mammo_tl.engine.experiments import RunMismatch, check_rows, run_rows
+from mammo_tl.experiments.rows import RunMismatch, check_rows, run_rows
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

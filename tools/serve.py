@@ -22,10 +22,10 @@ import argparse
 import logging
 import sys
 
-from mammo_tl.engine.checkpoint import WeightsError
-from mammo_tl.engine.serve import Node, ServeOptions, parse_allow
-from mammo_tl.engine.serve_send import DestinationError, check_ae_title, parse_destination
-from mammo_tl.engine.predict_options import PredictError, add_model_options, argparse_type
+from mammo_tl.checkpoint import WeightsError
+from mammo_tl.serve.node import Node, ServeOptions, parse_allow
+from mammo_tl.serve.send import DestinationError, check_ae_title, parse_destination
+from mammo_tl.inference.options import PredictError, add_model_options, argparse_type
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from ..config import get_mammo_tl_cfg
 from ..data.datasets.common import register_json_datasets
 from ..evaluation.evaluators import PatientEvaluator
 from ..evaluation.operating_points import OperatingPointError, choose_operating_points, write_operating_points
-from .checkpoint import load_model_weights
+from ..checkpoint import load_model_weights
 from .trainer import Trainer
 
 if TYPE_CHECKING:

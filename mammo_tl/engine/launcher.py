@@ -24,8 +24,8 @@ from ..config import ConfigFileError, differing_keys, flatten_config, get_mammo_
 from ..files import FolderLock, FolderLocked, atomic_write_bytes
 from ..data.datasets.common import DatasetError, register_json_datasets
 from ..evaluation.operating_points import OperatingPointError
-from .checkpoint import WeightsError, load_model_weights
-from .experiments import INPUTS_FILE, RunMismatch, _check_inputs, run_inputs
+from ..checkpoint import WeightsError, load_model_weights
+from .run_inputs import INPUTS_FILE, RunMismatch, check_inputs, run_inputs
 from .preflight import ConfigError, check_output_dir, preflight
 from .trainer import Trainer, operating_points_of
 
@@ -99,7 +99,7 @@ def check_resume_inputs(cfg: CfgNode) -> None:
     """--resume continues a run only on the data it started with: the records of its DATASETS.TRAIN, TEST and
     VALIDATION sets (their SHA-256) and the content of every image file they name (size, mtime, SHA-256), as recorded in
     OUTPUT_DIR/run_inputs.json when the run started (the record and check run_ablation keeps:
-    :func:`mammo_tl.engine.experiments.run_inputs`). A change (a split rewritten, an image replaced) is refused,
+    :func:`.run_inputs.run_inputs`). A change (a split rewritten, an image replaced) is refused,
     naming it. A run without the record (started by an earlier mammo_tl) is recorded now, with a warning."""
     out = cfg.OUTPUT_DIR
     if not os.path.exists(os.path.join(out, "last_checkpoint")):
@@ -114,7 +114,7 @@ def check_resume_inputs(cfg: CfgNode) -> None:
     if inputs is None:
         return
     try:
-        _check_inputs(out, inputs, finished=False)
+        check_inputs(out, inputs, finished=False)
     except RunMismatch as e:
         why = str(e).split(": choose another --output")[0]
         raise ConfigError(f"--resume: {why}. Resuming would train or test the model on other data than the run "
@@ -130,7 +130,7 @@ def record_inputs(cfg: CfgNode) -> None:
         os.remove(path)  # an earlier run's, in a folder trained again from scratch
     inputs = _inputs_or_none(cfg)
     if inputs is not None:
-        _check_inputs(cfg.OUTPUT_DIR, inputs, finished=False)
+        check_inputs(cfg.OUTPUT_DIR, inputs, finished=False)
 
 
 def _inputs_or_none(cfg):

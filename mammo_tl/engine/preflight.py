@@ -52,7 +52,7 @@ def check_output_dir(path: str) -> None:
 
 
 def check_weights_source(weights: str, trusted_pickle: bool = False) -> None:
-    from .checkpoint import is_model_zoo_url
+    from ..checkpoint import is_model_zoo_url
 
     if weights.endswith(".pkl") and not trusted_pickle and not is_model_zoo_url(weights):
         raise ConfigError(f"MODEL.WEIGHTS {weights!r}: a .pkl file is unpickled, which runs any code it holds; "

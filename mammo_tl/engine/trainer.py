@@ -20,7 +20,7 @@ from ..data import MammogramDatasetMapper, build_paired_train_loader
 from ..evaluation.evaluators import CancerCOCOEvaluator, PatientEvaluator
 from ..evaluation.operating_points import FILE_NAME as OP_FILE_NAME
 from ..evaluation.operating_points import OperatingPointError, load_operating_points
-from .checkpoint import MammoCheckpointer
+from ..checkpoint import MammoCheckpointer
 from .hooks import VALIDATION_PREFIX, BestCheckpointHook, FinalTestHook, ValidationHook
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class Trainer(DefaultTrainer):
         fresh model holding ``weights`` (the chosen checkpoint)."""
         if weights is None:
             return self.test(self.cfg, self.model, folder=folder)
-        from .checkpoint import load_model_weights
+        from ..checkpoint import load_model_weights
 
         cfg = self.cfg.clone()
         cfg.defrost()

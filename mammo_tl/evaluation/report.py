@@ -276,7 +276,7 @@ def make_report(runs: Mapping[str, str], output_dir: str, baseline: str | None =
 
 
 # a finding's score: the highest box whose IoU with the finding's box is at least this (0 when none), as the
-# phantom's look-alike cost counts a box "on" a benign finding (mammo_tl/engine/phantom_difficulty.py)
+# phantom's look-alike cost counts a box "on" a benign finding (mammo_tl/experiments/difficulty.py)
 FINDING_IOU = 0.3
 NO_CANCER = "no cancer: patient's highest box"
 

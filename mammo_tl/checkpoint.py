@@ -30,7 +30,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-from ..files import durable_write
+from .files import durable_write
 
 if TYPE_CHECKING:
     from detectron2.config import CfgNode

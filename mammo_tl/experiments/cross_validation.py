@@ -27,10 +27,10 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
-from ..data.records import load_records
+from ..data.records import CLASS_NAME, load_records
 from ..files import atomic_write_json, sha256_file
 from ..evaluation.evaluators import PatientEvaluator
-from .experiments import TRAIN_COMMAND, config_differences, expected_config
+from .rows import TRAIN_COMMAND, config_differences, expected_config
 
 if TYPE_CHECKING:
     from detectron2.config import CfgNode
@@ -238,7 +238,7 @@ def pool_folds(runs: Sequence[Mapping[str, Any]], output: str, threshold: float 
     if name in DatasetCatalog:
         DatasetCatalog.remove(name)
     DatasetCatalog.register(name, lambda: records)
-    MetadataCatalog.get(name).set(thing_classes=["malignant_mass"])
+    MetadataCatalog.get(name).set(thing_classes=[CLASS_NAME])
     evaluator = PatientEvaluator(name, os.path.join(output, "inference", name), threshold=threshold,
                                  bootstrap=bootstrap, seed=seed)
     evaluator.reset()

@@ -19,7 +19,7 @@ import yaml
 from ..config import flatten_config
 from ..files import FolderLock, FolderLocked, sha256_file, writable_folder_problem
 from ..outputs import OutputError, write_json
-from .predict_options import PredictError
+from .options import PredictError
 
 logger = logging.getLogger(__name__)
 JSONL, RUN = "predictions.jsonl", "run.json"

@@ -1,4 +1,4 @@
-"""Running a model exported by tools/export_model.py (:mod:`.export`) without detectron2's modeling code:
+"""Running a model exported by tools/export_model.py (:mod:`.exporter`) without detectron2's modeling code:
 ONNX Runtime for ``model.onnx``, TorchScript for ``model.ts``.
 
 The exported folder holds the model file and ``export.json`` (:data:`EXPORT_JSON`): the model file's name
@@ -6,7 +6,7 @@ and sha256, the preparation predict applies before the model (input size, intens
 breast, canonical flip), the score threshold inside the graph, and the source weights' and config's sha256.
 :func:`load_exported` checks all of it where the folder enters, each error naming the file at fault.
 
-The preparation here is :class:`~.predictor.InputPreparer`'s for INPUT.RESIZE_MODE "fixed" (the only mode
+The preparation here is :class:`~mammo_tl.data.prepared.InputPreparer`'s for INPUT.RESIZE_MODE "fixed" (the only mode
 exported): crop and flip, area-average to the input size, window to 0..255, three channels; boxes come back in
 the model's grid and are mapped to the stored image's pixels outside the graph, as MammoPredictor does.
 This module imports numpy, torch and mammo_tl.data's preprocessing only.
@@ -29,7 +29,7 @@ import torch
 from ..data.image_io import to_model_input
 from ..data.preprocess import DecodeGeometry, MammoTransform, preprocess
 from ..data.resolution import ResolutionRequest
-from .predictor import PreparedImage
+from ..data.prepared import PreparedImage
 
 logger = logging.getLogger(__name__)
 EXPORT_JSON = "export.json"
@@ -145,8 +145,8 @@ def model_identity(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class ExportedPreparer:
-    """Stored pixel grid -> :class:`~.predictor.PreparedImage` from an export.json's ``input``: the same
-    tensor as :class:`~.predictor.InputPreparer` gives for the config it was exported from."""
+    """Stored pixel grid -> :class:`~mammo_tl.data.prepared.PreparedImage` from an export.json's ``input``: the same
+    tensor as :class:`~mammo_tl.data.prepared.InputPreparer` gives for the config it was exported from."""
 
     def __init__(self, prep: Mapping[str, Any]) -> None:
         self.size = tuple(int(s) for s in prep["size"])

@@ -1,5 +1,5 @@
 """tools/export_model.py: a trained model as TorchScript or ONNX, for tools/predict.py --model
-(:mod:`.export_runtime`) or any runtime that reads them.
+(:mod:`.runtime`) or any runtime that reads them.
 
 The model is traced through detectron2's :class:`~detectron2.export.TracingAdapter` on one prepared image
 (C, H, W) = (3, INPUT.FIXED_SIZE) and returns (boxes (n, 4) in that grid, scores (n,)) after the ROI heads'
@@ -28,7 +28,7 @@ from .. import __version__
 from ..config import get_mammo_tl_cfg
 from ..files import atomic_write_bytes, atomic_write_text, sha256_file
 from ..modeling.findings import CANCER_CLASS
-from .export_runtime import (BINDING_KEY, EXPORT_FORMAT_VERSION, EXPORT_JSON, FORMATS, ExportedPredictor,
+from .runtime import (BINDING_KEY, EXPORT_FORMAT_VERSION, EXPORT_JSON, FORMATS, ExportedPredictor,
                              ExportedPreparer, ExportError, _first_line, export_json_binding, map_back,
                              onnx_with_binding)
 
@@ -115,12 +115,12 @@ def export_model(config_file: str, fmt: str, output: str, opts: Sequence[str] = 
                  opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Export the model of ``config_file`` (with ``opts``; MODEL.WEIGHTS the trained checkpoint) to
     ``output``/model.ts or model.onnx with ``output``/export.json; returns export.json's content. Raises
-    ExportError (or checkpoint.WeightsError) naming what is wrong."""
+    ExportError (or mammo_tl.checkpoint.WeightsError) naming what is wrong."""
     from detectron2.export import TracingAdapter
     from detectron2.modeling import build_model
 
-    from .checkpoint import load_model_weights
-    from .predictor import InputPreparer
+    from ..checkpoint import load_model_weights
+    from ..data.prepared import InputPreparer
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")

@@ -1,7 +1,7 @@
 """How hard the synthetic phantom is, measured (tools/phantom_difficulty.py; docs/phantom.md).
 
 Trains the baseline, config (a) Faster R-CNN on positive images only, on the built-in synthetic sets at the
-demo's budget, with the same code path as the demo (mammo_tl.engine.experiments.run_rows: tools/train_net.py
+demo's budget, with the same code path as the demo (mammo_tl.experiments.rows.run_rows: tools/train_net.py
 in a subprocess, evaluated by PatientEvaluator), and reads from its results the two figures that say how
 hard the phantom is: the patient ROC AUC and the lesion sensitivity at 1 false positive per image (FROC).
 A breakdown against the phantom's truth (mammo_tl.data.synthetic.load_phantom_truth) says where the
@@ -28,7 +28,7 @@ from ..data.synthetic import load_phantom_truth
 from ..evaluation.metrics import box_iou, patient_metrics
 from ..evaluation.report import find_eval_dir, load_run
 from ..files import atomic_write_json
-from .experiments import REPO, load_saved_config, run_rows
+from .rows import REPO, load_saved_config, run_rows
 
 FP_RATE = 1.0  # false positives per image at which lesion sensitivity is read
 IOU_THRESHOLD = 0.5  # as the FROC of mammo_tl.evaluation.metrics

@@ -2,7 +2,7 @@
 over its own training seeds, all evaluated on the same test patients (tools/budget_curve.py).
 
 Each length N trains every config with ``SOLVER.MAX_ITER N`` and ``SOLVER.STEPS (3N/4,)`` (the learning-rate drop
-at the same fraction as the CPU configs' 450 of 600) through :func:`mammo_tl.engine.demo.run_demo` into
+at the same fraction as the CPU configs' 450 of 600) through :func:`mammo_tl.experiments.demo.run_demo` into
 OUTPUT/iters_<N>/ (seed_<s>/<config name>/ per seed, operating points chosen on the validation set, each seed's
 report and the aggregate over seeds), with the demo's guarantees: a finished run is reused, an interrupted one
 resumed, a folder of another config refused. Then OUTPUT/budget_curve.csv (one row per length, config and seed),
@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 
 from ..files import atomic_write_json, atomic_write_text
-from .experiments import SEED_DIR, config_name
+from .rows import SEED_DIR, config_name
 
 # (column, what it is) in the table and the plot; "<point>" columns are the test figures at an operating point
 # chosen on the validation set (mammo_tl.evaluation.operating_points)

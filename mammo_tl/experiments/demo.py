@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from detectron2.data import DatasetCatalog
 
 from ..evaluation.runs import selected_weights
-from .experiments import REPO, expected_config, run_rows
+from .rows import REPO, expected_config, run_rows
 
 logger = logging.getLogger(__name__)
 # the baseline (first: the report's reference), the method, and the ceiling (the look-alikes boxed): the report
@@ -46,7 +46,7 @@ def choose_demo_points(config_file: str, opts: Sequence[str], run_dir: str,
     """Operating points of a trained demo row, chosen on the validation patients for the weights its test results
     belong to (the validation-chosen checkpoint, else model_final.pth; reused while they belong to them)."""
     from ..evaluation.operating_points import FILE_NAME, OperatingPointError, load_operating_points
-    from .choose_points import build_cfg, choose_points
+    from ..engine.choose_points import build_cfg, choose_points
 
     weights = selected_weights(run_dir)
     path = os.path.join(run_dir, FILE_NAME)

@@ -7,8 +7,8 @@ run goes: one line per input in ``predictions.jsonl`` (flushed), so a killed run
 the DICOM outputs (``dicom_out``) are written at the end from the .jsonl. ``run.json`` records the config,
 the weights' SHA-256 and the options, which ``--resume`` must match.
 
-The parts: :mod:`.predict_options` (options checked before any work), :mod:`.predict_output` (the folders:
-lock, manifest, previous run, resume keyed by file content), :mod:`.predict_loader` (the DataLoader and the
+The parts: :mod:`.options` (options checked before any work), :mod:`.folders` (the folders:
+lock, manifest, previous run, resume keyed by file content), :mod:`.loader` (the DataLoader and the
 batch loop); here :func:`run_predict` ties them together and :func:`_finish` writes the tables.
 """
 from __future__ import annotations
@@ -28,12 +28,12 @@ from ..data.inputs import IMAGE_SUFFIXES, image_key, list_inputs
 from ..evaluation.operating_points import describe_threshold
 from ..files import sha256_file
 from ..outputs import OutputError, tables, write_json, write_text
-from .export_runtime import ExportedPredictor, ExportError, load_exported, model_identity, read_export_json
-from .predict_loader import predict_files, prepared_inputs  # noqa: F401  (public: bench/inference.py)
-from .predict_options import (PredictError, build_cfg, check_device, dicom_config_name, load_operating_point,
+from ..export.runtime import ExportedPredictor, ExportError, load_exported, model_identity, read_export_json
+from .loader import predict_files, prepared_inputs  # noqa: F401  (public: bench/inference.py)
+from .options import (PredictError, build_cfg, check_device, dicom_config_name, load_operating_point,
                               _patients_table, check_batch_size, check_max_pixels, check_min_score, check_shard,
                               check_workers, default_workers, inputs_digest, select_shard, warn_if_trained_on_phantoms)
-from .predict_output import (FINAL_FILES, JSONL, MANIFEST, OVERLAYS, RUN, _DicomFolder, _jsonl_records_or_none,
+from .folders import (FINAL_FILES, JSONL, MANIFEST, OVERLAYS, RUN, _DicomFolder, _jsonl_records_or_none,
                              _Output, _resume_differences, _resumable_records, _run_record, reusable_records)
 from .predictor import MammoPredictor
 
@@ -70,7 +70,7 @@ def run_predict(config_file: str | None, inputs: Sequence[str], output: str, opt
 
     ``model``: an exported model (DIR/model.onnx or DIR/model.ts, tools/export_model.py) instead of
     ``config_file`` and MODEL.WEIGHTS. ``shard`` (I, N) or "I/N": predict only shard I's inputs
-    (:func:`~.predict_options.select_shard`), for :func:`run_merge`. A TorchScript ``model`` (model.ts) is a
+    (:func:`~.options.select_shard`), for :func:`run_merge`. A TorchScript ``model`` (model.ts) is a
     program, not data: it is run only with ``trust_torchscript`` (--trust-torchscript)."""
     min_score = check_min_score(min_score)
     max_pixels = check_max_pixels(DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)

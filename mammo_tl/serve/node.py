@@ -1,11 +1,11 @@
 """The work behind tools/serve.py: a DICOM node that a modality or a PACS sends mammograms to (C-STORE) and
 that sends its findings back (presentation states and TID 1500 reports, the objects of predict's --dicom-out).
 
-Three parts share the spool (:mod:`.serve_spool`): the Storage SCP (pynetdicom's threads, one per
+Three parts share the spool (:mod:`.spool`): the Storage SCP (pynetdicom's threads, one per
 association) stores each instance durably before answering success; the predicting thread predicts a study
 once no instance of it has arrived for ``study_timeout`` seconds, with predict's own pieces (the predictor,
-:func:`.predict_loader.predict_files`, :func:`mammo_tl.outputs.dicom.write_dicom_outputs`); the sending
-thread sends every result to every destination (:mod:`.serve_send`), retried with back-off until
+:func:`mammo_tl.inference.loader.predict_files`, :func:`mammo_tl.outputs.dicom.write_dicom_outputs`); the sending
+thread sends every result to every destination (:mod:`.send`), retried with back-off until
 acknowledged, then applies the retention rule. Logs name the calling AE title and host, the Study Instance
 UID and the outcome; never a patient's name or id.
 """
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from ..data.dicom_header import uid_problem
 from ..data.inputs import image_key
 from ..files import FolderLock, FolderLocked, atomic_write_json, sha256_file
-from .predict_loader import predict_files
-from .predict_options import PredictError, build_cfg, check_device, dicom_config_name, load_operating_point
-from .serve_send import Destination, check_ae_title, send
-from .serve_spool import INSTANCES, RESULTS, Spool
+from ..inference.loader import predict_files
+from ..inference.options import PredictError, build_cfg, check_device, dicom_config_name, load_operating_point
+from .send import Destination, check_ae_title, send
+from .spool import INSTANCES, RESULTS, Spool
 
 logger = logging.getLogger("mammo_tl.serve")
 
@@ -101,7 +101,7 @@ class Node:
                  operating_point: str | None = None, operating_points: str | None = None):
         from ..data.image_io import DEFAULT_MAX_PIXELS
         from ..outputs.dicom import Algorithm
-        from .predictor import MammoPredictor
+        from ..inference.predictor import MammoPredictor
 
         o = self.options = options
         if not o.allow:

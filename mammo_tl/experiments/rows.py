@@ -24,7 +24,6 @@ chooses each run's operating points on mammo_synth_val):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -34,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..config import differing_keys, flatten_config, get_mammo_tl_cfg
-from ..files import atomic_write_json, sha256_file
+from ..engine.run_inputs import RunMismatch, check_inputs, run_inputs
 from ..evaluation.aggregate import write_aggregate_report
 from ..evaluation.report import make_report
 
@@ -43,10 +42,6 @@ if TYPE_CHECKING:
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_COMMAND = [sys.executable, "-m", "mammo_tl.engine.launcher"]  # what tools/train_net.py runs
-
-
-class RunMismatch(RuntimeError):
-    """An output folder holds a run made with another config."""
 
 
 def expected_config(config_file: str, opts: Sequence[str]) -> CfgNode:
@@ -68,76 +63,6 @@ def load_saved_config(saved_yaml: str) -> CfgNode:
 def config_differences(saved_yaml: str, cfg: CfgNode) -> list[str]:
     """Keys whose values differ between a run's saved config.yaml and ``cfg`` (both as train_net saw them)."""
     return differing_keys(flatten_config(load_saved_config(saved_yaml)), flatten_config(cfg))
-
-
-INPUTS_FILE = "run_inputs.json"
-
-
-def inputs_digest(cfg: CfgNode) -> str:
-    """SHA-256 of the records of every DATASETS.TRAIN, TEST and VALIDATION set of ``cfg``, as train_net loads
-    them."""
-    return run_inputs(cfg)[0]
-
-
-def run_inputs(cfg: CfgNode) -> tuple[str, list[str]]:
-    """(SHA-256 of the records of every DATASETS.TRAIN, TEST and VALIDATION set of ``cfg`` as train_net loads them,
-    the sorted absolute paths of the image files those records name)."""
-    from detectron2.data import DatasetCatalog
-
-    from ..data.datasets.common import register_json_datasets
-
-    register_json_datasets(cfg.DATASETS.REGISTER_JSON)
-    h = hashlib.sha256()
-    files = set()
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST, *cfg.DATASETS.VALIDATION):
-        records = DatasetCatalog.get(name)
-        h.update(json.dumps([name, records], sort_keys=True, default=str).encode())
-        files.update(os.path.abspath(r["file_name"]) for r in records if isinstance(r.get("file_name"), str))
-    return h.hexdigest(), sorted(files)
-
-
-def _image_key(path, known=None):
-    """[size, mtime_ns, sha256] of an image file (None when unreadable); the recorded ``known`` is reused without
-    reading the file again while its size and mtime are unchanged, as the preparation cache does."""
-    try:
-        st = os.stat(path)
-        if known and list(known[:2]) == [st.st_size, st.st_mtime_ns]:
-            return list(known)
-        return [st.st_size, st.st_mtime_ns, sha256_file(path)]
-    except OSError:
-        return None
-
-
-def _check_inputs(out, inputs, finished):
-    """Refuse a run folder made from other records, or from images whose content changed since (records
-    unchanged); record the records' digest and each image's size, mtime and SHA-256 for the next check."""
-    digest, files = inputs
-    path = os.path.join(out, INPUTS_FILE)
-    recorded = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            recorded = json.load(f)
-    if recorded.get("records_sha256") is not None and recorded["records_sha256"] != digest:
-        raise RunMismatch(f"{out} holds a run trained or evaluated on other records of its DATASETS.TRAIN/TEST/"
-                          f"VALIDATION sets ({path}): choose another --output or remove {out}")
-    if recorded.get("records_sha256") is None and finished:
-        raise RunMismatch(f"{out} holds a finished run without a record of the data it was made from ({path}): "
-                          f"choose another --output or remove {out}")
-    images = recorded.get("images")
-    if images is None and finished:
-        raise RunMismatch(f"{out} holds a finished run without a record of its images' content ({path}, written by "
-                          f"an earlier mammo_tl): it cannot be reused as made from today's images; choose another "
-                          f"--output or remove {out}")
-    images = images or {}
-    current = {p: _image_key(p, images.get(p)) for p in files}
-    if recorded.get("images") is not None:
-        changed = [p for p in files if current[p] is None or images.get(p) is None or current[p][2] != images[p][2]]
-        if changed:
-            raise RunMismatch(f"{out} holds a run made from other image content: {len(changed)} of {len(files)} image "
-                              f"file(s) its records name changed since (or are gone), e.g. {changed[:3]}: choose "
-                              f"another --output or remove {out}")
-    os.makedirs(out, exist_ok=True)
-    atomic_write_json({"records_sha256": digest, "images": current}, path)
 
 
 def config_name(config_file: str) -> str:
@@ -232,7 +157,7 @@ def _plan_run(config_file, output, extra_opts, bootstrap, num_gpus, tag):
                               f"{' ...' if len(diff) > 8 else ''}): choose another --output or remove {out}")
     finished = os.path.exists(os.path.join(out, "inference", "eval_results.json")) and \
         os.path.exists(os.path.join(out, "model_final.pth"))
-    _check_inputs(out, run_inputs(cfg), finished)
+    check_inputs(out, run_inputs(cfg), finished)
     if finished:
         print(f"[{tag}] {name}: already trained and evaluated in {out} with this config, reusing it", flush=True)
         return name, out, opts, None

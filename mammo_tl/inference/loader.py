@@ -16,8 +16,8 @@ from ..data.inputs import SkippedImage, describe, image_key
 from ..files import sha256_file
 from ..outputs import OutputError
 from ..outputs.overlay import draw_overlay, overlay_base
-from .predict_options import PredictError
-from .predict_output import OVERLAYS
+from .options import PredictError
+from .folders import OVERLAYS
 
 if TYPE_CHECKING:
     from .predictor import MammoPredictor
