@@ -255,6 +255,14 @@ def test_mammo_tl_has_no_import_cycle(mammo_graph):
     assert not cycles, "modules that import each other:\n" + "\n".join(cycles)
 
 
+def test_the_phantom_package_uses_only_records_and_files(mammo_graph):
+    """mammo_tl/data/synthetic/ (its docstring says so): of mammo_tl it imports only data.records and files."""
+    inside = [m for m in mammo_graph if m == "mammo_tl.data.synthetic" or m.startswith("mammo_tl.data.synthetic.")]
+    assert len(inside) == 8  # __init__ and its seven files
+    outside = {t for m in inside for _, t in mammo_graph[m] if not t.startswith("mammo_tl.data.synthetic")}
+    assert outside == {"mammo_tl.data.records", "mammo_tl.files"}
+
+
 def test_overlay_drawing_lives_below_the_gallery_and_predict(tmp_path):
     """mammo_tl.drawing (floor 0) draws; mammo_tl.outputs.overlay keeps predict's names, raising OutputError."""
     import cv2
