@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mammo_tl.engine import predict_command as predict_mod
-from mammo_tl.engine import predict_loader
+from mammo_tl.inference import command as predict_mod
+from mammo_tl.inference import loader as predict_loader
 from mammo_tl.inference.command import PredictError, check_batch_size, check_workers, run_predict
 from mammo_tl.data.prepared import InputPreparer
 from mammo_tl.inference.predictor import MammoPredictor

@@ -337,7 +337,7 @@ def test_configs_that_cannot_be_exported_are_refused_naming_the_key(setup, tmp_p
 def test_a_trace_that_fails_or_differs_is_refused_and_nothing_written(setup, tmp_path, monkeypatch):
     import torch
 
-    from mammo_tl.engine import export_runtime
+    from mammo_tl.export import runtime as export_runtime
 
     def broken_trace(*args, **kwargs):
         raise RuntimeError("unsupported operator")

@@ -9,7 +9,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from mammo_tl.data.preprocess import MammoTransform, breast_bbox, preprocess
-from mammo_tl.engine import predict_command as predict_mod
+from mammo_tl.inference import command as predict_mod
 from mammo_tl.inference.predictor import MammoPredictor
 
 

@@ -15,8 +15,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from mammo_tl.data.synthetic import mammogram_dataset, write_dicom
-from mammo_tl.engine import predict_command as predict_mod
-from mammo_tl.engine import predict_loader
+from mammo_tl.inference import command as predict_mod
+from mammo_tl.inference import loader as predict_loader
 from mammo_tl.inference.command import PredictError, check_max_pixels, check_min_score, run_predict
 from mammo_tl.data.inputs import SkippedImage, describe
 from mammo_tl.inference.predictor import MammoPredictor

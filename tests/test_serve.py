@@ -420,7 +420,7 @@ def test_a_spool_that_cannot_take_results_is_tried_again(local_node, tmp_path, m
     """Writing a study's results fails once (a full disk): the node logs it, goes on, and tries again."""
     import errno
 
-    from mammo_tl.engine import serve
+    from mammo_tl.serve import node as serve
 
     node, root = local_node
     monkeypatch.setattr(serve, "SPOOL_RETRY_S", 0.3)
