@@ -327,7 +327,7 @@ class Node:
     def _admit(self, handler) -> bool:
         """A new connection: True once it has finished its TLS handshake (with --tls-cert) and has data to read
         (its association request) within --request-timeout; else it is closed, logged and counted."""
-        o = self.options
+        timeout = self.options.request_timeout
         host = handler.client_address[0]
         sock = handler.request
         with self.state:
@@ -340,7 +340,7 @@ class Node:
                            host, self.max_waiting)
             return False
         try:
-            sock.settimeout(o.request_timeout)
+            sock.settimeout(timeout)
             if self.tls:
                 try:
                     sock = self.tls.wrap_socket(sock, server_side=True)
@@ -350,11 +350,11 @@ class Node:
                                    type(e).__name__, e)
                     return False
                 handler.request = sock
-            ready = (self.tls and sock.pending()) or select.select([sock], [], [], o.request_timeout)[0]
+            ready = (self.tls and sock.pending()) or select.select([sock], [], [], timeout)[0]
             if not ready:
                 self.count("connections_closed_idle")
                 logger.warning("connection from %s closed: no association request within --request-timeout %gs",
-                               host, o.request_timeout)
+                               host, timeout)
                 return False
             return True
         except OSError as e:
