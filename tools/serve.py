@@ -40,7 +40,8 @@ if __name__ == "__main__":
     p.add_argument("--ae-title", type=argparse_type(lambda t: check_ae_title(t, "--ae-title")), default="MAMMO_TL",
                    help="this node's AE title (default MAMMO_TL); also the calling AE title when sending")
     p.add_argument("--allow", type=argparse_type(parse_allow), action="append", required=True, metavar="AE[@HOST]",
-                   help="a calling AE title (and host) that may send studies; repeatable")
+                   help="a calling AE title (and host: an address, or a name resolved at start-up) that may send "
+                        "studies; repeatable")
     p.add_argument("--send-to", type=argparse_type(parse_destination), action="append", required=True,
                    metavar="AE@HOST:PORT|URL",
                    help="where results go: C-STORE or a DICOMweb (STOW-RS) root; repeatable")

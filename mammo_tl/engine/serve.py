@@ -40,7 +40,7 @@ from ..files import FolderLock, FolderLocked, sha256_file
 from .predict_loader import predict_files
 from .predict_options import PredictError, build_cfg, check_device, dicom_config_name, load_operating_point
 from .serve_send import Destination, check_ae_title, send
-from .serve_spool import FILE_MODE, INSTANCES, RESULTS, Spool
+from .serve_spool import FILE_MODE, INSTANCES, RESULTS, Spool, make_folder
 
 logger = logging.getLogger("mammo_tl.serve")
 
@@ -215,6 +215,7 @@ class Node:
             raise ServeError("--tls-key and --tls-ca need --tls-cert (the node's certificate)")
         self.tls = self._tls_context() if o.tls_cert else None
         try:
+            make_folder(o.spool)  # 0700 from the start (the lock would make it with the umask's mode)
             self.lock = FolderLock(o.spool, "tools/serve.py").acquire()
             os.chmod(self.lock.path, FILE_MODE)
         except FolderLocked as e:
