@@ -261,7 +261,7 @@ def test_a_refusing_and_a_hung_destination_delay_no_other_result(tmp_path_factor
     study, a thread per destination); X is given up after --retry-limit 2 tries, with an ERROR and a count."""
     from mammo_tl.engine import serve
 
-    monkeypatch.setattr(serve, "RETRY_FIRST_S", 5.0)
+    monkeypatch.setattr(serve, "RETRY_FIRST_S", 10.0)
     caplog.set_level(logging.INFO, "mammo_tl.serve")
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
@@ -409,9 +409,9 @@ def test_the_spool_is_readable_by_its_user_only(plain, tmp_path):
     for folder, dirs, files in os.walk(root / "spool"):
         for name in [folder] + [os.path.join(folder, n) for n in dirs + files]:
             modes[os.path.relpath(name, root)] = stat.S_IMODE(os.stat(name).st_mode)
+    assert {k: oct(m) for k, m in modes.items() if m & 0o077} == {}
     assert {"spool/status.json", "spool/destinations.json"} <= set(modes)
     assert any("/results/PR_" in k for k in modes) and any("/instances/" in k for k in modes)
-    assert {k: oct(m) for k, m in modes.items() if m & 0o077} == {}
     assert {oct(m) for k, m in modes.items()} == {"0o700", "0o600"}
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o755)

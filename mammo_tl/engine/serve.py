@@ -158,7 +158,7 @@ def _request_handler(node: Node):
             node._bound_reading(self.assoc)
             return self.assoc
 
-        def handle(self):
+        def handle(self) -> None:
             if not node._admit(self):
                 try:
                     self.request.close()  # with TLS, the wrapped socket socketserver does not know
@@ -377,7 +377,7 @@ class Node:
         received = [0]  # data set bytes of the message being received
         assoc.too_large = {}  # MessageID -> data set bytes, for the C-STORE handler
 
-        def bounded_recv(nr_bytes):
+        def bounded_recv(nr_bytes: int) -> bytearray:
             if nr_bytes > MAX_PDU:
                 node.count("connections_refused_pdu_too_large")
                 logger.warning("connection from %s closed: a PDU of %d bytes announced, over the node's %d",
@@ -389,7 +389,7 @@ class Node:
                 return bytearray()  # read as a connection closed
             return recv(nr_bytes)
 
-        def bounded_receive(primitive):
+        def bounded_receive(primitive: object) -> None:
             if dimse.message is None:
                 dimse.message = DIMSEMessage()
             message = dimse.message
