@@ -347,8 +347,8 @@ def test_a_new_destination_gets_new_results_only_unless_asked(tmp_path_factory, 
 def test_a_full_disk_and_a_damaged_spool_do_not_stop_the_node(plain, tmp_path_factory, tmp_path, monkeypatch,
                                                                caplog):
     """status.json cannot be written (ENOSPC): logged once, the node goes on and writes it once it can. A spool
-    with a truncated done.json, a stray file among the studies and a folder in tmp/ starts: the damaged study is
-    predicted again, the rest logged and left alone."""
+    with a truncated done.json, a stray file among the studies and a folder in tmp/, on a full disk, starts: the
+    damaged study is predicted again, the rest logged and left alone."""
     from mammo_tl.engine.serve_spool import Spool
 
     node, root = plain
@@ -356,7 +356,7 @@ def test_a_full_disk_and_a_damaged_spool_do_not_stop_the_node(plain, tmp_path_fa
     replace = os.replace
 
     def full(src, dst, *a, **kw):
-        if str(dst).endswith("status.json"):
+        if str(dst).endswith(("status.json", "destinations.json")):
             raise OSError(errno.ENOSPC, "No space left on device")
         return replace(src, dst, *a, **kw)
 
@@ -382,7 +382,11 @@ def test_a_full_disk_and_a_damaged_spool_do_not_stop_the_node(plain, tmp_path_fa
     (tmp_path / "spool" / "studies" / "notes.txt").write_text("a stray file")
     (tmp_path / "spool" / "tmp" / "a_folder").mkdir()
     caplog.clear()
-    node2 = _node(tmp_path_factory, tmp_path / "spool", [node.scp.address])
+    monkeypatch.setattr(os, "replace", full)  # the disk full at start too: the node starts
+    try:
+        node2 = _node(tmp_path_factory, tmp_path / "spool", [node.scp.address])
+    finally:
+        monkeypatch.setattr(os, "replace", replace)
     try:
         assert "1.2.3" in node2.last_arrival and node2.spool.done("1.2.3") is None  # to predict again
         assert node2.spool.studies() == ["1.2.3", "1.2.4"] and node2.spool.done("1.2.4")["outputs"] == []
@@ -391,6 +395,7 @@ def test_a_full_disk_and_a_damaged_spool_do_not_stop_the_node(plain, tmp_path_fa
     log = caplog.text
     assert f"study 1.2.3: {done} cannot be read (JSONDecodeError" in log
     assert "notes.txt is not a study folder; left alone" in log and "a_folder is not a file this node writes" in log
+    assert "destinations.json cannot be written (OSError: No space left on device)" in log
 
 
 def test_the_spool_is_readable_by_its_user_only(plain, tmp_path):

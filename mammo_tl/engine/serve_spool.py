@@ -300,7 +300,11 @@ class Spool:
         now = time.time()
         new = [k for k in keys if known is not None and k not in known]
         self.since = {k: (known or {}).get(k, 0.0 if backlog or known is None else now) for k in keys}
-        durable_write(path, json.dumps(self.since, indent=1).encode(), self.tmp)
+        try:
+            durable_write(path, json.dumps(self.since, indent=1).encode(), self.tmp)
+        except OSError as e:  # a full disk: the node starts all the same, and records them at a later start
+            logger.error("spool %s: %s cannot be written (%s: %s); the destinations are recorded at the next start",
+                         self.folder, path, type(e).__name__, e.strerror or e)
         return new
 
     def write_status(self, status: Mapping[str, Any]) -> None:
