@@ -119,24 +119,34 @@ def test_a_refused_association_gets_its_reject_and_the_called_ae_title_is_checke
 
 
 def test_silent_connections_hold_no_association_slot(plain, caplog):
-    """Connections that never send an association request (more than --max-associations of them) do not keep
-    a modality out, and are closed after --request-timeout, logged; open associations are what is limited."""
+    """Connections that never send an association request, from one host (127.0.0.2), more than
+    --max-associations of them, do not keep a modality (127.0.0.1) out: they hold no association slot, one host
+    may have 16 waiting at once (the others are closed at once), and they are closed after --request-timeout,
+    logged. Open associations are what --max-associations limits."""
     from pynetdicom import AE
+
+    from mammo_tl.engine.serve import MAX_WAITING_PER_HOST
 
     node, _ = plain
     caplog.set_level(logging.INFO, "mammo_tl.serve")
     before = dict(node.counts)
     node.options.request_timeout = 5.0  # long enough for echoscu to run while they are open
+    idle = []
     try:
-        idle = [socket.create_connection(("127.0.0.1", node.options.port)) for _ in range(6)]
-        time.sleep(0.2)
+        for _ in range(MAX_WAITING_PER_HOST + 4):
+            s = socket.socket()
+            idle.append(s)
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", node.options.port))
+        wait_for(lambda: _gained(node, before).get("connections_refused_busy") == 4, TIMEOUT,
+                 "the connections past 16 of one host closed")
         rc, out = _dcmtk("echoscu", "-aet", "SCU", "-aec", NODE, "127.0.0.1", node.options.port)
         assert rc == 0, out
         assert "connections_closed_idle" not in _gained(node, before)  # they were open meanwhile
     finally:
         node.options.request_timeout = 1.0
     try:
-        for s in idle:  # closed by the node: end of file (or a reset) after --request-timeout
+        for s in idle:  # closed by the node: end of file (or a reset), at once or after --request-timeout
             s.settimeout(10)
             try:
                 assert s.recv(1) == b""
@@ -145,8 +155,10 @@ def test_silent_connections_hold_no_association_slot(plain, caplog):
     finally:
         for s in idle:
             s.close()
-    assert _gained(node, before) == {"connections_closed_idle": 6}
-    assert caplog.text.count("closed: no association request within --request-timeout 5s") == 6
+    assert _gained(node, before) == {"connections_closed_idle": 16, "connections_refused_busy": 4}
+    log = caplog.text
+    assert log.count("connection from 127.0.0.2 closed: no association request within --request-timeout 5s") == 16
+    assert log.count("connection from 127.0.0.2 closed: 16 of its connections (16 in all) already wait") == 4
     # two associations open (--max-associations 2): a third is rejected as busy (transient), and gets in after
     ae = AE(ae_title="SCU")
     ae.add_requested_context("1.2.840.10008.1.1")

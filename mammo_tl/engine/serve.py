@@ -72,6 +72,9 @@ SPOOL_RETRY_S = 60.0
 # The longest PDU the node reads (also the Maximum Length it asks senders to keep to): a longer one, an
 # association request included, ends the connection unread.
 MAX_PDU = 1 << 20
+# Connections of one host that may wait for their association request at once: one host cannot take every
+# waiting place (max(64, 8 x --max-associations) in all).
+MAX_WAITING_PER_HOST = 16
 # Seconds an association may stay silent once it is established (pynetdicom's network timeout).
 NETWORK_TIMEOUT_S = 60.0
 # The first wait before a result is tried again; doubled at each try, up to --retry-max.
@@ -242,7 +245,7 @@ class Node:
         self.study_backoff: dict[tuple[str, str], tuple[float, float, int]] = {}  # refused: (delay, next, tries)
         self.given_up: set[tuple[str, str]] = set()  # (destination, study) refused --retry-limit times
         self.active: set = set()  # the associations accepted and not yet ended
-        self.waiting = 0  # connections that have not sent their association request yet
+        self.waiting: Counter = Counter()  # host -> connections that have not sent their association request yet
         self.max_waiting = max(64, 8 * o.max_associations)
         self.status_failing = False
         retained = sum(1 for study in self.spool.studies() if self.spool.done(study))
@@ -332,13 +335,13 @@ class Node:
         host = handler.client_address[0]
         sock = handler.request
         with self.state:
-            busy = self.waiting >= self.max_waiting
+            busy = sum(self.waiting.values()) >= self.max_waiting or self.waiting[host] >= MAX_WAITING_PER_HOST
             if not busy:
-                self.waiting += 1
+                self.waiting[host] += 1
         if busy:
             self.count("connections_refused_busy")
-            logger.warning("connection from %s closed: %d connections already wait for their association request",
-                           host, self.max_waiting)
+            logger.warning("connection from %s closed: %d of its connections (%d in all) already wait for their "
+                           "association request", host, self.waiting[host], sum(self.waiting.values()))
             return False
         try:
             sock.settimeout(timeout)
@@ -363,7 +366,9 @@ class Node:
             return False
         finally:
             with self.state:
-                self.waiting -= 1
+                self.waiting[host] -= 1
+                if not self.waiting[host]:
+                    del self.waiting[host]
 
     def _bound_reading(self, assoc) -> None:
         """What one association can make the node hold: no PDU over MAX_PDU is read (the connection is closed),
