@@ -50,7 +50,9 @@ if __name__ == "__main__":
                         "than the gap between a modality's views, or a study is reported in parts, each later "
                         "report replacing the earlier; every second of it delays the results")
     add_model_options(p)
-    p.add_argument("--max-associations", type=int, default=8, help="associations at once (default 8)")
+    p.add_argument("--max-associations", type=int, default=8,
+                   help="associations at once (default 8); connections that have not sent their association request "
+                        "do not count")
     p.add_argument("--max-instance-mb", type=float, default=512.0,
                    help="refuse instances larger than this many MB (default 512)")
     p.add_argument("--min-free-mb", type=float, default=1024.0,
