@@ -660,7 +660,9 @@ class Node:
             studies = sorted(self.to_send)
         unsent = []
         for study in studies:
-            if (d.key, study) in self.given_up or now < self.study_backoff.get((d.key, study), (0, 0, 0))[1]:
+            with self.state:
+                waits = (d.key, study) in self.given_up or now < self.study_backoff.get((d.key, study), (0, 0, 0))[1]
+            if waits:
                 continue
             done = self.spool.done(study)
             if done and not done.get("error"):
@@ -681,22 +683,26 @@ class Node:
         self.count("results_sent", sum(sent.values()))
         for study, n in sorted(sent.items()):
             logger.info("study %s: %d result(s) sent to %s", study, n, d.text)
-        for study in sent.keys() - refused.keys():
-            self.study_backoff.pop((d.key, study), None)
-        for study, n in sorted(refused.items()):
-            delay, _, tries = self.study_backoff.get((d.key, study), (0.0, 0.0, 0))
-            tries += 1
-            if tries >= self.options.retry_limit:
+        given_up = []
+        with self.state:  # shared with the predicting thread, which clears a study's when it makes new results
+            for study in sent.keys() - refused.keys():
                 self.study_backoff.pop((d.key, study), None)
-                self.given_up.add((d.key, study))
-                self.count("results_given_up", n)
-                logger.error("study %s: %d result(s) refused by %s %d times (--retry-limit); given up there (kept "
-                             "in the spool, tried again at the next start)", study, n, d.text, tries)
-            else:
-                delay = self._next_delay(delay)
-                self.study_backoff[(d.key, study)] = (delay, time.monotonic() + delay, tries)
-                logger.warning("study %s: %d result(s) refused by %s (try %d of --retry-limit %d); next try in %gs",
-                               study, n, d.text, tries, self.options.retry_limit, delay)
+            for study, n in sorted(refused.items()):
+                delay, _, tries = self.study_backoff.get((d.key, study), (0.0, 0.0, 0))
+                tries += 1
+                if tries >= self.options.retry_limit:
+                    self.study_backoff.pop((d.key, study), None)
+                    self.given_up.add((d.key, study))
+                    self.counts["results_given_up"] += n
+                    given_up.append((study, n, tries))
+                else:
+                    delay = self._next_delay(delay)
+                    self.study_backoff[(d.key, study)] = (delay, time.monotonic() + delay, tries)
+                    logger.warning("study %s: %d result(s) refused by %s (try %d of --retry-limit %d); next try in "
+                                   "%gs", study, n, d.text, tries, self.options.retry_limit, delay)
+        for study, n, tries in given_up:
+            logger.error("study %s: %d result(s) refused by %s %d times (--retry-limit); given up there (kept in the "
+                         "spool, tried again at the next start)", study, n, d.text, tries)
         if unanswered:
             delay = self._next_delay(self.backoff[d.key][0])
             self.backoff[d.key] = (delay, time.monotonic() + delay)
@@ -717,7 +723,9 @@ class Node:
                     self.to_send.discard(study)
                 continue
             waiting = [d for d in self.options.send_to if self.spool.unsent(study, d.key)]
-            if any((d.key, study) not in self.given_up for d in waiting):
+            with self.state:
+                trying = any((d.key, study) not in self.given_up for d in waiting)
+            if trying:
                 continue
             with self.state:
                 arriving = study in self.last_arrival
