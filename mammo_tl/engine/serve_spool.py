@@ -199,7 +199,11 @@ class Spool:
         except FileNotFoundError:
             return None
         except (ValueError, OSError) as e:
-            if self._once(f"done:{path}:{os.path.getsize(path) if os.path.isfile(path) else -1}"):
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = -1
+            if self._once(f"done:{path}:{size}"):
                 logger.warning("study %s: %s cannot be read (%s: %s); its results are made again", study_uid, path,
                                type(e).__name__, e)
             return None
