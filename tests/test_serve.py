@@ -173,7 +173,8 @@ def _echo_and_a_rejected_calling_ae(world):
     # an allowed AE title from a host other than the one --allow names (OTHER@10.0.0.1) is refused too
     assert _echo(world, "OTHER").returncode != 0
     log = _log(world)
-    assert "association from INTRUDER@127.0.0.1 rejected" in log and "association from OTHER@127.0.0.1 rejected" in log
+    assert "association from INTRUDER@127.0.0.1 to MAMMO_TL rejected" in log
+    assert "association from OTHER@127.0.0.1 to MAMMO_TL rejected" in log
 
 
 def _studies_come_back_as_predict_writes_them(world, tmp_path):
@@ -452,12 +453,24 @@ def test_retention_removes_only_delivered_studies_older_than_keep_hours(local_no
     assert sorted(p.name for p in studies.iterdir() if p.name.startswith("1.2.3.")) == ["1.2.3.2", "1.2.3.3"]
 
 
-def test_tls_lets_in_only_senders_with_a_certificate_of_the_ca(local_node, tmp_path):
+def test_tls_lets_in_only_senders_with_a_certificate_of_the_ca(local_node, tmp_path, caplog):
+    """Senders without a certificate of the CA, or without TLS, are refused and logged; a connection that starts
+    no TLS handshake holds no one else up (the handshake runs in the connection's own thread)."""
+    import logging
+    import socket
+
     node, _ = local_node
+    caplog.set_level(logging.INFO, "mammo_tl.serve")
     ds = _dataset(tmp_path, "tls.dcm", breast_phantom(seed=6))
-    assert _c_store(node, [ds]) == [0x0000]
-    assert _c_store(node, [ds], tls="no client certificate") == [None]
-    assert _c_store(node, [ds], tls=None) == [None]
+    before = node.counts["connections_refused_tls"]
+    with socket.create_connection(("127.0.0.1", node.options.port)):  # silent: no ClientHello
+        assert _c_store(node, [ds]) == [0x0000]
+        assert _c_store(node, [ds], tls="no client certificate") == [None]
+        assert _c_store(node, [ds], tls=None) == [None]
+    # the two refused senders, and the silent connection once closed
+    wait_for(lambda: node.counts["connections_refused_tls"] - before == 3, TIMEOUT, "3 TLS refusals counted")
+    refused = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(refused) == 3 and all(m.startswith("connection from 127.0.0.1 refused") for m in refused), refused
 
 
 def test_destinations_and_allow_entries_are_checked():

@@ -5,13 +5,15 @@
         --send-to ORTHANC@127.0.0.1:4242 MODEL.WEIGHTS W
 
 Accepts C-ECHO and C-STORE of Digital Mammography (For Presentation, For Processing), Secondary Capture, CR and
-DX images in explicit/implicit VR little endian, RLE, JPEG 2000 and JPEG lossless; other classes are refused
-at negotiation, calling AE titles (and hosts) not in --allow at association. An instance is answered
+DX images (of Modality MG or BodyPartExamined BREAST) in explicit/implicit VR little endian, RLE, JPEG 2000 and
+JPEG lossless; other classes are refused at negotiation, calling AE titles (and hosts) not in --allow and called
+AE titles other than --ae-title at association. An instance is answered
 "success" only once it is written, fsynced and renamed into --spool; otherwise a failure status. A study is
 predicted once none of its instances has arrived for --study-timeout seconds; its results (a Grayscale
 Softcopy Presentation State per image and a TID 1500 report per study, as tools/predict.py --dicom-out
 writes them) are sent to every --send-to (AE@HOST:PORT by C-STORE, or a DICOMweb root URL by STOW-RS),
-retried with back-off up to --retry-max seconds until acknowledged. After a crash, starting again with the
+retried with back-off up to --retry-max seconds until acknowledged (a study a destination refuses
+--retry-limit times is given up there, with an error). After a crash, starting again with the
 same --spool finishes every study and sends every unsent result; the same instances give the same result
 UIDs, and a later report of a study names the earlier ones it replaces (Predecessor Documents Sequence). A
 study whose results every destination acknowledged is removed from the spool --keep-hours later. See
@@ -20,6 +22,7 @@ argument.
 """
 import argparse
 import logging
+import os
 import sys
 
 from mammo_tl.checkpoint import WeightsError
@@ -37,7 +40,8 @@ if __name__ == "__main__":
     p.add_argument("--ae-title", type=argparse_type(lambda t: check_ae_title(t, "--ae-title")), default="MAMMO_TL",
                    help="this node's AE title (default MAMMO_TL); also the calling AE title when sending")
     p.add_argument("--allow", type=argparse_type(parse_allow), action="append", required=True, metavar="AE[@HOST]",
-                   help="a calling AE title (and host) that may send studies; repeatable")
+                   help="a calling AE title (and host: an address, or a name resolved at start-up) that may send "
+                        "studies; repeatable")
     p.add_argument("--send-to", type=argparse_type(parse_destination), action="append", required=True,
                    metavar="AE@HOST:PORT|URL",
                    help="where results go: C-STORE or a DICOMweb (STOW-RS) root; repeatable")
@@ -46,7 +50,9 @@ if __name__ == "__main__":
                         "than the gap between a modality's views, or a study is reported in parts, each later "
                         "report replacing the earlier; every second of it delays the results")
     add_model_options(p)
-    p.add_argument("--max-associations", type=int, default=8, help="associations at once (default 8)")
+    p.add_argument("--max-associations", type=int, default=8,
+                   help="associations at once (default 8); connections that have not sent their association request "
+                        "do not count")
     p.add_argument("--max-instance-mb", type=float, default=512.0,
                    help="refuse instances larger than this many MB (default 512)")
     p.add_argument("--min-free-mb", type=float, default=1024.0,
@@ -56,11 +62,21 @@ if __name__ == "__main__":
                         "0: at once)")
     p.add_argument("--retry-max", type=float, default=300.0,
                    help="longest wait in seconds between tries of an unreachable destination (default 300)")
+    p.add_argument("--retry-limit", type=int, default=10,
+                   help="tries of a study's results that a destination answers with a refusal before the node "
+                        "gives up there, with an error (default 10; a destination that does not answer is tried "
+                        "without limit)")
+    p.add_argument("--send-backlog", action="store_true",
+                   help="send a destination new to the spool the results it retains, not only those made from now on")
+    p.add_argument("--request-timeout", type=float, default=5.0,
+                   help="seconds a connection has to finish its TLS handshake and send its association request "
+                        "(default 5); a silent one is closed and logged")
     p.add_argument("--tls-cert", help="serve DICOM over TLS with this certificate (PEM)")
     p.add_argument("--tls-key", help="the certificate's private key (PEM)")
     p.add_argument("--tls-ca", help="accept only senders with a client certificate signed by this CA (PEM)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     a = p.parse_args()
+    os.umask(0o077)  # everything the node writes (the spool: patient data) readable by its user only
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     for noisy in ("pynetdicom", "highdicom"):  # one line per PDU, per copied module: the node's own lines say it
@@ -71,7 +87,8 @@ if __name__ == "__main__":
                                batch_size=a.batch_size, max_associations=a.max_associations,
                                max_instance_mb=a.max_instance_mb, min_free_mb=a.min_free_mb,
                                keep_hours=a.keep_hours, retry_max=a.retry_max, tls_cert=a.tls_cert,
-                               tls_key=a.tls_key, tls_ca=a.tls_ca)
+                               tls_key=a.tls_key, tls_ca=a.tls_ca, request_timeout=a.request_timeout,
+                               retry_limit=a.retry_limit, send_backlog=a.send_backlog)
         node = Node(a.config_file, a.opts, options, device=a.device, operating_point=a.operating_point,
                     operating_points=a.operating_points).start()
     except (PredictError, WeightsError, DestinationError) as e:

@@ -5,18 +5,28 @@ Three parts share the spool (:mod:`.spool`): the Storage SCP (pynetdicom's threa
 association) stores each instance durably before answering success; the predicting thread predicts a study
 once no instance of it has arrived for ``study_timeout`` seconds, with predict's own pieces (the predictor,
 :func:`mammo_tl.inference.loader.predict_files`, :func:`mammo_tl.outputs.dicom.write_dicom_outputs`); the sending
-thread sends every result to every destination (:mod:`.send`), retried with back-off until
-acknowledged, then applies the retention rule. Logs name the calling AE title and host, the Study Instance
-UID and the outcome; never a patient's name or id.
+threads (one per destination, so that a destination that hangs delays only itself) send every result to
+every destination (:mod:`.send`), retried with back-off per study until acknowledged (a study a
+destination refuses --retry-limit times is given up there, with an error), and the retention rule is applied.
+Logs name the calling AE title and host, the Study Instance UID and the outcome; never a patient's name or id.
+
+What a sender can make the node hold is bounded before it is read: a connection must finish its TLS handshake
+and send its association request within --request-timeout seconds (it holds no association slot until then);
+no PDU longer than :data:`MAX_PDU` is read (the connection is closed); the allow list and the called AE title
+are checked on the association request, before any data set; an instance's bytes beyond --max-instance-mb are
+discarded as they arrive (the instance is then refused), so an association holds at most that much of one.
 """
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import logging
 import os
+import select
 import shutil
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -26,11 +36,11 @@ from dataclasses import dataclass
 
 from ..data.dicom_header import uid_problem
 from ..data.inputs import image_key
-from ..files import FolderLock, FolderLocked, atomic_write_json, sha256_file
+from ..files import FolderLock, FolderLocked, sha256_file
 from ..inference.loader import predict_files
 from ..inference.options import PredictError, build_cfg, check_device, dicom_config_name, load_operating_point
 from .send import Destination, check_ae_title, send
-from .spool import INSTANCES, RESULTS, Spool
+from .spool import FILE_MODE, INSTANCES, RESULTS, Spool, make_folder
 
 logger = logging.getLogger("mammo_tl.serve")
 
@@ -56,8 +66,19 @@ VERIFICATION = "1.2.840.10008.1.1"
 # C-STORE failure statuses (PS3.4 B.2.3): out of resources (the sender should retry), data set does not match
 # the SOP class, cannot understand.
 OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
+TOO_LARGE, NOT_A_MAMMOGRAM = CANNOT_UNDERSTAND + 1, CANNOT_UNDERSTAND + 2  # the node's own C-STORE failures
 # Seconds before a study whose results could not be written to the spool is tried again.
 SPOOL_RETRY_S = 60.0
+# The longest PDU the node reads (also the Maximum Length it asks senders to keep to): a longer one, an
+# association request included, ends the connection unread.
+MAX_PDU = 1 << 20
+# Connections of one host that may wait for their association request at once: one host cannot take every
+# waiting place (max(64, 8 x --max-associations) in all).
+MAX_WAITING_PER_HOST = 16
+# Seconds an association may stay silent once it is established (pynetdicom's network timeout).
+NETWORK_TIMEOUT_S = 60.0
+# The first wait before a result is tried again; doubled at each try, up to --retry-max.
+RETRY_FIRST_S = 1.0
 
 
 class ServeError(PredictError):
@@ -86,12 +107,76 @@ class ServeOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    request_timeout: float = 5.0
+    retry_limit: int = 10
+    send_backlog: bool = False
 
 
 def parse_allow(text: str) -> tuple[str, str | None]:
     """--allow AE or AE@HOST."""
     ae, _, host = text.partition("@")
     return check_ae_title(ae, "--allow"), (host.strip() or None) if host else None
+
+
+def _address(text: str) -> str:
+    """An IP address as the node compares them (an IPv4-mapped IPv6 address as IPv4); ValueError otherwise."""
+    ip = ipaddress.ip_address(text.split("%", 1)[0].strip("[]"))
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def resolve_allow(allow: Sequence[tuple[str, str | None]]) -> list[tuple[str, frozenset[str] | None, str | None]]:
+    """--allow entries as (AE title, the addresses its host has, or None for any host, the host as given): a
+    host name is resolved once, here (at start-up); one that does not resolve is a ServeError."""
+    out = []
+    for ae, host in allow:
+        if host is None:
+            out.append((ae, None, None))
+            continue
+        try:
+            addresses = frozenset({_address(host)})
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+            except (socket.gaierror, UnicodeError) as e:
+                raise ServeError(f"--allow {ae}@{host}: the host name does not resolve "
+                                 f"({getattr(e, 'strerror', None) or e}); give its IP address, or a name this "
+                                 "machine resolves") from None
+            addresses = frozenset(_address(i[4][0]) for i in infos)
+        out.append((ae, addresses, host))
+    return out
+
+
+def _request_handler(node: Node):
+    """pynetdicom's handler of a new connection, admitting it first (:meth:`Node._admit`), bounding what its
+    association reads (:meth:`Node._bound_reading`) and, when it ends, freeing its association slot."""
+    from pynetdicom.transport import RequestHandler
+
+    class Handler(RequestHandler):
+        assoc = None
+
+        def _create_association(self):
+            self.assoc = super()._create_association()
+            node._bound_reading(self.assoc)
+            return self.assoc
+
+        def handle(self) -> None:
+            if not node._admit(self):
+                try:
+                    self.request.close()  # with TLS, the wrapped socket socketserver does not know
+                except OSError:
+                    pass
+                return
+            try:
+                super().handle()
+                if self.assoc is not None:
+                    self.assoc.join()
+            finally:
+                with node.state:
+                    node.active.discard(self.assoc)
+
+    return Handler
 
 
 class Node:
@@ -110,9 +195,14 @@ class Node:
             raise ServeError("--send-to: name at least one destination for the results")
         for name, value, low in (("--study-timeout", o.study_timeout, 0.0), ("--keep-hours", o.keep_hours, 0.0),
                                  ("--retry-max", o.retry_max, 0.1), ("--max-instance-mb", o.max_instance_mb, 0.001),
-                                 ("--min-free-mb", o.min_free_mb, 0.0), ("--max-associations", o.max_associations, 1)):
+                                 ("--min-free-mb", o.min_free_mb, 0.0), ("--max-associations", o.max_associations, 1),
+                                 ("--request-timeout", o.request_timeout, 0.1), ("--retry-limit", o.retry_limit, 1)):
             if not value >= low:
                 raise ServeError(f"{name} {value}: must be at least {low}")
+        self.allow = resolve_allow(o.allow)
+        for ae, addresses, host in self.allow:
+            if host and {host} != addresses:
+                logger.info("--allow %s@%s: %s (resolved at start-up)", ae, host, ", ".join(sorted(addresses)))
         self.max_pixels = DEFAULT_MAX_PIXELS if o.max_pixels is None else o.max_pixels
         self.cfg = build_cfg(config_file, list(opts) + (["MODEL.DEVICE", device] if device else []), o.min_score)
         check_device(self.cfg, False)
@@ -128,7 +218,9 @@ class Node:
             raise ServeError("--tls-key and --tls-ca need --tls-cert (the node's certificate)")
         self.tls = self._tls_context() if o.tls_cert else None
         try:
+            make_folder(o.spool)  # 0700 from the start (the lock would make it with the umask's mode)
             self.lock = FolderLock(o.spool, "tools/serve.py").acquire()
+            os.chmod(self.lock.path, FILE_MODE)
         except FolderLocked as e:
             raise ServeError(f"--spool {e}") from None
         except OSError as e:
@@ -139,6 +231,7 @@ class Node:
                        "min_score": o.min_score, "operating_point": self.algorithm.operating_point,
                        "version": self.algorithm.version}
             self.spool = Spool(o.spool, made_by=json.loads(json.dumps(made_by)))
+            new = self.spool.register_destinations([d.key for d in o.send_to], backlog=o.send_backlog)
         except OSError as e:
             self.lock.release()
             raise ServeError(f"--spool {o.spool}: cannot be used ({type(e).__name__}: {e})") from None
@@ -148,7 +241,18 @@ class Node:
         self.to_send: set[str] = set()
         self.state = threading.Lock()
         self.stopping = threading.Event()
-        self.backoff = {d.key: (0.0, 0.0) for d in o.send_to}  # destination -> (delay, next attempt)
+        self.backoff = {d.key: (0.0, 0.0) for d in o.send_to}  # destination -> (delay, next attempt): no answer
+        self.study_backoff: dict[tuple[str, str], tuple[float, float, int]] = {}  # refused: (delay, next, tries)
+        self.given_up: set[tuple[str, str]] = set()  # (destination, study) refused --retry-limit times
+        self.active: set = set()  # the associations accepted and not yet ended
+        self.waiting: Counter = Counter()  # host -> connections that have not sent their association request yet
+        self.max_waiting = max(64, 8 * o.max_associations)
+        self.status_failing = False
+        retained = sum(1 for study in self.spool.studies() if self.spool.done(study))
+        for d in o.send_to:
+            if d.key in new and retained:
+                logger.info("destination %s is new to this spool: it gets the results made from now on, not those of "
+                            "the %d study(ies) retained (--send-backlog sends them)", d.text, retained)
         now = time.monotonic()
         for study in self.spool.studies():  # what a stopped node left: predicted after the quiet time, or sent
             done = self.spool.done(study)
@@ -179,23 +283,36 @@ class Node:
     # ---- receiving ---------------------------------------------------------------------------------------
     def start(self) -> Node:
         from pynetdicom import AE, evt
+        from pynetdicom.transport import ThreadedAssociationServer
 
         o = self.options
         ae = AE(ae_title=o.ae_title)
-        ae.maximum_associations = o.max_associations
-        ae.maximum_pdu_size = 0  # no limit on the PDUs senders may send; the instance size is checked instead
+        # the node counts associations itself (:meth:`_on_requested`): pynetdicom's own count includes connections
+        # that have not sent their request yet, so its limit only backs ours up
+        ae.maximum_associations = o.max_associations + self.max_waiting + 16
+        ae.maximum_pdu_size = MAX_PDU
+        ae.acse_timeout = o.request_timeout  # the association request must arrive within it
+        ae.network_timeout = NETWORK_TIMEOUT_S
         for uid in STORAGE_CLASSES:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(VERIFICATION)
         handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_STORE, self._on_store),
-                    (evt.EVT_C_ECHO, lambda event: 0x0000), (evt.EVT_REJECTED, self._on_rejected)]
+                    (evt.EVT_C_ECHO, lambda event: 0x0000)]
         try:
-            self.server = ae.start_server((o.host, o.port), block=False, evt_handlers=handlers,
-                                          ssl_context=self.tls)
+            # TLS is negotiated in each connection's own thread (_admit), under --request-timeout, not in the
+            # accepting thread, where one silent connection would hold every other
+            self.server = ae.make_server((o.host, o.port), evt_handlers=handlers,
+                                         server_class=ThreadedAssociationServer,
+                                         request_handler=_request_handler(self))
         except OSError as e:
             self.lock.release()
             raise ServeError(f"--port {o.port}: cannot listen on {o.host}:{o.port} ({e.strerror})") from None
-        for target, name in ((self._predict_loop, "predict"), (self._send_loop, "send")):
+        self.server.daemon_threads, self.server.block_on_close = True, False
+        ae._servers.append(self.server)  # as ae.start_server does: server.shutdown() removes it
+        t = threading.Thread(target=self.server.serve_forever, name="accept", daemon=True)
+        t.start()
+        for target, name in [(self._predict_loop, "predict"), (self._send_loop, "send")] + [
+                ((lambda d=d: self._destination_loop(d)), f"send {d.text}") for d in o.send_to]:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self.threads.append(t)
@@ -205,25 +322,126 @@ class Node:
         return self
 
     def _allowed(self, ae_title, host):
-        return any(ae_title == a and (h is None or h == host) for a, h in self.options.allow)
+        try:
+            address = _address(host)
+        except ValueError:
+            address = host
+        return any(ae_title == a and (addresses is None or address in addresses) for a, addresses, _ in self.allow)
+
+    def _admit(self, handler) -> bool:
+        """A new connection: True once it has finished its TLS handshake (with --tls-cert) and has data to read
+        (its association request) within --request-timeout; else it is closed, logged and counted."""
+        timeout = self.options.request_timeout
+        host = handler.client_address[0]
+        sock = handler.request
+        with self.state:
+            busy = sum(self.waiting.values()) >= self.max_waiting or self.waiting[host] >= MAX_WAITING_PER_HOST
+            if not busy:
+                self.waiting[host] += 1
+        if busy:
+            self.count("connections_refused_busy")
+            logger.warning("connection from %s closed: %d of its connections (%d in all) already wait for their "
+                           "association request", host, self.waiting[host], sum(self.waiting.values()))
+            return False
+        try:
+            sock.settimeout(timeout)
+            if self.tls:
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True)
+                except (OSError, ValueError) as e:  # ssl.SSLError, a timeout, a reset
+                    self.count("connections_refused_tls")
+                    logger.warning("connection from %s refused: TLS handshake failed (%s: %s)", host,
+                                   type(e).__name__, e)
+                    return False
+                handler.request = sock
+            ready = (self.tls and sock.pending()) or select.select([sock], [], [], timeout)[0]
+            if not ready:
+                self.count("connections_closed_idle")
+                logger.warning("connection from %s closed: no association request within --request-timeout %gs",
+                               host, timeout)
+                return False
+            return True
+        except OSError as e:
+            logger.warning("connection from %s closed (%s: %s)", host, type(e).__name__, e)
+            return False
+        finally:
+            with self.state:
+                self.waiting[host] -= 1
+                if not self.waiting[host]:
+                    del self.waiting[host]
+
+    def _bound_reading(self, assoc) -> None:
+        """What one association can make the node hold: no PDU over MAX_PDU is read (the connection is closed),
+        and an instance's data set bytes past --max-instance-mb are discarded as they arrive (its C-STORE is
+        then refused, :meth:`_on_store`)."""
+        from pynetdicom.dimse_messages import DIMSEMessage
+
+        node, sock, dimse = self, assoc.dul.socket, assoc.dimse
+        recv, receive_primitive = sock.recv, dimse.receive_primitive
+        limit = int(self.options.max_instance_mb * 1e6)
+        received = [0]  # data set bytes of the message being received
+        assoc.too_large = {}  # MessageID -> data set bytes, for the C-STORE handler
+
+        def bounded_recv(nr_bytes: int) -> bytearray:
+            if nr_bytes > MAX_PDU:
+                node.count("connections_refused_pdu_too_large")
+                logger.warning("connection from %s closed: a PDU of %d bytes announced, over the node's %d",
+                               assoc.requestor.address, nr_bytes, MAX_PDU)
+                try:
+                    sock.socket.shutdown(socket.SHUT_RDWR)
+                except (OSError, AttributeError):
+                    pass
+                return bytearray()  # read as a connection closed
+            return recv(nr_bytes)
+
+        def bounded_receive(primitive: object) -> None:
+            if dimse.message is None:
+                dimse.message = DIMSEMessage()
+            message = dimse.message
+            received[0] += sum(len(data) - 1 for _, data in primitive.presentation_data_value_list
+                               if data and not data[0] & 1)
+            receive_primitive(primitive)
+            if dimse.message is message:  # more to come
+                if received[0] > limit and message.data_set is not None and message.data_set.tell():
+                    message.data_set = io.BytesIO()  # discarded: the instance is refused once complete
+            else:
+                if received[0] > limit:
+                    assoc.too_large[getattr(message.command_set, "MessageID", None)] = received[0]
+                received[0] = 0
+
+        sock.recv, dimse.receive_primitive = bounded_recv, bounded_receive
 
     def _on_requested(self, event):
+        """The association request: refused (A-ASSOCIATE-RJ, sent before the connection closes) for a calling
+        AE title (and host) not in --allow, a called AE title other than --ae-title, or --max-associations
+        already open; else counted among the open associations until it ends."""
+        o = self.options
         assoc = event.assoc
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
         host = assoc.requestor.address
         if not self._allowed(calling, host):
-            self.count("associations_rejected")
-            logger.warning("association from %s@%s rejected: calling AE title (and host) not in --allow",
-                           calling, host)
-            assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected permanent, calling AE title not recognised
-
-    def _on_rejected(self, event):
-        if event.assoc.requestor.primitive is not None and self._allowed(
-                str(event.assoc.requestor.primitive.calling_ae_title).strip(), event.assoc.requestor.address):
-            self.count("associations_rejected_busy")
-            logger.warning("association from %s@%s rejected: --max-associations %d reached",
-                           event.assoc.requestor.ae_title, event.assoc.requestor.address,
-                           self.options.max_associations)
+            key, reason, rsd = "associations_rejected", "calling AE title (and host) not in --allow", (0x01, 0x01, 0x03)
+        elif called != o.ae_title:
+            key, reason, rsd = ("associations_rejected_called_ae", f"called AE title {called!r} is not this node's "
+                                f"(--ae-title {o.ae_title})", (0x01, 0x01, 0x07))
+        else:
+            with self.state:
+                busy = len(self.active) >= o.max_associations
+                if not busy:
+                    self.active.add(assoc)
+            if not busy:
+                try:  # the request is in: from here on, pynetdicom's network timeout
+                    assoc.dul.socket.socket.settimeout(NETWORK_TIMEOUT_S)
+                except (OSError, AttributeError):
+                    pass
+                return
+            key, reason, rsd = ("associations_rejected_busy", f"--max-associations {o.max_associations} reached",
+                                (0x02, 0x03, 0x02))  # transient, local limit exceeded: the sender retries
+        self.count(key)
+        logger.warning("association from %s@%s to %s rejected: %s", calling, host, called, reason)
+        assoc.acse.send_reject(*rsd)
+        assoc.kill()  # returns once the A-ASSOCIATE-RJ is sent and the connection closed
 
     def count(self, key: str, n: int = 1) -> None:
         with self.state:
@@ -250,18 +468,20 @@ class Node:
 
         o = self.options
         raw = event.request.DataSet
-        size = len(raw.getbuffer()) if raw is not None else 0
+        size = getattr(event.assoc, "too_large", {}).pop(event.request.MessageID, None)  # its excess discarded
+        if size is None:
+            size = len(raw.getbuffer()) if raw is not None else 0
         if size > o.max_instance_mb * 1e6:
-            return self._refuse(CANNOT_UNDERSTAND + 1, "too_large",
-                                f"{size} bytes, over --max-instance-mb {o.max_instance_mb:g}")
+            return self._refuse(TOO_LARGE, "too_large", f"{size} bytes, over --max-instance-mb {o.max_instance_mb:g}")
         data = event.encoded_dataset(include_meta=True)
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds = pydicom.dcmread(io.BytesIO(data), defer_size=4096)  # large values (pixels) not copied
             study, series, sop = (str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID",
                                                                 "SOPInstanceUID"))
             sop_class = str(ds.get("SOPClassUID", ""))
             has_pixels = "PixelData" in ds
             rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+            modality, body_part = (str(ds.get(k) or "").strip().upper() for k in ("Modality", "BodyPartExamined"))
         except (InvalidDicomError, ValueError, TypeError, AttributeError, KeyError, EOFError, OSError) as e:
             return self._refuse(CANNOT_UNDERSTAND, "unreadable", f"not a readable DICOM data set: {type(e).__name__}")
         bad = [f"{k} {why}" for k, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series),
@@ -274,6 +494,10 @@ class Node:
         if sop_class not in STORAGE_CLASSES or not has_pixels or rows <= 0 or cols <= 0:
             return self._refuse(NOT_MATCHING, "not_an_image", f"study {study}: not an image (no pixel data, rows "
                                                               "or columns, or not an image storage class)")
+        if modality != "MG" and body_part != "BREAST":
+            return self._refuse(NOT_A_MAMMOGRAM, "not_a_mammogram",
+                                f"study {study}: not a mammogram (Modality {modality or 'absent'}, BodyPartExamined "
+                                f"{body_part or 'absent'}; the node takes Modality MG or BodyPartExamined BREAST)")
         free = shutil.disk_usage(self.spool.folder).free
         if free - len(data) < o.min_free_mb * 1e6:
             return self._refuse(OUT_OF_RESOURCES, "disk_floor",
@@ -345,14 +569,34 @@ class Node:
             outputs = []
             self.failed.add(study)
         done = self.spool.commit_results(study, inputs, outputs, info)
+        without = info.get("without_dicom_output") or {}
         with self.state:
             self.to_send.add(study)
+            # new results: the destinations that gave up on the earlier ones try these
+            self.given_up -= {g for g in self.given_up if g[1] == study}
+            for key in [k for k in self.study_backoff if k[1] == study]:
+                del self.study_backoff[key]
             self.counts["studies_failed" if info["error"] else "studies_predicted"] += 1
             self.counts["instances_skipped"] += len(info.get("skipped", []))
+            if not info["error"] and not outputs:
+                self.counts["studies_without_results"] += 1
+            if any("skipped" in v for v in without.values()):
+                self.counts["instances_without_results"] += sum("skipped" in v for v in without.values())
         if info["error"]:
             logger.error("study %s: prediction failed (%s); kept in the spool, tried again at the next start or "
                          "when an instance of it arrives", study, info["error"])
+        elif not outputs:
+            reasons = Counter([s["kind"] for s in info["skipped"]] + [
+                v.get("skipped") or v.get("report_skipped") for v in without.values()])
+            logger.error("study %s: no result could be made from its %d instance(s) (%s); nothing is sent (see its "
+                         "done.json in the spool)", study, len(inputs),
+                         ", ".join(f"{n} {k}" for k, n in reasons.items()) or "no image predicted")
         else:
+            if without:
+                logger.warning("study %s: %d image(s) without a presentation state or not in the report (%s)", study,
+                               len(without),
+                               ", ".join(f"{n} {k}" for k, n in Counter(
+                                   v.get("skipped") or v.get("report_skipped") for v in without.values()).items()))
             reasons = Counter(s["kind"] for s in info["skipped"])
             logger.info("study %s: %d instance(s) predicted, %d box(es)%s; %d result(s) to send (%.1fs)", study,
                         info["predicted"], info["boxes"],
@@ -370,65 +614,124 @@ class Node:
 
     # ---- sending -----------------------------------------------------------------------------------------
     def _send_loop(self):
+        """Marks the studies every destination has acknowledged, applies retention (the destinations' own
+        threads send)."""
         last_retention = 0.0
         while not self.stopping.is_set():
             try:
-                self.send_round()
+                self.settle()
             except Exception as e:  # e.g. results replaced while being read: tried again next round
                 logger.warning("sending interrupted (%s: %s); tried again", type(e).__name__, e)
             if time.monotonic() - last_retention > min(60.0, self.options.keep_hours * 3600 / 4 + 0.5):
-                self.apply_retention()
+                try:
+                    self.apply_retention()
+                except OSError as e:
+                    logger.error("retention: %s: %s; tried again", type(e).__name__, e)
                 last_retention = time.monotonic()
             self.stopping.wait(0.2)
 
+    def _destination_loop(self, destination: Destination) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.send_to(destination)
+            except Exception as e:  # e.g. results replaced while being read: tried again next round
+                logger.warning("sending to %s interrupted (%s: %s); tried again", destination.text,
+                               type(e).__name__, e)
+            self.stopping.wait(0.2)
+
     def send_round(self) -> None:
-        """Send every unsent result to every destination not waiting out a back-off, one association per
-        destination; then mark the studies whose every result every destination acknowledged as processed."""
+        """Send every unsent result to every destination, one after the other (the running node does this in
+        one thread per destination), then :meth:`settle`."""
+        for d in self.options.send_to:
+            self.send_to(d)
+        self.settle()
+
+    def _next_delay(self, delay: float) -> float:
+        return min(self.options.retry_max, max(RETRY_FIRST_S, 2 * delay))
+
+    def send_to(self, d: Destination) -> None:
+        """Send the results ``d`` has not acknowledged, in one association, except while ``d`` waits out its
+        back-off (it did not answer) and those of studies waiting out theirs (``d`` refused them); a study ``d``
+        refused --retry-limit times is given up there (an error, counted as results_given_up)."""
+        now = time.monotonic()
+        if now < self.backoff[d.key][1]:
+            return
         with self.state:
             studies = sorted(self.to_send)
-        ready = []
+        unsent = []
+        for study in studies:
+            with self.state:
+                waits = (d.key, study) in self.given_up or now < self.study_backoff.get((d.key, study), (0, 0, 0))[1]
+            if waits:
+                continue
+            done = self.spool.done(study)
+            if done and not done.get("error"):
+                unsent += [(study, o) for o in self.spool.unsent(study, d.key)]
+        if not unsent:
+            return
+        paths = [self.spool.study(study, RESULTS, o["name"]) for study, o in unsent]
+        answers = send(d, paths, self.options.ae_title)
+        sent, refused, unanswered = Counter(), Counter(), Counter()
+        for (study, o), ok in zip(unsent, answers):
+            if ok:
+                self.spool.mark_sent(study, d.key, o["sop_instance_uid"])
+                sent[study] += 1
+            elif ok is None:
+                unanswered[study] += 1
+            else:
+                refused[study] += 1
+        self.count("results_sent", sum(sent.values()))
+        for study, n in sorted(sent.items()):
+            logger.info("study %s: %d result(s) sent to %s", study, n, d.text)
+        given_up = []
+        with self.state:  # shared with the predicting thread, which clears a study's when it makes new results
+            for study in sent.keys() - refused.keys():
+                self.study_backoff.pop((d.key, study), None)
+            for study, n in sorted(refused.items()):
+                delay, _, tries = self.study_backoff.get((d.key, study), (0.0, 0.0, 0))
+                tries += 1
+                if tries >= self.options.retry_limit:
+                    self.study_backoff.pop((d.key, study), None)
+                    self.given_up.add((d.key, study))
+                    self.counts["results_given_up"] += n
+                    given_up.append((study, n, tries))
+                else:
+                    delay = self._next_delay(delay)
+                    self.study_backoff[(d.key, study)] = (delay, time.monotonic() + delay, tries)
+                    logger.warning("study %s: %d result(s) refused by %s (try %d of --retry-limit %d); next try in "
+                                   "%gs", study, n, d.text, tries, self.options.retry_limit, delay)
+        for study, n, tries in given_up:
+            logger.error("study %s: %d result(s) refused by %s %d times (--retry-limit); given up there (kept in the "
+                         "spool, tried again at the next start)", study, n, d.text, tries)
+        if unanswered:
+            delay = self._next_delay(self.backoff[d.key][0])
+            self.backoff[d.key] = (delay, time.monotonic() + delay)
+            logger.warning("%d result(s) of %d study(ies) not acknowledged by %s; next try in %gs",
+                           sum(unanswered.values()), len(unanswered), d.text, delay)
+        else:
+            self.backoff[d.key] = (0.0, 0.0)
+
+    def settle(self) -> None:
+        """Mark as processed the studies whose every result every destination acknowledged (then retention
+        applies), and stop trying those with nothing more to send in this process (failed, or given up)."""
+        with self.state:
+            studies = sorted(self.to_send)
         for study in studies:
             done = self.spool.done(study)
             if done is None or done.get("error"):  # nothing to send; a failed study is kept, never "processed"
                 with self.state:
                     self.to_send.discard(study)
-            else:
-                ready.append(study)
-        complete = set(ready)
-        for d in self.options.send_to:
-            unsent = [(study, o) for study in ready for o in self.spool.unsent(study, d.key)]
-            if not unsent:
                 continue
-            delay, next_try = self.backoff[d.key]
-            if time.monotonic() < next_try:
-                complete -= {study for study, _ in unsent}
+            waiting = [d for d in self.options.send_to if self.spool.unsent(study, d.key)]
+            with self.state:
+                trying = any((d.key, study) not in self.given_up for d in waiting)
+            if trying:
                 continue
-            paths = [self.spool.study(study, "results", o["name"]) for study, o in unsent]
-            acknowledged = send(d, paths, self.options.ae_title)
-            sent = Counter()
-            for (study, o), ok in zip(unsent, acknowledged):
-                if ok:
-                    self.spool.mark_sent(study, d.key, o["sop_instance_uid"])
-                    sent[study] += 1
-                else:
-                    complete.discard(study)
-            self.count("results_sent", sum(sent.values()))
-            for study, n in sorted(sent.items()):
-                logger.info("study %s: %d result(s) sent to %s", study, n, d.text)
-            failed = len(unsent) - sum(sent.values())
-            if failed:
-                delay = min(self.options.retry_max, max(1.0, 2 * delay))
-                self.backoff[d.key] = (delay, time.monotonic() + delay)
-                logger.warning("%d result(s) of %d study(ies) not acknowledged by %s; next try in %gs", failed,
-                               len({s for (s, _), ok in zip(unsent, acknowledged) if not ok}), d.text, delay)
-            else:
-                self.backoff[d.key] = (0.0, 0.0)
-        for study in sorted(complete):
             with self.state:
                 arriving = study in self.last_arrival
                 if not arriving:
                     self.to_send.discard(study)
-            if not arriving:
+            if not arriving and not waiting:
                 self.spool.mark_processed(study)
                 if self.options.keep_hours == 0:
                     self.apply_retention([study])
@@ -456,10 +759,21 @@ class Node:
 
     # ---- status and stopping -----------------------------------------------------------------------------
     def write_status(self) -> None:
-        """spool/status.json: the counts since this node started (instances stored, refused by reason, ...)."""
+        """spool/status.json: the counts since this node started (instances stored, refused by reason, ...). A
+        write that fails (a full disk) is logged, once until one succeeds again, and the node goes on."""
         with self.state:
             counts = dict(sorted(self.counts.items()))
-        atomic_write_json({"pid": os.getpid(), "counts": counts}, os.path.join(self.spool.folder, "status.json"))
+        try:
+            self.spool.write_status({"pid": os.getpid(), "counts": counts})
+        except OSError as e:
+            if not self.status_failing:
+                logger.error("status.json cannot be written (%s: %s); the node goes on, and says when it can again",
+                             type(e).__name__, e.strerror or e)
+            self.status_failing = True
+            return
+        if self.status_failing:
+            logger.info("status.json written again")
+        self.status_failing = False
 
     def stop(self) -> None:
         self.stopping.set()

@@ -1,7 +1,9 @@
 """Where the DICOM node (tools/serve.py) sends its results: a DICOM Storage SCP by C-STORE (``AE@HOST:PORT``)
 or a DICOMweb server by STOW-RS (``http(s)://host:port/dicom-web``). A result counts as delivered only when
 the destination acknowledged it (C-STORE status success or warning; STOW-RS 200, or 202 without the instance
-among the failed ones); anything else is retried later by the node."""
+among the failed ones); anything else is retried later by the node. Per file, :func:`send` tells a refusal (the
+destination answered and did not store it: counted towards the node's --retry-limit) from no answer (no
+association, no HTTP answer: the destination is retried, without limit)."""
 from __future__ import annotations
 
 import hashlib
@@ -64,9 +66,11 @@ def parse_destination(text: str) -> Destination:
 
 
 def send(destination: Destination, paths: Sequence[str], calling_ae: str, *, timeout: float = 30.0,
-         tls: ssl.SSLContext | None = None) -> list[bool]:
-    """Send the DICOM files ``paths`` to ``destination``; per file whether it was acknowledged. Never raises for
-    a destination that cannot be reached or refuses: those files are not acknowledged (the reason is logged)."""
+         tls: ssl.SSLContext | None = None) -> list[bool | None]:
+    """Send the DICOM files ``paths`` to ``destination``; per file True when acknowledged, False when the
+    destination answered and refused it, None when it did not answer (not reached, association rejected or
+    aborted, no HTTP answer). Never raises for a destination that cannot be reached or refuses (the reason is
+    logged)."""
     if destination.url:
         return _stow(destination, paths, timeout)
     return _c_store(destination, paths, calling_ae, timeout, tls)
@@ -87,7 +91,7 @@ def _c_store(destination, paths, calling_ae, timeout, tls):
     for sop_class in (GSPS_CLASS, COMPREHENSIVE_3D_SR_CLASS):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
         ae.add_requested_context(sop_class, [ImplicitVRLittleEndian])
-    acknowledged = [False] * len(paths)
+    acknowledged: list[bool | None] = [None] * len(paths)
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
                              tls_args=(tls, None) if tls else None)
@@ -109,10 +113,11 @@ def _c_store(destination, paths, calling_ae, timeout, tls):
                                             else pydicom.dcmread(path))
             except (ValueError, AttributeError) as e:  # no context for the class: the destination refused it
                 logger.warning("send to %s: %s not sent (%s)", destination.text, ds.SOPInstanceUID, e)
+                acknowledged[i] = False
                 continue
             code = getattr(status, "Status", None)
-            # success 0x0000, warnings 0x0001 and 0xB000-0xBFFF (stored, with a remark)
-            acknowledged[i] = code is not None and (code in (0x0000, 0x0001) or 0xB000 <= code <= 0xBFFF)
+            # success 0x0000, warnings 0x0001 and 0xB000-0xBFFF (stored, with a remark); no answer: None
+            acknowledged[i] = None if code is None else code in (0x0000, 0x0001) or 0xB000 <= code <= 0xBFFF
             if not acknowledged[i]:
                 logger.warning("send to %s: %s not stored (%s)", destination.text, ds.SOPInstanceUID,
                                f"status 0x{code:04X}" if code is not None else "no answer")
@@ -144,12 +149,12 @@ def _stow(destination, paths, timeout):
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             code, answer = response.status, response.read()
-    except urllib.error.HTTPError as e:
+    except urllib.error.HTTPError as e:  # answered: refused (a server error or a busy one: not answered)
         logger.warning("send to %s: HTTP %d %s", destination.text, e.code, e.reason)
-        return [False] * len(paths)
+        return [None if e.code >= 500 or e.code in (408, 429) else False] * len(paths)
     except (OSError, ValueError) as e:
         logger.warning("send to %s: no answer (%s: %s)", destination.text, type(e).__name__, e)
-        return [False] * len(paths)
+        return [None] * len(paths)
     if code == 200:
         return [True] * len(paths)
     if code != 202:
