@@ -29,8 +29,10 @@ setup(
         # DICOM presentation states and TID 1500 reports (tools/predict.py --dicom-out); 0.28.2 is the
         # version tested, and the one pip resolves beside numpy<2
         "highdicom>=0.28",
-        # tools/serve.py: the DICOM node (Storage SCP, C-STORE of the results); 3.0.4 tested
-        "pynetdicom>=3.0",
+        # tools/serve.py: the DICOM node (Storage SCP, C-STORE of the results). The node bounds what a sender can
+        # make it read by wrapping pynetdicom's connection handler, socket reads and DIMSE assembly
+        # (mammo_tl/serve/node.py), internals checked against 3.0.4 only: held to the 3.0 series
+        "pynetdicom>=3.0.4,<3.1",
         "scikit-learn",
         "matplotlib",
         "tqdm",
