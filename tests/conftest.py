@@ -36,8 +36,31 @@ def _threads():
 def pytest_collection_modifyitems(config, items):
     """The end-to-end and slow tests first, in their collection order, then the rest: pytest-xdist hands tests
     out in this order, and a minute-long test handed out last would keep one worker busy while the other
-    idles. The same order in every worker (xdist checks that they collected the same list)."""
+    idles. The same order in every worker (xdist checks that they collected the same list). Tests marked
+    @pytest.mark.xdist_group("name") go to one worker together (_keep_xdist_groups): a module fixture that
+    exports or trains is then built once, not once per worker."""
     items[:] = sorted(items, key=lambda item: not (item.get_closest_marker("e2e") or item.get_closest_marker("slow")))
+    _keep_xdist_groups(config, items)
+
+
+def _keep_xdist_groups(config, items):
+    """What pytest-xdist's --dist loadgroup does on each worker, done here because it no longer happens: xdist
+    (3.8, xdist/remote.py) appends "@<group>" to the node id of each test marked xdist_group, and its scheduler
+    sends the tests whose ids end in one group to one worker; it writes ``item._nodeid``, which pytest 9 no
+    longer reads (node ids live in ``item._id``), so every test was scheduled alone and a module fixture built
+    on both workers. A node id that already ends in a group (an xdist that sets it) is left alone."""
+    if not getattr(config.option, "loadgroup", False):  # set by xdist on its workers for --dist loadgroup
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if not names or "@" in item.nodeid.rsplit("]", 1)[-1]:
+            continue
+        nodeid = f"{item.nodeid}@{'_'.join(names)}"
+        if hasattr(item, "_id"):  # pytest 9: a NodeId
+            item._id = type(item._id).parse(nodeid)
+        else:
+            item._nodeid = nodeid
 
 
 # ==== documented commands: every command the docs show is run by some test (tests/doc_commands/) ==========

@@ -62,6 +62,7 @@ MammoCheckpointer(_model(2.0), out).save(sys.argv[2], iteration=7)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["model_best", "model_0000009", "model_final"])
 def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, name):
     out = tmp_path / "run"

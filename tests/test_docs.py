@@ -378,11 +378,17 @@ def test_benchmarks_run_at_the_smallest_size(tmp_path, monkeypatch):
 
 
 FAKE_TEST = """import os, subprocess, sys
+import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_runs_a():
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "x.py"), "--a", "2"], check=True)
 def test_nothing():
     pass
+@pytest.mark.xdist_group("together")
+@pytest.mark.parametrize("i", range(4))
+def test_grouped(i):
+    with open(os.path.join(ROOT, f"worker_{i}"), "w") as f:
+        f.write(os.environ.get("PYTEST_XDIST_WORKER", "none"))
 """
 
 
@@ -390,7 +396,8 @@ def test_nothing():
 def test_a_full_run_fails_listing_the_documented_commands_no_test_ran(tmp_path, workers):
     """tests/conftest.py's check, end to end, in a project of one doc and one test file (with and without
     pytest-xdist): a full run fails naming the documented command no test ran; a partial run says it did not
-    check."""
+    check. With pytest-xdist's --dist loadgroup, as pytest.ini runs it, the tests of one xdist_group run on one
+    worker (tests/conftest.py marks them so; without it each of the 4 went to either worker)."""
     (tmp_path / "tools").mkdir()
     (tmp_path / "tools" / "x.py").write_text("import sys\n")
     (tmp_path / "docs").mkdir()
@@ -411,12 +418,14 @@ def test_a_full_run_fails_listing_the_documented_commands_no_test_ran(tmp_path, 
     def pytest_run(*args):
         cmd = [sys.executable, "-m", "pytest", "tests", "-p", "no:cacheprovider", "-q", *args]
         if workers:
-            cmd += ["-n", str(workers)]
+            cmd += ["-n", str(workers), "--dist", "loadgroup"]
         return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
     full = pytest_run()
     assert full.returncode == 1, full.stdout[-3000:]
-    assert "2 passed" in full.stdout and "FAILED: 1 documented commands no test ran" in full.stdout
+    assert "6 passed" in full.stdout and "FAILED: 1 documented commands no test ran" in full.stdout
+    ran_on = {(tmp_path / f"worker_{i}").read_text() for i in range(4)}
+    assert len(ran_on) == 1 and ran_on <= ({"gw0", "gw1"} if workers else {"none"}), ran_on
     assert "README.md:5: python tools/x.py --b 1" in full.stdout
     assert "no test ran tools/x.py --b; tests ran: tools/x.py --a" in full.stdout
     # a test skipped for a missing system program (as tests/pacs.py's require() skips outside CI, here pointed at a
@@ -441,4 +450,4 @@ def test_a_full_run_fails_listing_the_documented_commands_no_test_ran(tmp_path, 
         return
     partial = pytest_run("-k", "runs_a")  # deselected by the workers, reported to the controller
     assert partial.returncode == 0, partial.stdout[-3000:]
-    assert "documented commands not checked: 1 tests deselected" in partial.stdout
+    assert "documented commands not checked: 5 tests deselected" in partial.stdout

@@ -19,10 +19,11 @@ What the tests add to the documented commands, and why (all on the command line,
 * 100 bootstrap resamples instead of 1000 (TEST.PATIENT.BOOTSTRAP when training, report.py --bootstrap).
 Split quotas are the split command's own options (paper-ddsm --train/--test, kfold --folds).
 
-Every command runs as a subprocess, as typed, except predict.py and report.py outside the CBIS-DDSM test (which
-runs them as subprocesses): the VinDr-Mammo, INbreast and own-CSV tests run those two in the test's process
-(tests/common.py run_in_process: runpy with the same arguments and working folder, the exit status checked the
-same way), which saves a Python start-up with torch and detectron2 (3.4 s of CPU) each.
+Every command runs as a subprocess, as typed, in the CBIS-DDSM test. The VinDr-Mammo, INbreast and own-CSV tests
+run the training (train_net.py, cross_validate.py) as a subprocess and prepare_dataset.py, split_dataset.py,
+predict.py and report.py in the test's process (tests/common.py run_in_process: runpy with the same arguments and
+working folder, the exit status checked the same way), which saves a Python start-up with torch and detectron2
+(3.4 s of CPU) each.
 """
 import csv
 import glob
@@ -202,13 +203,13 @@ def test_vindr_mammo_official_split(tmp_path):
     sh = Session(tmp_path)
     release = make_vindr_release(sh.path("data", "vindr-mammo"))
     sh("tools/prepare_dataset.py", "vindr", "--root", "data/vindr-mammo", "--output", "datasets/vindr",
-       "--size", "512", "512")
+       "--size", "512", "512", in_process=True)
     # 24 images listed; c3 L MLO (a BI-RADS 4 calcification only) and f6 L MLO (not downloaded) skipped
     check_reports(sh, "datasets/vindr", listed=24, kept=22, prepare_skipped=0,
                   skip_reasons={"suspicious finding that is not a target (neither positive nor negative)": 1,
                                 "DICOM file not found": 1})
     out = sh("tools/split_dataset.py", "official", "--records", "datasets/vindr/prepared/records.json",
-             "--output", "datasets/vindr/split")
+             "--output", "datasets/vindr/split", in_process=True)
     assert "train: 15 images (3 positive, 12 negative), 4 patients (2 positive, 2 negative)" in out
     assert "test: 7 images (1 positive, 6 negative), 2 patients (1 positive, 1 negative)" in out
 
@@ -232,12 +233,12 @@ def test_inbreast_cross_validation(tmp_path, monkeypatch):
     sh = Session(tmp_path)
     make_inbreast_release(sh.path("data", "INbreast"))
     sh("tools/prepare_dataset.py", "inbreast", "--root", "data/INbreast", "--output", "datasets/inbreast",
-       "--size", "512", "512")
+       "--size", "512", "512", in_process=True)
     # 10 rows; 22614379 (BI-RADS 5 without XML) and 50994300 (view FB) skipped
     check_reports(sh, "datasets/inbreast", listed=10, kept=8, prepare_skipped=0,
                   skip_reasons={"BI-RADS 5 without a Mass outline": 1, "view 'FB' is not CC or MLO": 1})
     out = sh("tools/split_dataset.py", "kfold", "--records", "datasets/inbreast/prepared/records.json",
-             "--output", "datasets/inbreast/folds", "--folds", "2", "--seed", "0")
+             "--output", "datasets/inbreast/folds", "--folds", "2", "--seed", "0", in_process=True)
     # 2 positive and 2 negative patients, 2 images each: each fold tests one of each
     for k in (0, 1):
         assert f"fold{k}/test: 4 images (2 positive, 2 negative), 2 patients (1 positive, 1 negative)" in out
@@ -273,12 +274,12 @@ def test_own_csv(tmp_path):
     sh = Session(tmp_path)
     make_hospital_release(sh.path("data", "hospital"))
     sh("tools/prepare_dataset.py", "csv", "--csv", "data/hospital/mammograms.csv", "--output", "datasets/own_csv",
-       "--size", "512", "512")
+       "--size", "512", "512", in_process=True)
     # 13 rows; H003 L MLO (label 1 without boxes) and H005 L MLO (file not delivered) skipped
     check_reports(sh, "datasets/own_csv", listed=13, kept=11, prepare_skipped=0,
                   skip_reasons={"label 1 without boxes": 1, "file not found": 1})
     out = sh("tools/split_dataset.py", "random", "--records", "datasets/own_csv/prepared/records.json",
-             "--output", "datasets/own_csv/split", "--test-fraction", "0.2", "--seed", "0")
+             "--output", "datasets/own_csv/split", "--test-fraction", "0.2", "--seed", "0", in_process=True)
     # 3 positive and 3 negative patients: round(0.6) = 1 of each for testing
     assert ("datasets/own_csv/prepared/records.json: 11 images (4 positive, 7 negative), 6 patients "
             "(3 positive, 3 negative)") in out

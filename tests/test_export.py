@@ -24,6 +24,10 @@ from tests.common import REPO, run_in_process, tiny_cfg
 from tests.realistic_fixtures import CBIS_SHAPE, VINDR_SHAPES, mammogram, write_dicom
 from tests.test_weights import tiny_config_file, tiny_weights
 
+# One worker runs every test of this module (tests/conftest.py): the module fixtures below export the model in
+# both formats and run the exported models in a process of their own, once, not once per worker.
+pytestmark = pytest.mark.xdist_group("export")
+
 OPTS = ["MODEL.DEVICE", "cpu"]
 # Exported against PyTorch, in the stored image's pixels and as predictions.json rounds them (boxes to 0.01
 # pixel, scores to 1e-5): one rounding step apart at most. Measured: equal boxes, scores within 1e-5.

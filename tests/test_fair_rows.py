@@ -79,6 +79,7 @@ def test_every_ddsm_row_chooses_its_model_on_the_validation_patients():
         assert cfg.TEST.PATIENT.BEST_METRIC == "auc" and not set(cfg.DATASETS.VALIDATION) & set(cfg.DATASETS.TEST)
 
 
+@pytest.mark.slow
 def test_the_ceiling_differs_from_b_in_its_annotations_and_class_count_only():
     """Row o: (b) with the look-alikes boxed as a second class. Its training set holds the same images and the same
     cancer boxes as (b)'s; the only other boxes are the phantom's look-alikes, as class 1; and the configs differ in

@@ -178,6 +178,7 @@ def test_similarity_loss_pairs_fg_with_negative_top_k(tiny_datasets):
     assert losses["loss_sim"].item() == pytest.approx(0.1 * sum(sims) / len(sims), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_method_lowers_objectness_of_negative_top_anchors(tiny_datasets):
     """A few steps with the method lower the negative image's top-256 objectness, more than the same
     steps without the top likelihood loss (the control), and bring the top anchors closer to the

@@ -15,7 +15,7 @@ from mammo_tl.data.datasets.common import save_records
 from mammo_tl.data.synthetic import SyntheticSpec, generate, load_synthetic
 from mammo_tl.evaluation.operating_points import OperatingPointError, choose_operating_points, load_operating_points
 from mammo_tl.files import sha256_file
-from tests.common import REPO, TINY_SPEC, config_path
+from tests.common import REPO, TINY_SPEC, config_path, run_in_process
 from tests.test_records import TRAIN_OPTS
 
 
@@ -118,8 +118,7 @@ def test_choose_on_validation_evaluate_and_report(tiny_datasets, tmp_path):
         v = p["validation"]
         assert v["tp"] + v["fn"] == 3 and v["tn"] + v["fp"] == 3
 
-    refused = subprocess.run(cmd[:4] + ["--dataset", "op_test"] + cmd[6:], cwd=REPO, capture_output=True, text=True,
-                             timeout=300)
+    refused = run_in_process(cmd[1:4] + ["--dataset", "op_test"] + cmd[6:])  # in this process: a start-up saved
     assert refused.returncode != 0 and "never on the test set" in refused.stderr
 
     res = main(default_argument_parser().parse_args(

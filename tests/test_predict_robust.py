@@ -20,7 +20,7 @@ from mammo_tl.inference import loader as predict_loader
 from mammo_tl.inference.command import PredictError, check_max_pixels, check_min_score, run_predict
 from mammo_tl.data.inputs import SkippedImage, describe
 from mammo_tl.inference.predictor import MammoPredictor
-from tests.common import REPO, breast_phantom, tiny_cfg
+from tests.common import REPO, breast_phantom, run_in_process, tiny_cfg
 from tests.test_weights import tiny_config_file
 
 OPTS = ["MODEL.DEVICE", "cpu"]
@@ -62,6 +62,14 @@ def _predict_cli(*args, timeout=240):
                           text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+def _predict_here(*args):
+    """tools/predict.py with ``args`` in this process (tests/common.py run_in_process: the same arguments, exit
+    status and output), for runs checked for what they write and refuse: a Python start-up with torch and
+    detectron2 (3.4 s of CPU) saved each. The first run of the test below stays a process, as typed."""
+    return run_in_process(["tools/predict.py", *map(str, args)])
+
+
+@pytest.mark.slow
 def test_every_input_is_predicted_or_skipped_with_its_reason(tmp_path, config):
     """As the user types it: one folder with every kind of bad input beside good ones."""
     src = tmp_path / "in"
@@ -112,7 +120,7 @@ def test_every_input_is_predicted_or_skipped_with_its_reason(tmp_path, config):
     assert len(lines) == 10 and all(line["status"] in ("predicted", "skipped") for line in lines)
 
     # a second run into the same folder refuses to mix its results with these
-    again = _predict_cli("--config-file", config, "--input", src, "--output", out, *OPTS)
+    again = _predict_here("--config-file", config, "--input", src, "--output", out, *OPTS)
     assert again.returncode == 1
     assert "holds a previous run's results" in again.stderr and "--resume" in again.stderr
     assert "--overwrite" in again.stderr and str(out) in again.stderr
@@ -120,16 +128,16 @@ def test_every_input_is_predicted_or_skipped_with_its_reason(tmp_path, config):
 
 def test_untrained_model_refused_from_the_command_line(tmp_path, config):
     _png(tmp_path / "in" / "x.png")
-    r = _predict_cli("--config-file", config, "--input", tmp_path / "in", "--output", tmp_path / "out", *OPTS,
-                     "MODEL.WEIGHTS", "")
+    r = _predict_here("--config-file", config, "--input", tmp_path / "in", "--output", tmp_path / "out", *OPTS,
+                      "MODEL.WEIGHTS", "")
     assert r.returncode == 1 and "MODEL.WEIGHTS is empty: predict needs a trained model" in r.stderr
     assert not (tmp_path / "out" / "predictions.jsonl").exists()
 
 
 def test_bad_min_score_is_an_argument_error(tmp_path, config):
     _png(tmp_path / "in" / "x.png")
-    r = _predict_cli("--config-file", config, "--input", tmp_path / "in", "--output", tmp_path / "out",
-                     "--min-score", "nan", *OPTS)
+    r = _predict_here("--config-file", config, "--input", tmp_path / "in", "--output", tmp_path / "out",
+                      "--min-score", "nan", *OPTS)
     assert r.returncode == 2 and "--min-score must be a finite number in [0, 1], got 'nan'" in r.stderr
     assert not (tmp_path / "out").exists()
 
@@ -298,8 +306,8 @@ def test_file_names_not_in_utf8_or_near_the_length_limit_are_predicted(tmp_path,
     with open(latin1, "wb") as f:
         f.write(cv2.imencode(".png", breast_phantom(seed=1))[1].tobytes())
     _png(src / long_name, seed=2)
-    r = _predict_cli("--config-file", config, "--input", src, "--output", out, "--overlay", "--min-score", "0",
-                     *OPTS)
+    r = _predict_here("--config-file", config, "--input", src, "--output", out, "--overlay", "--min-score", "0",
+                      *OPTS)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.load(open(out / "summary.json"))
     assert (summary["inputs"], summary["predicted"], summary["skipped"]) == (2, 2, 0)

@@ -295,6 +295,7 @@ def test_overwrite_after_a_killed_run_removes_its_log_and_overlays(tmp_path, con
 
 # --- item 5: one writer per output --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_predict_into_a_locked_folder_is_refused(tmp_path, config):
     src, out = tmp_path / "in", tmp_path / "out"
     _png(src / "P0_L_CC.png", 0)

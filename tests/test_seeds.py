@@ -250,9 +250,10 @@ def test_demo_over_seeds_as_typed(tiny_datasets, tmp_path):
     # tools/phantom_difficulty.py --run on seed 0's baseline (docs/phantom.md): its figures, the seed's files untouched
     seed_dir = out / "seed_0"
     before = {p: p.read_bytes() for p in seed_dir.rglob("*") if p.is_file()}
+    # in this process (tests/test_phantom.py runs the script as a process): a Python start-up with torch saved
     cmd = [sys.executable, "tools/phantom_difficulty.py", "--run", str(seed_dir / "a_positives_only"),
            "--output", str(tmp_path / "pd")]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = run_in_process(cmd[1:])
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.load(open(tmp_path / "pd" / "difficulty.json"))
     assert result["run_dir"] == str(seed_dir / "a_positives_only")

@@ -33,8 +33,19 @@ def _run(*args, cwd=REPO, timeout=300):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def _here(*args):
+    """``python args...`` run in this process (tests/common.py run_in_process: the same arguments, working folder,
+    exit status, standard output and error), for commands checked for what they print and refuse, not for their
+    process: a Python start-up with torch and detectron2 (3.4 s of CPU) saved each. Folder locks, kills and
+    the config files that must not unpickle (tests/test_config_safety.py) keep processes of their own."""
+    from tests.common import run_in_process
+
+    return run_in_process(list(args))
+
+
 # ---- train_net: one writer per OUTPUT_DIR, --resume only with the run's own config ----------------------------------
 
+@pytest.mark.slow
 def test_train_net_into_a_held_folder_stops_before_any_work(tmp_path):
     out = str(tmp_path / "run")
     with FolderLock(out, "predict"):
@@ -44,8 +55,8 @@ def test_train_net_into_a_held_folder_stops_before_any_work(tmp_path):
         assert f"train_net.py: {out} is in use by predict (pid {os.getpid()} on " in p.stderr
         assert "Traceback" not in p.stderr
         assert sorted(os.listdir(out)) == [".mammo_tl.lock"]  # no log.txt, no config.yaml
-    p = _run("tools/train_net.py", "--config-file", config_path("synthetic/d_tl_similarity.yaml"), "--eval-only",
-             "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(tmp_path / "none.pth"))
+    p = _here("tools/train_net.py", "--config-file", config_path("synthetic/d_tl_similarity.yaml"), "--eval-only",
+              "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(tmp_path / "none.pth"))
     assert "is in use" not in p.stderr  # released: the next run gets past the lock (and stops at the weights)
     assert "MODEL.WEIGHTS" in p.stderr and "file not found" in p.stderr
 
@@ -70,7 +81,7 @@ def test_resume_with_another_config_refused_naming_the_keys(tmp_path):
                                                       ["OUTPUT_DIR", out]).dump()))
     expected = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     assert expected  # the two rows differ (a: no negatives, no top likelihood, no similarity)
-    p = _run("tools/train_net.py", "--config-file", config_path("synthetic/a_positives_only.yaml"), "--resume",
+    p = _here("tools/train_net.py", "--config-file", config_path("synthetic/a_positives_only.yaml"), "--resume",
              "OUTPUT_DIR", out)
     assert p.returncode == 1, p.stderr[-2000:]
     assert f"--resume: {out} holds a run of another config: {saved} differs in {len(expected)} key(s): " in p.stderr
@@ -233,7 +244,7 @@ def test_disjointness_check_sees_ids_differing_in_case_or_spaces():
 
 def test_split_tool_reports_the_variants(tmp_path):
     path = _saved_variants(tmp_path)
-    p = _run("tools/split_dataset.py", "random", "--records", path, "--output", str(tmp_path / "s"),
+    p = _here("tools/split_dataset.py", "random", "--records", path, "--output", str(tmp_path / "s"),
              "--test-fraction", "0.5")
     assert p.returncode == 0, p.stderr
     assert (f"{path}: 2 patient(s) have ids written in more than one way (case or spaces), each kept as one "
@@ -256,8 +267,9 @@ def test_split_check_refuses_one_file_given_twice(tmp_path):
 def test_kfold_into_a_folder_with_more_folds_refused(tmp_path):
     path = _saved_variants(tmp_path)
     folds = str(tmp_path / "folds")
-    assert _run("tools/split_dataset.py", "kfold", "--records", path, "--output", folds, "--folds", "4").returncode == 0
-    p = _run("tools/split_dataset.py", "kfold", "--records", path, "--output", folds, "--folds", "2")
+    first = _run("tools/split_dataset.py", "kfold", "--records", path, "--output", folds, "--folds", "4")  # as typed
+    assert first.returncode == 0
+    p = _here("tools/split_dataset.py", "kfold", "--records", path, "--output", folds, "--folds", "2")
     assert p.returncode == 1
     assert f"split_dataset.py kfold: {folds} holds fold2/, fold3/ from an earlier split into more than 2 folds" \
         in p.stderr
@@ -293,7 +305,7 @@ def test_aggregate_refuses_a_run_without_eval_results(tmp_path):
     scores = {"A": 0.9, "B": 0.1}
     runs = [write_fake_run(str(tmp_path / f"seed_{s}"), labels, scores, seed=s, ap50=0.5 if s == 0 else None)
             for s in (0, 1)]
-    p = _run("tools/report.py", "--aggregate", f"a={runs[0]},{runs[1]}", "--output", str(tmp_path / "rep"))
+    p = _here("tools/report.py", "--aggregate", f"a={runs[0]},{runs[1]}", "--output", str(tmp_path / "rep"))
     assert p.returncode == 2
     assert f"error: {runs[1]}: no inference/eval_results.json (the run was not evaluated" in p.stderr
     assert not (tmp_path / "rep" / "results.json").exists()
@@ -318,18 +330,25 @@ def _copied_tiny_sets(tmp_path):
     return paths
 
 
+@pytest.mark.slow
 def test_resume_refuses_data_changed_since_the_run_started(tmp_path, tiny_datasets):
     """A split rewritten between a kill and --resume (a test patient moved into training) and an image whose
-    content changed are refused, naming the change, before any iteration; the same data again resumes."""
+    content changed are refused, naming the change, before any iteration; the same data again resumes. The
+    training and the resumed training are processes of their own, as a user runs them; the two refusals run
+    in this process (run_in_process: the same arguments, exit status and standard error), which saves two
+    Python start-ups with torch and detectron2 (the records are read from their files at each run, never
+    kept from an earlier one)."""
+    from tests.common import run_in_process
+
     paths = _copied_tiny_sets(tmp_path)
     out = tmp_path / "run"
 
-    def train(max_iter, *extra):  # a process each, as a user runs it (and killed runs are resumed)
-        return _run(
-            "tools/train_net.py", "--config-file", config_path("synthetic/a_positives_only.yaml"), *extra,
-             "OUTPUT_DIR", str(out), *TRAIN_OPTS, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "1",
-             "DATASETS.REGISTER_JSON", f"['resume_train={paths['train']}', 'resume_test={paths['test']}']",
-             "DATASETS.TRAIN", "('resume_train',)", "DATASETS.TEST", "('resume_test',)")
+    def train(max_iter, *extra, in_process=False):
+        argv = ["tools/train_net.py", "--config-file", config_path("synthetic/a_positives_only.yaml"), *extra,
+                "OUTPUT_DIR", str(out), *TRAIN_OPTS, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD",
+                "1", "DATASETS.REGISTER_JSON", f"['resume_train={paths['train']}', 'resume_test={paths['test']}']",
+                "DATASETS.TRAIN", "('resume_train',)", "DATASETS.TEST", "('resume_test',)"]
+        return run_in_process(argv) if in_process else _run(*argv)
 
     p = train(2)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -343,7 +362,7 @@ def test_resume_refuses_data_changed_since_the_run_started(tmp_path, tiny_datase
     moved = dict(test_recs[0], image_id=max(r["image_id"] for r in train_recs) + 1000)
     json.dump(train_recs + [moved], open(paths["train"], "w"))
     json.dump(test_recs[1:], open(paths["test"], "w"))
-    p = train(3, "--resume")
+    p = train(3, "--resume", in_process=True)
     assert p.returncode == 1, p.stderr[-3000:]
     assert (f"train_net.py: --resume: {out} holds a run trained or evaluated on other records of its "
             "DATASETS.TRAIN/TEST/VALIDATION sets") in p.stderr
@@ -359,7 +378,7 @@ def test_resume_refuses_data_changed_since_the_run_started(tmp_path, tiny_datase
     px = cv2.imread(image, cv2.IMREAD_UNCHANGED)
     px[0, 0] = px[0, 0] + 1
     assert cv2.imwrite(image, px)
-    p = train(3, "--resume")
+    p = train(3, "--resume", in_process=True)
     assert p.returncode == 1, p.stderr[-3000:]
     assert (f"--resume: {out} holds a run made from other image content: 1 of {len(recorded['images'])} image "
             f"file(s) its records name changed since (or are gone), e.g. ['{image}']") in p.stderr
@@ -399,7 +418,7 @@ def test_an_unregistered_data_set_is_still_preflights_message(tmp_path):
     """Recording the run's inputs (before the first process starts) leaves a data set it cannot load to preflight,
     whose message names the key."""
     p = _run("tools/train_net.py", "--config-file", config_path("synthetic/a_positives_only.yaml"), "OUTPUT_DIR",
-             str(tmp_path / "run"), *TRAIN_OPTS, "DATASETS.TRAIN", "('nope',)")
+             str(tmp_path / "run"), *TRAIN_OPTS, "DATASETS.TRAIN", "('nope',)")  # a process: its own loggers
     assert p.returncode == 1, p.stderr[-3000:]
     assert "train_net.py: DATASETS.TRAIN: dataset 'nope' is not registered" in p.stderr
     assert "Traceback" not in p.stderr
@@ -409,23 +428,23 @@ def test_split_refuses_to_overwrite_a_split_without_overwrite(tmp_path):
     path = _saved_variants(tmp_path)
     split = tmp_path / "split"
     assert _run("tools/split_dataset.py", "random", "--records", path, "--output", str(split), "--test-fraction",
-                "0.5", "--seed", "0").returncode == 0
+                "0.5", "--seed", "0").returncode == 0  # as typed, a process; the refusals below in this one
     before = {n: (split / n).read_bytes() for n in ("train.json", "test.json")}
-    p = _run("tools/split_dataset.py", "random", "--records", path, "--output", str(split), "--test-fraction",
+    p = _here("tools/split_dataset.py", "random", "--records", path, "--output", str(split), "--test-fraction",
              "0.5", "--seed", "1")
     assert p.returncode == 1, p.stdout + p.stderr
     assert (f"split_dataset.py random: {split} already holds a split ({split / 'train.json'}, "
             f"{split / 'test.json'})") in p.stderr
     assert "--overwrite" in p.stderr and "Traceback" not in p.stderr
     assert {n: (split / n).read_bytes() for n in before} == before
-    p = _run("tools/split_dataset.py", "random", "--records", path, "--output", str(split), "--test-fraction",
+    p = _here("tools/split_dataset.py", "random", "--records", path, "--output", str(split), "--test-fraction",
              "0.5", "--seed", "1", "--overwrite")
     assert p.returncode == 0, p.stderr
     assert {n: (split / n).read_bytes() for n in before} != before
     folds = tmp_path / "folds"
-    assert _run("tools/split_dataset.py", "kfold", "--records", path, "--output", str(folds),
+    assert _here("tools/split_dataset.py", "kfold", "--records", path, "--output", str(folds),
                 "--folds", "2").returncode == 0
-    p = _run("tools/split_dataset.py", "kfold", "--records", path, "--output", str(folds), "--folds", "2",
+    p = _here("tools/split_dataset.py", "kfold", "--records", path, "--output", str(folds), "--folds", "2",
              "--seed", "3")
     assert p.returncode == 1 and f"{folds / 'fold0' / 'train.json'}" in p.stderr
 
@@ -462,7 +481,7 @@ def test_ablation_refuses_a_run_whose_images_changed(tmp_path, tiny_datasets):
     assert cv2.imwrite(image, px)  # the records are the same; one image's content is not
     with pytest.raises(RunMismatch, match=r"1 of \d+ image file\(s\) its records name changed since"):
         check_inputs(str(run), run_inputs(cfg), finished=True)
-    p = _run(*cmd)
+    p = _here(*cmd)
     assert p.returncode == 2, p.stderr[-2000:]
     assert f"run_ablation.py: error: {run} holds a run made from other image content" in p.stderr
     assert image in p.stderr and "Traceback" not in p.stderr
@@ -472,7 +491,7 @@ def test_ablation_refuses_changed_records_with_a_message(tmp_path, tiny_datasets
     _, run, paths, cmd = _ablation_case(tmp_path, tiny_datasets, "trust_records")
     records = json.load(open(paths["test"]))
     json.dump(records[1:], open(paths["test"], "w"))
-    p = _run(*cmd)
+    p = _here(*cmd)
     assert p.returncode == 2, p.stderr[-2000:]
     assert f"run_ablation.py: error: {run} holds a run trained or evaluated on other records" in p.stderr
     assert "Traceback" not in p.stderr
