@@ -3,6 +3,7 @@ docs/experiments.md, run as typed on tiny sets of the phantom's DDSM protocol.""
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -146,6 +147,25 @@ def test_budget_curve_as_typed(tiny_ddsm, tmp_path):
     assert sum(d["n"] for g, d in dist.items() if g.startswith("look-alike")) == sum(
         len(im["lookalike_kinds"]) for im in test_set["images"])
     assert "## Scores by finding" in (out / "iters_4" / "seed_0" / "report.md").read_text()
+
+    # docs/experiments.md: the finished runs kept without their weights, the output folder gone (a new machine),
+    # the runs restored into it, and the same command reuses them (no training) and writes the same table,
+    # operating points included
+    kept = tmp_path / "kept"
+    assert run_in_process(["tools/archive_runs.py", "archive", str(out), str(kept)]).returncode == 0
+    shutil.rmtree(out)
+    done = run_in_process(["tools/archive_runs.py", "restore", str(kept), str(out)])
+    assert done.returncode == 0 and done.stdout.startswith("restored: 4 ("), done.stderr
+    assert not list(out.rglob("*.pth")) and len(list(out.rglob("archived.json"))) == 4
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ": trained and evaluated in" not in done.stdout  # no training
+    for r in table:
+        run = out / f"iters_{r['iterations']}" / f"seed_{r['seed']}" / r["config"]
+        assert f"already trained and evaluated in {run} with this config, reusing it" in done.stdout
+    with open(out / "budget_curve.csv") as f:
+        assert list(csv.DictReader(f)) == table
+    assert "an archived run keeps no per-box results" in (out / "iters_4" / "seed_0" / "report.md").read_text()
 
 
 def _on_tiny_data(tmp_path, row, train):

@@ -99,8 +99,10 @@ def describe_threshold(threshold: float) -> str:
     return f"recall above {threshold:g}"
 
 
-def load_operating_points(path: str, weights_path: str | None = None) -> dict[str, Any]:
-    """The ``points`` of an operating_points.json, checked against ``weights_path`` (by sha256) when given.
+def load_operating_points(path: str, weights_path: str | None = None,
+                          weights_sha256: str | None = None) -> dict[str, Any]:
+    """The ``points`` of an operating_points.json, checked against ``weights_path`` (by sha256) when given, or
+    against ``weights_sha256`` (the digest of weights no longer at hand: an archived run's).
     Every threshold must be a number (not a boolean) in :data:`THRESHOLD_RANGE`; the file must be a regular
     file (a FIFO would block)."""
     try:
@@ -131,7 +133,9 @@ def load_operating_points(path: str, weights_path: str | None = None) -> dict[st
         if not lo <= t <= hi:
             raise OperatingPointError(f"{path}: point {name!r} has threshold {t!r}, outside [{lo:g}, {hi:g}] "
                                       f"(scores are in [0, 1])")
-    if weights_path is not None and data.get("weights_sha256") != sha256_file(weights_path):
+    if weights_sha256 is None and weights_path is not None:
+        weights_sha256 = sha256_file(weights_path)
+    if weights_sha256 is not None and data.get("weights_sha256") != weights_sha256:
         raise OperatingPointError(f"{path} was chosen for other weights ({data.get('weights')}), not "
                                   f"{weights_path}: choose the points again for these weights")
     return data

@@ -20,7 +20,7 @@ from .operating_points import load_operating_points, metrics_at_points
 from .markup import html_table
 from .markup import md_table as _md_table
 from .plots import plot_froc, plot_learning_curves, plot_roc, plot_score_distributions
-from .runs import load_selection, load_validation_curve, selected_weights
+from .runs import load_selection, load_validation_curve, selected_weights, weights_digest
 
 COLUMNS = (("ap50", "mAP (AP50)"), ("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
            ("specificity", "specificity"))
@@ -88,11 +88,12 @@ def training_seconds_per_iter(run_dir: str) -> float:
 
 def _stored_points(run_dir):
     """The run's operating points (tools/operating_points.py) when they belong to the weights its test results
-    belong to (:func:`~mammo_tl.evaluation.runs.selected_weights`)."""
+    belong to (:func:`~mammo_tl.evaluation.runs.selected_weights`; an archived run's by the digest it recorded)."""
     path, weights = os.path.join(run_dir, OP_FILE_NAME), selected_weights(run_dir)
-    if not (os.path.exists(path) and os.path.exists(weights)):
+    digest = weights_digest(run_dir, weights) if os.path.exists(path) else None
+    if digest is None:
         return None
-    return load_operating_points(path, weights)
+    return load_operating_points(path, weights, weights_sha256=digest)
 
 
 def _fmt(v, ci=None):
@@ -360,6 +361,9 @@ def add_score_distributions(loaded: Mapping[str, dict], output_dir: str, results
     dists, skipped = OrderedDict(), OrderedDict()
     for name, r in loaded.items():
         truth, why = phantom_truth_of_run(r["eval_dir"])
+        boxes = os.path.join(r["eval_dir"], "coco_instances_results.json")
+        if truth is not None and not os.path.exists(boxes):
+            truth, why = None, f"{boxes} not found (an archived run keeps no per-box results)"
         if truth is None:
             skipped[name] = why
             continue

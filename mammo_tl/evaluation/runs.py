@@ -1,6 +1,7 @@
 """What a training run's folder says about model selection: which weights its test results belong to
-(selection.json, written by mammo_tl.engine.hooks.FinalTestHook) and its validation learning curve
-(validation_curve.json, written by mammo_tl.engine.hooks.ValidationHook)."""
+(selection.json, written by mammo_tl.engine.hooks.FinalTestHook), its validation learning curve
+(validation_curve.json, written by mammo_tl.engine.hooks.ValidationHook) and, for a run kept without its weights
+(archived.json, written by mammo_tl.experiments.archive), the SHA-256 of the weights it was made with."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from typing import Any
 
 SELECTION_FILE = "selection.json"
 CURVE_FILE = "validation_curve.json"
+ARCHIVE_FILE = "archived.json"
 
 
 def load_selection(run_dir: str) -> dict[str, Any] | None:
@@ -36,3 +38,24 @@ def load_validation_curve(run_dir: str) -> list[dict[str, float]] | None:
         return None
     with open(path) as f:
         return sorted(json.load(f), key=lambda p: p["iteration"])
+
+
+def load_archive(run_dir: str) -> dict[str, Any] | None:
+    """The run's archived.json (a finished run kept without its weights: the SHA-256 of its selected and final
+    weights and of every file it kept), None for a run folder as training left it."""
+    path = os.path.join(run_dir, ARCHIVE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def weights_digest(run_dir: str, weights_path: str) -> str | None:
+    """The SHA-256 of ``weights_path`` (a file of ``run_dir``): of the file itself when it is there, else as the
+    run's archived.json recorded it before the weights were left out; None when neither is known."""
+    from ..files import sha256_file
+
+    if os.path.exists(weights_path):
+        return sha256_file(weights_path)
+    archive = load_archive(run_dir)
+    return (archive or {}).get("weights", {}).get(os.path.relpath(weights_path, run_dir))

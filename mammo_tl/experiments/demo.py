@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from detectron2.data import DatasetCatalog
 
-from ..evaluation.runs import selected_weights
+from ..evaluation.runs import selected_weights, weights_digest
 from .rows import REPO, expected_config, run_rows
 
 logger = logging.getLogger(__name__)
@@ -50,12 +50,17 @@ def choose_demo_points(config_file: str, opts: Sequence[str], run_dir: str,
 
     weights = selected_weights(run_dir)
     path = os.path.join(run_dir, FILE_NAME)
-    if os.path.exists(path):
+    digest = weights_digest(run_dir, weights)
+    if os.path.exists(path) and digest is not None:
         try:
-            load_operating_points(path, weights)
+            load_operating_points(path, weights, weights_sha256=digest)
             return
         except OperatingPointError:
             pass  # chosen for earlier weights: choose again
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"{run_dir}: no operating points for its weights {weights}, and the weights are not "
+                                f"there to choose them (a run archived without them): restore a complete archive "
+                                f"or train the run again")
     choose_points(build_cfg(config_file, [*opts, "MODEL.WEIGHTS", weights]), validation_set)
     print(f"[demo] {os.path.basename(run_dir)}: operating points chosen on {validation_set} -> {path}", flush=True)
 

@@ -29,7 +29,7 @@ from typing import NamedTuple, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Scripts whose first positional argument is a subcommand (argparse add_subparsers).
-SUBCOMMAND_SCRIPTS = {"tools/prepare_dataset.py", "tools/split_dataset.py"}
+SUBCOMMAND_SCRIPTS = {"tools/prepare_dataset.py", "tools/split_dataset.py", "tools/archive_runs.py"}
 PYTHONS = {"python", "python3", ".venv/bin/python", "$(PY)"}
 SEPARATORS = {"&&", "||", ";", "|", "&", ";;"}
 KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
