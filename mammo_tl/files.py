@@ -42,22 +42,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def durable_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
-    """``write(f)`` into ``.<name>.<pid>-<random>.partial`` beside ``path``, flushed and fsync'ed, then renamed to
-    ``path`` and the folder fsync'ed: a process killed (or a machine stopped) at any moment leaves the previous
-    ``path`` whole, or the new one whole, never a part. Partial files a killed writer left for ``path`` are
-    removed first (call it only from the folder's one writer)."""
+def durable_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], tmp_folder: str | None = None,
+                  mode: int = 0o666) -> None:
+    """``write(f)`` into a temporary file, flushed and fsync'ed, then renamed to ``path`` and the folder fsync'ed:
+    a process killed (or a machine stopped) at any moment leaves the previous ``path`` whole, or the new one
+    whole, never a part. The temporary file is ``.<name>.<pid>-<random>.partial`` beside ``path``, and partial
+    files a killed writer left for ``path`` are removed first (call it only from the folder's one writer); or,
+    with ``tmp_folder`` (on the same file system, cleared by its owner: a DICOM node's spool), ``<random>.part``
+    there. ``mode``: the new file's permission bits before the umask (0o600: its owner's only)."""
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
-    for stale in os.listdir(folder):
-        if stale.startswith(f".{name}.") and stale.endswith(".partial"):
-            try:
-                os.remove(os.path.join(folder, stale))
-            except OSError:
-                pass
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+    if tmp_folder is None:
+        for stale in os.listdir(folder):
+            if stale.startswith(f".{name}.") and stale.endswith(".partial"):
+                try:
+                    os.remove(os.path.join(folder, stale))
+                except OSError:
+                    pass
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+    else:
+        tmp = os.path.join(tmp_folder, f"{uuid.uuid4().hex}.part")
     try:
-        with open(tmp, "xb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

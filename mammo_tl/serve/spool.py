@@ -38,6 +38,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .. import files
+
 TMP, STUDIES, INSTANCES, RESULTS, NEW_RESULTS, SENT = "tmp", "studies", "instances", "results", "results.new", "sent"
 DONE, PROCESSED = "done.json", "processed"
 DESTINATIONS, STATUS = "destinations.json", "status.json"
@@ -79,20 +81,9 @@ def fsync_file(path: str) -> None:
 
 
 def durable_write(path: str, data: bytes, tmp_folder: str) -> None:
-    """Write ``data`` to ``path`` so that, once this returns, it survives a crash: written to a temporary file
-    in ``tmp_folder`` (same file system), fsynced, renamed, the folder fsynced. Raises OSError."""
-    tmp = os.path.join(tmp_folder, f"{uuid.uuid4().hex}.part")
-    try:
-        with _create(tmp) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fsync_folder(os.path.dirname(path))
+    """Write ``data`` to ``path`` so that, once this returns, it survives a crash (:func:`mammo_tl.files.durable_write`
+    with its temporary file in ``tmp_folder``, readable by the node's user only). Raises OSError."""
+    files.durable_write(path, lambda f: f.write(data), tmp_folder=tmp_folder, mode=FILE_MODE)
 
 
 class Spool:
