@@ -246,7 +246,11 @@ def test_a_study_without_results_is_an_error(plain, tmp_path, caplog):
     done = root / "spool" / "studies" / study / "results" / "done.json"
     wait_for(done.exists, TIMEOUT, "the study predicted")
     assert json.loads(done.read_text())["outputs"] == []
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and study in r.getMessage()]
+    def errors_logged():  # the node logs the ERROR after it commits done.json: wait for both
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and study in r.getMessage()]
+
+    wait_for(errors_logged, TIMEOUT, "the study's ERROR line")
+    errors = errors_logged()
     assert len(errors) == 1 and "no result could be made from its 1 instance(s)" in errors[0], errors
     assert _gained(node, before, ["studies_without_results", "instances_skipped"]) == \
         {"studies_without_results": 1, "instances_skipped": 1}
