@@ -3,6 +3,7 @@ docs/experiments.md, run as typed on tiny sets of the phantom's DDSM protocol.""
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -157,6 +158,8 @@ def test_budget_curve_as_typed(tiny_ddsm, tmp_path):
     done = run_in_process(["tools/archive_runs.py", "restore", str(kept), str(out)])
     assert done.returncode == 0 and done.stdout.startswith("restored: 4 ("), done.stderr
     assert not list(out.rglob("*.pth")) and len(list(out.rglob("archived.json"))) == 4
+    for image in tiny_ddsm["root"].rglob("*.png"):  # another machine: the same images, other mtimes
+        os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert ": trained and evaluated in" not in done.stdout  # no training
@@ -166,6 +169,17 @@ def test_budget_curve_as_typed(tiny_ddsm, tmp_path):
     with open(out / "budget_curve.csv") as f:
         assert list(csv.DictReader(f)) == table
     assert "an archived run keeps no per-box results" in (out / "iters_4" / "seed_0" / "report.md").read_text()
+    # the reused runs archive again as they were (their run_inputs.json not rewritten for the new mtimes) ...
+    done = run_in_process(["tools/archive_runs.py", "archive", str(out), str(kept)])
+    assert done.returncode == 0 and done.stdout.splitlines()[:2] == ["archived: 0", "unchanged: 4 (iters_4/seed_0/"
+        "a_positives_only, iters_4/seed_0/e_forced_sampling, iters_6/seed_1/a_positives_only, "
+        "iters_6/seed_1/e_forced_sampling)"], done.stdout + done.stderr
+    # ... and a restored run edited since is not reused: the command names the file
+    edited = out / "iters_6" / "seed_1" / "a_positives_only" / "metrics.json"
+    edited.write_text(edited.read_text() + "\n")
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 2 and f"{edited}: its content differs" in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
 
 
 def _on_tiny_data(tmp_path, row, train):

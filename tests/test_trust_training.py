@@ -476,6 +476,10 @@ def test_ablation_refuses_a_run_whose_images_changed(tmp_path, tiny_datasets):
     image = load_records(paths["test"])[0]["file_name"]
     assert recorded["images"][image][2] == __import__("mammo_tl.files", fromlist=["x"]).sha256_file(image)
     check_inputs(str(run), run_inputs(cfg), finished=True)  # unchanged: reused
+    before = (run / "run_inputs.json").read_bytes()
+    os.utime(image, ns=(os.stat(image).st_atime_ns, os.stat(image).st_mtime_ns + 10**9))  # same content, new mtime
+    check_inputs(str(run), run_inputs(cfg), finished=True)  # reused, its record left as the run made it
+    assert (run / "run_inputs.json").read_bytes() == before
     px = cv2.imread(image, cv2.IMREAD_UNCHANGED)
     px[0, 0] = px[0, 0] + 1
     assert cv2.imwrite(image, px)  # the records are the same; one image's content is not

@@ -53,7 +53,9 @@ def _image_key(path, known=None):
 
 def check_inputs(out: str, inputs: tuple[str, list[str]], finished: bool) -> None:
     """Refuse a run folder made from other records, or from images whose content changed since (records
-    unchanged); record the records' digest and each image's size, mtime and SHA-256 for the next check."""
+    unchanged); record the records' digest and each image's size, mtime and SHA-256 for the next check. A finished
+    run's record is left as it is: it names what the run was made from, and an archive of the run holds its digest
+    (an image's mtime differs on another machine; its SHA-256 is compared instead)."""
     digest, files = inputs
     path = os.path.join(out, INPUTS_FILE)
     recorded = {}
@@ -79,5 +81,7 @@ def check_inputs(out: str, inputs: tuple[str, list[str]], finished: bool) -> Non
             raise RunMismatch(f"{out} holds a run made from other image content: {len(changed)} of {len(files)} image "
                               f"file(s) its records name changed since (or are gone), e.g. {changed[:3]}: choose "
                               f"another --output or remove {out}")
+    if finished and recorded.get("images") is not None:
+        return
     os.makedirs(out, exist_ok=True)
     atomic_write_json({"records_sha256": digest, "images": current}, path)

@@ -111,9 +111,10 @@ def archive_run(run_dir: str, dest: str) -> dict:
     return record
 
 
-def check_archive(run_dir: str) -> dict:
+def check_archive(run_dir: str, allow_left_out: bool = False) -> dict:
     """The archived run's record after checking that every file it names is there with its SHA-256 and that it holds
-    no other file; ArchiveError names the first that is not."""
+    no other file (with ``allow_left_out``, none but files an archive leaves out: the lock and log a reuse writes);
+    ArchiveError names the first that is not."""
     try:
         record = load_archive(run_dir)
     except (OSError, ValueError) as e:
@@ -126,7 +127,8 @@ def check_archive(run_dir: str) -> dict:
             raise ArchiveError(f"{path}: named in {ARCHIVE_FILE} but missing")
         if sha256_file(path) != digest:
             raise ArchiveError(f"{path}: its content differs from the SHA-256 {ARCHIVE_FILE} recorded")
-    extra = [rel for rel in _files(run_dir) if rel != ARCHIVE_FILE and rel not in record["files"]]
+    extra = [rel for rel in _files(run_dir) if rel != ARCHIVE_FILE and rel not in record["files"]
+             and not (allow_left_out and _left_out(os.path.basename(rel)))]
     if extra:
         raise ArchiveError(f"{os.path.join(run_dir, extra[0])}: not part of the archive ({len(extra)} such file(s))")
     return record

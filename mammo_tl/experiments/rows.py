@@ -38,6 +38,7 @@ from ..engine.run_inputs import RunMismatch, check_inputs, run_inputs
 from ..evaluation.aggregate import write_aggregate_report
 from ..evaluation.report import make_report
 from ..evaluation.runs import load_archive
+from .archive import ArchiveError, check_archive
 
 if TYPE_CHECKING:
     from detectron2.config import CfgNode
@@ -157,9 +158,16 @@ def _plan_run(config_file, output, extra_opts, bootstrap, num_gpus, tag):
         if diff:
             raise RunMismatch(f"{out} holds a run of another config (differing keys: {diff[:8]}"
                               f"{' ...' if len(diff) > 8 else ''}): choose another --output or remove {out}")
+    archived = load_archive(out) is not None
     finished = os.path.exists(os.path.join(out, "inference", "eval_results.json")) and (
-        os.path.exists(os.path.join(out, "model_final.pth")) or load_archive(out) is not None)
+        os.path.exists(os.path.join(out, "model_final.pth")) or archived)
     check_inputs(out, run_inputs(cfg), finished)
+    if finished and archived:  # a restored run is reused only as it was archived
+        try:
+            check_archive(out, allow_left_out=True)
+        except ArchiveError as e:
+            raise RunMismatch(f"{out} holds an archived run that changed since it was archived ({e}): restore it "
+                              f"again with tools/archive_runs.py, or remove {out}") from None
     if finished:
         print(f"[{tag}] {name}: already trained and evaluated in {out} with this config, reusing it", flush=True)
         return name, out, opts, None
