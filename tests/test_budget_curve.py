@@ -206,8 +206,8 @@ def test_preregistered_rows_command_as_typed(tiny_ddsm, tmp_path):
     opts = [v for i, v in enumerate(tiny_ddsm["opts"]) if v != "DATASETS.TRAIN" and tiny_ddsm["opts"][i - 1] !=
             "DATASETS.TRAIN"]
     cmd = [sys.executable, "tools/demo.py", "--output", str(out), "--seeds", "0", "--validation-set", "td_val",
-           "--bootstrap", "20", "--configs", *configs,
-           "--opts", *opts, "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)"]
+           "--bootstrap", "20", "--jobs", "2", "--configs", *configs,
+           "--opts", *opts, "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "TEST.EVAL_PERIOD", "1"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     agg = json.loads((out / "results.json").read_text())
@@ -223,6 +223,8 @@ def test_preregistered_rows_command_as_typed(tiny_ddsm, tmp_path):
         run = out / "seed_0" / name
         selection = json.loads((run / "selection.json").read_text())
         assert selection["validation_set"] == "td_val" and selection["final"]["iterations_trained"] == 2
+        curve = json.loads((run / "validation_curve.json").read_text())  # TEST.EVAL_PERIOD 1: after each iteration
+        assert [e["iterations_trained"] for e in curve] == [1, 2]
         assert (run / "inference_final" / "eval_results.json").exists()
         rows = list(csv.DictReader(open(run / "inference" / "td_test" / "patients.csv")))
         auc[name] = roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows])
