@@ -129,3 +129,28 @@ def test_restore_refusals_name_the_file(tmp_path):
     assert load_run(str(held))["points"] is None
     bad = run_in_process(["tools/archive_runs.py", "restore", str(tmp_path / "nowhere"), str(tmp_path / "back")])
     assert bad.returncode == 2 and "nowhere: no such folder" in bad.stderr
+
+
+def test_one_definition_of_a_finished_run(tmp_path):
+    """is_finished, which both the archive and the rows' reuse go by: test results and the weights they belong to
+    (the selected checkpoint and the final one), or an archived run; a run missing its selected weights is not
+    finished, so neither command reuses nor archives it."""
+    from mammo_tl.evaluation.runs import is_finished
+    from mammo_tl.experiments.archive import archive_runs, find_runs
+
+    run = tmp_path / "src" / "r"
+    (run / "inference").mkdir(parents=True)
+    (run / "config.yaml").write_text("SEED: 0\n")
+    assert not is_finished(str(run))
+    (run / "inference" / "eval_results.json").write_text("{}")
+    assert not is_finished(str(run))  # no weights
+    (run / "model_final.pth").write_bytes(b"w")
+    assert is_finished(str(run))  # no selection.json: the final weights are the selected ones
+    (run / "selection.json").write_text(json.dumps({"selected": {"weights": "model_best.pth"}}))
+    assert not is_finished(str(run))
+    assert find_runs(str(tmp_path / "src")) == ([], ["r"])
+    (run / "model_best.pth").write_bytes(b"b")
+    assert is_finished(str(run)) and find_runs(str(tmp_path / "src")) == (["r"], [])
+    archive_runs(str(tmp_path / "src"), str(tmp_path / "arch"))
+    kept = tmp_path / "arch" / "r"
+    assert not (kept / "model_best.pth").exists() and is_finished(str(kept))

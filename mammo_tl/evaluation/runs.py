@@ -30,6 +30,17 @@ def selected_weights(run_dir: str) -> str:
     return os.path.join(run_dir, selection["selected"]["weights"] if selection else "model_final.pth")
 
 
+def is_finished(run_dir: str) -> bool:
+    """A run that training finished: its test results (inference/eval_results.json) are written and the weights
+    they belong to are there with the final ones, or the run was kept without its weights (archived.json). The one
+    definition every command that reuses or archives runs goes by."""
+    if not os.path.exists(os.path.join(run_dir, "inference", "eval_results.json")):
+        return False
+    if load_archive(run_dir) is not None:
+        return True
+    return os.path.exists(selected_weights(run_dir)) and os.path.exists(os.path.join(run_dir, "model_final.pth"))
+
+
 def load_validation_curve(run_dir: str) -> list[dict[str, float]] | None:
     """The run's learning curve: [{"iteration", "iterations_trained", "validation/...": value}] in order of
     training, None for a run trained without a validation set."""

@@ -27,7 +27,7 @@ import os
 import shutil
 from collections.abc import Iterator
 
-from ..evaluation.runs import ARCHIVE_FILE, load_archive, selected_weights
+from ..evaluation.runs import ARCHIVE_FILE, is_finished, load_archive, selected_weights
 from ..files import atomic_write_json, sha256_file
 
 FORMAT = 1
@@ -64,10 +64,7 @@ def find_runs(root: str) -> tuple[list[str], list[str]]:
             continue
         dirs[:] = []  # a run's own sub-folders (inference/ ...) hold no runs
         rel = os.path.relpath(here, root)
-        done = os.path.exists(os.path.join(here, "inference", "eval_results.json")) and (
-            load_archive(here) is not None
-            or (os.path.exists(selected_weights(here)) and os.path.exists(os.path.join(here, "model_final.pth"))))
-        (finished if done else unfinished).append(rel)
+        (finished if is_finished(here) else unfinished).append(rel)
     return finished, unfinished
 
 

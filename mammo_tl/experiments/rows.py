@@ -2,8 +2,9 @@
 data set (tools/run_ablation.py) and the demo (tools/demo.py).
 
 Each config trains in its own process (tools/train_net.py's command line) into OUTPUT/<config name>. A run that finished
-(model_final.pth and inference/eval_results.json; or a finished run restored from an archive, kept without its
-weights: mammo_tl/experiments/archive.py) is reused, and an interrupted one resumed, only while its
+(mammo_tl.evaluation.runs.is_finished: inference/eval_results.json with the weights it belongs to and
+model_final.pth; or a finished run restored from an archive, kept without its weights:
+mammo_tl/experiments/archive.py) is reused, and an interrupted one resumed, only while its
 saved config (OUTPUT/<name>/config.yaml) equals the one asked for; otherwise the run is refused, naming the
 first differing keys, and only while the records of its DATASETS.TRAIN, TEST and VALIDATION sets are those it was
 trained on and the image files they name hold the same content (the records' digest and each image's size,
@@ -37,7 +38,7 @@ from ..config import differing_keys, flatten_config, get_mammo_tl_cfg
 from ..engine.run_inputs import RunMismatch, check_inputs, run_inputs
 from ..evaluation.aggregate import write_aggregate_report
 from ..evaluation.report import make_report
-from ..evaluation.runs import load_archive
+from ..evaluation.runs import is_finished, load_archive
 from .archive import ArchiveError, check_archive
 
 if TYPE_CHECKING:
@@ -159,8 +160,7 @@ def _plan_run(config_file, output, extra_opts, bootstrap, num_gpus, tag):
             raise RunMismatch(f"{out} holds a run of another config (differing keys: {diff[:8]}"
                               f"{' ...' if len(diff) > 8 else ''}): choose another --output or remove {out}")
     archived = load_archive(out) is not None
-    finished = os.path.exists(os.path.join(out, "inference", "eval_results.json")) and (
-        os.path.exists(os.path.join(out, "model_final.pth")) or archived)
+    finished = is_finished(out)
     check_inputs(out, run_inputs(cfg), finished)
     if finished and archived:  # a restored run is reused only as it was archived
         try:
