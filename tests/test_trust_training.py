@@ -470,7 +470,7 @@ def _ablation_case(tmp_path, tiny_datasets, tag):
     return cfg, run, paths, cmd
 
 
-def test_ablation_refuses_a_run_whose_images_changed(tmp_path, tiny_datasets):
+def test_ablation_refuses_a_run_whose_images_changed(tmp_path, tiny_datasets, monkeypatch):
     cfg, run, paths, cmd = _ablation_case(tmp_path, tiny_datasets, "trust_images")
     recorded = json.load(open(run / "run_inputs.json"))
     image = load_records(paths["test"])[0]["file_name"]
@@ -480,6 +480,16 @@ def test_ablation_refuses_a_run_whose_images_changed(tmp_path, tiny_datasets):
     os.utime(image, ns=(os.stat(image).st_atime_ns, os.stat(image).st_mtime_ns + 10**9))  # same content, new mtime
     check_inputs(str(run), run_inputs(cfg), finished=True)  # reused, its record left as the run made it
     assert (run / "run_inputs.json").read_bytes() == before
+    # this machine's mtimes kept apart (run_inputs.local.json): the next reuse hashes no image again
+    assert json.load(open(run / "run_inputs.local.json"))[image][:2] == [os.stat(image).st_size,
+                                                                       os.stat(image).st_mtime_ns]
+    import mammo_tl.engine.run_inputs as ri
+
+    hashed = []
+    monkeypatch.setattr(ri, "sha256_file", lambda p: hashed.append(p) or __import__("mammo_tl.files", fromlist=[
+        "x"]).sha256_file(p))
+    check_inputs(str(run), run_inputs(cfg), finished=True)
+    assert hashed == [] and (run / "run_inputs.json").read_bytes() == before
     px = cv2.imread(image, cv2.IMREAD_UNCHANGED)
     px[0, 0] = px[0, 0] + 1
     assert cv2.imwrite(image, px)  # the records are the same; one image's content is not

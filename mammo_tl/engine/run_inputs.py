@@ -20,6 +20,9 @@ class RunMismatch(RuntimeError):
 
 
 INPUTS_FILE = "run_inputs.json"
+# a finished run's images as this machine has them (size, mtime, SHA-256), so that a reuse on a machine whose mtimes
+# differ from the record's hashes each image once, not at every reuse; not part of the run (archives leave it out)
+LOCAL_FILE = "run_inputs.local.json"
 
 
 def run_inputs(cfg: CfgNode) -> tuple[str, list[str]]:
@@ -51,11 +54,26 @@ def _image_key(path, known=None):
         return None
 
 
+def _load_local(out: str) -> dict:
+    """run_inputs.local.json's {path: [size, mtime_ns, sha256]}; {} when absent or not of that shape (it is only a
+    cache: an entry is used only while the file's size and mtime equal it, and its SHA-256 is still compared with
+    the run's record)."""
+    try:
+        with open(os.path.join(out, LOCAL_FILE)) as f:
+            local = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(local, dict):
+        return {}
+    return {p: k for p, k in local.items() if isinstance(k, list) and len(k) == 3}
+
+
 def check_inputs(out: str, inputs: tuple[str, list[str]], finished: bool) -> None:
     """Refuse a run folder made from other records, or from images whose content changed since (records
     unchanged); record the records' digest and each image's size, mtime and SHA-256 for the next check. A finished
     run's record is left as it is: it names what the run was made from, and an archive of the run holds its digest
-    (an image's mtime differs on another machine; its SHA-256 is compared instead)."""
+    (an image's mtime differs on another machine; its SHA-256 is compared instead). This machine's sizes and mtimes of
+    a finished run's images go to run_inputs.local.json, so that the next reuse reads only the images changed since."""
     digest, files = inputs
     path = os.path.join(out, INPUTS_FILE)
     recorded = {}
@@ -74,7 +92,8 @@ def check_inputs(out: str, inputs: tuple[str, list[str]], finished: bool) -> Non
                           f"an earlier mammo_tl): it cannot be reused as made from today's images; choose another "
                           f"--output or remove {out}")
     images = images or {}
-    current = {p: _image_key(p, images.get(p)) for p in files}
+    local = _load_local(out) if finished else {}
+    current = {p: _image_key(p, local.get(p) or images.get(p)) for p in files}
     if recorded.get("images") is not None:
         changed = [p for p in files if current[p] is None or images.get(p) is None or current[p][2] != images[p][2]]
         if changed:
@@ -82,6 +101,8 @@ def check_inputs(out: str, inputs: tuple[str, list[str]], finished: bool) -> Non
                               f"file(s) its records name changed since (or are gone), e.g. {changed[:3]}: choose "
                               f"another --output or remove {out}")
     if finished and recorded.get("images") is not None:
+        if current != images and current != local:
+            atomic_write_json(current, os.path.join(out, LOCAL_FILE))
         return
     os.makedirs(out, exist_ok=True)
     atomic_write_json({"records_sha256": digest, "images": current}, path)

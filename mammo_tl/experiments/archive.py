@@ -5,7 +5,8 @@ keeps each finished run's small files: its config.yaml, run_inputs.json (the rec
 SHA-256), metrics.json, validation_curve.json, selection.json, operating_points.json and its test evaluation
 (inference/ and inference_final/: eval_results.json, patient_metrics.json, patients.csv, images.json). Left out, and
 listed in the archive: the weights (``*.pth``), TensorBoard events, logs, lock files, detectron2's per-box results
-(coco_instances_results.json, several MB per evaluation) and its ground-truth cache (``*_coco_format.json``).
+(coco_instances_results.json, several MB per evaluation), its ground-truth cache (``*_coco_format.json``) and
+this machine's sizes and mtimes of its images (run_inputs.local.json, a cache of the image hashes).
 
 ``archived.json`` in each archived run names every file it keeps with its SHA-256, every file left out, and the
 SHA-256 of the weights its test results belong to (the validation-chosen checkpoint) and of model_final.pth. From
@@ -33,7 +34,7 @@ from ..files import atomic_write_json, sha256_file
 FORMAT = 1
 # what is left out of an archive (file names, matched anywhere in the run folder)
 LEFT_OUT = ("*.pth", "last_checkpoint", "events.out.tfevents.*", "log.txt*", "training_output.log", "*.lock",
-            ".mammo_tl.lock", "coco_instances_results.json", "*_coco_format.json")
+            ".mammo_tl.lock", "coco_instances_results.json", "*_coco_format.json", "run_inputs.local.json")
 
 
 class ArchiveError(ValueError):
