@@ -262,3 +262,42 @@ def test_demo_over_seeds_as_typed(tiny_datasets, tmp_path):
     assert {p: p.read_bytes() for p in seed_dir.rglob("*") if p.is_file()} == before
     refused = run_in_process(cmd[1:] + ["--opts", "SEED", "1"])
     assert refused.returncode == 2 and "do not apply" in refused.stderr
+
+
+def test_final_checkpoints_compared_as_the_chosen_ones(tmp_path):
+    """Runs with a final checkpoint's test scores beside their validation-chosen ones (inference_final/): the
+    aggregate compares them too, pooled over seeds as the chosen ones (the AUC by hand and by scikit-learn); a
+    final evaluation of other patients is refused, naming the file."""
+    import csv
+
+    from mammo_tl.evaluation.aggregate import AggregateError, write_aggregate_report
+
+    runs = {"a": _make(str(tmp_path), "a", A), "d": _make(str(tmp_path), "d", D)}
+    ids = sorted(LABELS)
+    for name, finals in (("a", D), ("d", A)):  # the final checkpoints swapped: d's final scores are a's chosen ones
+        for run, scores in zip(runs[name], finals):
+            os.makedirs(os.path.join(run, "inference_final", DATASET))
+            with open(os.path.join(run, "inference_final", DATASET, "patients.csv"), "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["patient_id", "label", "score"])
+                w.writerows((p, LABELS[p], scores[p]) for p in ids)
+    res, md = write_aggregate_report(runs, str(tmp_path / "agg"), bootstrap=200, gallery=0)
+    f = res["final_checkpoints"]
+    y = [LABELS[p] for p in ids]
+    per_seed = [roc_auc_score(y, [A[i][p] for p in ids]) - roc_auc_score(y, [D[i][p] for p in ids]) for i in range(3)]
+    assert per_seed == pytest.approx([-2 / 9, -3 / 9, 0])
+    assert f["differences"]["d - a"]["auc"]["per_seed"] == pytest.approx(per_seed)
+    assert f["differences"]["d - a"]["auc"]["diff"] == pytest.approx(-5 / 27)
+    lo, hi = f["differences"]["d - a"]["auc"]["ci"]
+    assert lo <= -5 / 27 <= hi and lo < hi
+    assert f["auc"]["a"]["mean"] == pytest.approx(25 / 27) and f["auc"]["d"]["mean"] == pytest.approx(20 / 27)
+    assert res["differences"]["d - a"]["auc"]["diff"] == pytest.approx(5 / 27)  # the chosen ones, unchanged
+    assert "## At the final checkpoints" in md and "| d | 0.741 (0.667-0.889) | -0.185 [" in md
+    bad = os.path.join(runs["d"][1], "inference_final", DATASET, "patients.csv")
+    with open(bad, "a") as fh:
+        fh.write("X9,0,0.5\n")
+    with pytest.raises(AggregateError, match=re.escape(bad)):
+        write_aggregate_report(runs, str(tmp_path / "agg2"), bootstrap=0, gallery=0)
+    os.remove(bad)  # a run without its final evaluation: no such section
+    res, md = write_aggregate_report(runs, str(tmp_path / "agg3"), bootstrap=0, gallery=0)
+    assert "final_checkpoints" not in res and "## At the final checkpoints" not in md

@@ -14,10 +14,13 @@ the first, pooled over seeds: the difference is the mean over seeds of the per-s
 patients; its 95% interval is a bootstrap over patients in which each replicate resamples the test patients once
 and averages the per-seed differences on that resample (patient-level metrics only: AP50 and FROC are box-level
 and get the mean difference and the seeds' signs, no interval). The report also says how many seeds' differences
-share the sign of the pooled one.
+share the sign of the pooled one. Runs whose test results are those of a validation-chosen checkpoint also wrote
+their final checkpoint's (inference_final/): where every run has them, the patient AUCs of the final checkpoints are
+compared the same way, in a section of their own.
 """
 from __future__ import annotations
 
+import csv
 import html
 import os
 from collections import OrderedDict
@@ -261,7 +264,79 @@ def aggregate(configs: Mapping[str, Sequence[str]], bootstrap: int = 1000, seed:
                              {n: configs[n][0] for n in names}, y, bootstrap, seed, alpha)
     if ceiling:
         results["ceiling"] = ceiling
+    final = final_checkpoint_scores(configs, ref["labels"], ids, ref["dataset"])
+    if final is not None:
+        results["final_checkpoints"] = final_checkpoint_comparison(final, configs, y, bootstrap, seed, alpha)
     return results, loaded
+
+
+FINAL_DIR = "inference_final"  # the final checkpoint's test evaluation of a run whose test results are another's
+
+
+def final_checkpoint_scores(configs: Mapping[str, Sequence[str]], labels: Mapping[str, int], ids: Sequence[str],
+                            dataset: str) -> OrderedDict[str, list[np.ndarray]] | None:
+    """name -> per seed the patient scores (in the order of ``ids``) of each run's final checkpoint
+    (inference_final/<dataset>/patients.csv, written when the test results are those of a validation-chosen
+    checkpoint); None unless every run has one. A file holding other patients or labels is refused, naming it."""
+    paths = {n: [os.path.join(d, FINAL_DIR, dataset, "patients.csv") for d in dirs] for n, dirs in configs.items()}
+    if not all(os.path.exists(p) for ps in paths.values() for p in ps):
+        return None
+    out = OrderedDict()
+    for n, ps in paths.items():
+        out[n] = []
+        for path in ps:
+            with open(path, newline="") as f:
+                rows = {r["patient_id"]: r for r in csv.DictReader(f)}
+            if set(rows) != set(labels) or any(int(rows[p]["label"]) != int(labels[p]) for p in ids):
+                raise AggregateError(f"{path}: the final checkpoint's test patients or labels differ from those of "
+                                     "the runs' test results: runs are compared only on the same test patients")
+            out[n].append(np.array([float(rows[p]["score"]) for p in ids]))
+    return out
+
+
+def final_checkpoint_comparison(final: Mapping[str, Sequence[np.ndarray]], configs: Mapping[str, Sequence[str]],
+                                y: np.ndarray, bootstrap: int, seed: int, alpha: float) -> dict[str, Any]:
+    """The patient AUC of each configuration's final checkpoints (mean over seeds) and their differences against the
+    baseline pooled over seeds as for the selected checkpoints (the same bootstrap), with the ceiling's share."""
+    names = list(final)
+    base = names[0]
+    out = {"auc": OrderedDict((n, summarise([_point_metrics(y, s, 0.5)["auc"] for s in final[n]])) for n in names),
+           "differences": OrderedDict()}
+    for n in names[1:]:
+        d = pooled_difference(y, [(sb, 0.5, so, 0.5) for sb, so in zip(final[base], final[n])], ["auc"], bootstrap,
+                              seed, alpha)["auc"]
+        out["differences"][f"{n} - {base}"] = {"auc": {"diff": d["diff"], "ci": list(d["ci"]),
+                                                       "per_seed": d["per_seed"],
+                                                       "signs": _signs(d["per_seed"], d["diff"])}}
+    ceiling = ceiling_shares(final, {n: configs[n][0] for n in names}, y, bootstrap, seed, alpha)
+    if ceiling:
+        out["ceiling"] = ceiling
+    return out
+
+
+def final_checkpoint_section(results: Mapping[str, Any], base: str) -> tuple[list[str], list[str]]:
+    """What the final checkpoints give (Markdown lines, HTML parts); nothing for runs without model selection."""
+    f = results.get("final_checkpoints")
+    if not f:
+        return [], []
+    head = ["configuration", "test AUC, final checkpoints", "difference against " + base + " [95% CI]"]
+    rows = [[n, _range(s), "" if n == base else _diff_cell(f["differences"][f"{n} - {base}"]["auc"])]
+            for n, s in f["auc"].items()]
+    text = ("The same comparison at each run's final checkpoint instead of its validation-chosen one (the test "
+            "patients' scores each run's end wrote beside its test results, inference_final/): mean (min-max) over "
+            "seeds, differences pooled over seeds with the same bootstrap.")
+    c = f.get("ceiling")
+    share = []
+    if c:
+        share = ["Share of the ceiling's gain at the final checkpoints: " + "; ".join(
+            f"{n}: " + ("n/a (no ceiling gain)" if not np.isfinite(s["share"]) else
+                        f"{s['share']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]")
+            + f" ({s['replicates_without_gain']} of {s['replicates']} replicates without a ceiling gain)"
+            for n, s in c["shares"].items()) + ".", ""]
+    md = ["## At the final checkpoints", "", text, "", _md_table(head, rows), "", *share]
+    parts = ["<h2>At the final checkpoints</h2>", f"<p>{html.escape(text)}</p>", html_table(head, rows)]
+    parts += [f"<p>{html.escape(share[0])}</p>"] if share else []
+    return md, parts
 
 
 LABELS = OrderedDict([("ap50", "mAP (AP50)"), ("auc", "AUC"), ("accuracy", "accuracy"),
@@ -349,6 +424,8 @@ def write_aggregate_report(configs: Mapping[str, Sequence[str]], output_dir: str
                   "over seeds as above:", "", _md_table(ptd_head, ptd_rows), ""]
     share_md, share_parts = ceiling_section(results, base)
     lines += share_md
+    final_md, final_parts = final_checkpoint_section(results, base)
+    lines += final_md
     selection_md, selection_parts = add_learning_curves(configs, output_dir, results)
     lines += selection_md
     if per_seed_reports:
@@ -371,7 +448,7 @@ def write_aggregate_report(configs: Mapping[str, Sequence[str]], output_dir: str
         parts += ["<h2>Operating points chosen on validation (test figures)</h2>", html_table(pt_head, pt_rows)]
     if ptd_rows:
         parts += ["<h2>Differences at the operating points</h2>", html_table(ptd_head, ptd_rows)]
-    parts += [*share_parts, *selection_parts]
+    parts += [*share_parts, *final_parts, *selection_parts]
     if per_seed_reports:
         links = ", ".join(f"<a href='{html.escape(os.path.splitext(p)[0] + '.html', quote=True)}'>seed {s}</a>"
                           for s, p in per_seed_reports)
