@@ -14,7 +14,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from fvcore.common.checkpoint import Checkpointer
 
-from ..evaluation.runs import CURVE_FILE, SELECTION_FILE
+from ..evaluation.runs import CURVE_FILE, FINAL_DIR, SELECTION_FILE
 from ..files import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class FinalTestHook(HookBase):
         if self.trainer.iter + 1 < self.trainer.max_iter:
             return
         final_iter = self.trainer.max_iter
-        self.test(None, "inference_final")
+        self.test(None, FINAL_DIR)
         best_file = os.path.join(self.output_dir, self.best.file_prefix + ".pth")
         # the main process's choice on every process (only it sees the validation metrics): all test one model
         best_iter, best_value = comm.all_gather((self.best.best_iter, self.best.best_value))[0]

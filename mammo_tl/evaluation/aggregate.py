@@ -20,7 +20,6 @@ compared the same way, in a section of their own.
 """
 from __future__ import annotations
 
-import csv
 import html
 import os
 from collections import OrderedDict
@@ -34,7 +33,8 @@ from ..config import ConfigFileError, differing_keys, flatten_config, load_yaml_
 from ..files import atomic_write_json
 from .ceiling import ceiling_section, ceiling_shares
 from .metrics import _interval, _point_metrics, batch_metrics
-from .report import _md_table, add_gallery, add_learning_curves, find_eval_dir, html_table, load_run
+from .runs import FINAL_DIR
+from .report import _md_table, add_gallery, add_learning_curves, find_eval_dir, html_table, load_run, read_patients
 
 PATIENT_KEYS = ("auc", "accuracy", "sensitivity", "specificity")
 POINT_KEYS = ("sensitivity", "specificity", "accuracy")
@@ -270,9 +270,6 @@ def aggregate(configs: Mapping[str, Sequence[str]], bootstrap: int = 1000, seed:
     return results, loaded
 
 
-FINAL_DIR = "inference_final"  # the final checkpoint's test evaluation of a run whose test results are another's
-
-
 def final_checkpoint_scores(configs: Mapping[str, Sequence[str]], labels: Mapping[str, int], ids: Sequence[str],
                             dataset: str) -> OrderedDict[str, list[np.ndarray]] | None:
     """name -> per seed the patient scores (in the order of ``ids``) of each run's final checkpoint
@@ -285,12 +282,9 @@ def final_checkpoint_scores(configs: Mapping[str, Sequence[str]], labels: Mappin
     for n, ps in paths.items():
         out[n] = []
         for path in ps:
-            with open(path, newline="") as f:
-                rows = {r["patient_id"]: r for r in csv.DictReader(f)}
-            if set(rows) != set(labels) or any(int(rows[p]["label"]) != int(labels[p]) for p in ids):
-                raise AggregateError(f"{path}: the final checkpoint's test patients or labels differ from those of "
-                                     "the runs' test results: runs are compared only on the same test patients")
-            out[n].append(np.array([float(rows[p]["score"]) for p in ids]))
+            scores, got = read_patients(path)
+            _check_patients("the runs' test results", {"labels": labels}, path, {"labels": got})
+            out[n].append(np.array([scores[p] for p in ids]))
     return out
 
 

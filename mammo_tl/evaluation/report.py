@@ -20,7 +20,7 @@ from .operating_points import load_operating_points, metrics_at_points
 from .markup import html_table
 from .markup import md_table as _md_table
 from .plots import plot_froc, plot_learning_curves, plot_roc, plot_score_distributions
-from .runs import load_selection, load_validation_curve, selected_weights, weights_digest
+from .runs import FINAL_DIR, load_selection, load_validation_curve, selected_weights, weights_digest
 
 COLUMNS = (("ap50", "mAP (AP50)"), ("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
            ("specificity", "specificity"))
@@ -39,6 +39,16 @@ def find_eval_dir(run_dir: str, dataset: str | None = None) -> tuple[str, str]:
     return os.path.join(base, names[0]), names[0]
 
 
+def read_patients(path: str) -> tuple[dict[str, float], dict[str, int]]:
+    """(patient -> score, patient -> label) of an evaluation's patients.csv."""
+    scores, labels = {}, {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            scores[r["patient_id"]] = float(r["score"])
+            labels[r["patient_id"]] = int(r["label"])
+    return scores, labels
+
+
 def load_run(run_dir: str, dataset: str | None = None) -> dict:
     """Summary of one evaluated run: metrics, intervals, patient scores, FROC curve."""
     eval_dir, dataset = find_eval_dir(run_dir, dataset)
@@ -55,11 +65,7 @@ def load_run(run_dir: str, dataset: str | None = None) -> dict:
         ap50 = res.get("bbox", {}).get("AP50")
         row["ap50"] = float(ap50) / 100.0 if ap50 is not None else float("nan")  # the paper writes mAP as a fraction
     ci = {k: (patient.get(f"{k}_ci_low"), patient.get(f"{k}_ci_high")) for k in row if k != "ap50"}
-    scores, labels = {}, {}
-    with open(os.path.join(eval_dir, "patients.csv")) as f:
-        for r in csv.DictReader(f):
-            scores[r["patient_id"]] = float(r["score"])
-            labels[r["patient_id"]] = int(r["label"])
+    scores, labels = read_patients(os.path.join(eval_dir, "patients.csv"))
     for k in ("tp", "fp", "tn", "fn", "num_patients"):
         row[k] = int(patient[k])
     row["s_per_iter"] = training_seconds_per_iter(run_dir)
@@ -125,7 +131,7 @@ def add_gallery(loaded: Mapping[str, dict], output_dir: str, k: int, results: di
 def _final_test(run_dir):
     """The final checkpoint's test figures of a run whose test result is a validation-chosen checkpoint."""
     try:
-        with open(os.path.join(run_dir, "inference_final", "eval_results.json")) as f:
+        with open(os.path.join(run_dir, FINAL_DIR, "eval_results.json")) as f:
             r = json.load(f)
     except OSError:
         return None

@@ -11,6 +11,7 @@ from typing import Any
 SELECTION_FILE = "selection.json"
 CURVE_FILE = "validation_curve.json"
 ARCHIVE_FILE = "archived.json"
+FINAL_DIR = "inference_final"  # the final checkpoint's test evaluation, beside the chosen one's (inference/)
 
 
 def load_selection(run_dir: str) -> dict[str, Any] | None:
